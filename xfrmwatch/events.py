@@ -1,0 +1,510 @@
+"""The event model: immutable, typed, key-free records.
+
+Every record the decoder produces is one of the :data:`Event` classes below.
+Field names here are the vocabulary of the whole tool: the JSON output, the
+filters, the rules and the docs use exactly these names (nested fields as
+dotted paths, e.g. ``sa.spi`` or ``policy.sel.src``).
+
+Conventions:
+
+* addresses are strings; selectors are CIDR strings (``10.0.0.0/24``);
+* SPIs are lower-case hex strings (``0x0000c0de``), as ``ip xfrm`` prints them;
+* lifetime limits are ``null`` when unlimited (the kernel's XFRM_INF, and 0
+  for time limits);
+* times are ISO 8601 in UTC; ``mono`` is trio's clock at receipt (seconds);
+* there is no field that can carry key bytes: algorithms keep name, key
+  length and ICV/truncation length only.
+
+The JSON Schema in ``xfrmwatch/schema/events.schema.json`` is generated from
+these classes (``xfrmwatch schema``) and checked against them in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+from msgspec import Struct, field
+
+SCHEMA_VERSION = 1
+
+_record = {"frozen": True, "kw_only": True, "omit_defaults": True}
+
+
+class Selector(Struct, **_record):
+    """Traffic selector of an SA or a policy."""
+
+    family: str
+    src: str
+    dst: str
+    proto: str
+    sport: int
+    sport_mask: int
+    dport: int
+    dport_mask: int
+    ifindex: int
+    user: int
+    dev: str | None = None
+
+
+class Lifetime(Struct, **_record):
+    """Configured limits; ``null`` means unlimited."""
+
+    soft_bytes: int | None
+    hard_bytes: int | None
+    soft_packets: int | None
+    hard_packets: int | None
+    soft_add_seconds: int | None
+    hard_add_seconds: int | None
+    soft_use_seconds: int | None
+    hard_use_seconds: int | None
+
+
+class Current(Struct, **_record):
+    """Counters and times as the kernel last reported them."""
+
+    bytes: int
+    packets: int
+    add_time: str | None
+    use_time: str | None
+
+
+class Stats(Struct, **_record):
+    replay_window: int
+    replay: int
+    integrity_failed: int
+
+
+class Alg(Struct, **_record):
+    """An encryption (``enc``) or compression (``comp``) algorithm, no key."""
+
+    name: str
+    key_bits: int
+
+
+class AuthAlg(Struct, **_record):
+    """An authentication algorithm, no key.  ``trunc_bits`` from AUTH_TRUNC."""
+
+    name: str
+    key_bits: int
+    trunc_bits: int | None = None
+
+
+class AeadAlg(Struct, **_record):
+    """A combined-mode algorithm, no key."""
+
+    name: str
+    key_bits: int
+    icv_bits: int
+
+
+class Encap(Struct, **_record):
+    type: str
+    sport: int
+    dport: int
+    oa: str
+
+
+class Mark(Struct, **_record):
+    value: int
+    mask: int
+
+
+class SecCtx(Struct, **_record):
+    doi: int
+    alg: int
+    ctx: str
+
+
+class Replay(Struct, **_record):
+    oseq: int
+    seq: int
+    bitmap: int
+
+
+class ReplayEsn(Struct, **_record):
+    oseq: int
+    seq: int
+    oseq_hi: int
+    seq_hi: int
+    replay_window: int
+    bmp_len: int
+
+
+class Offload(Struct, **_record):
+    ifindex: int
+    flags: int
+    dev: str | None = None
+
+
+class UnknownAttr(Struct, **_record):
+    """An attribute this version does not know: number and length, never bytes."""
+
+    type: int
+    len: int
+
+
+class Template(Struct, **_record):
+    """One template (``tmpl``) of a policy: the SA it asks for."""
+
+    family: str
+    src: str
+    dst: str
+    proto: str
+    spi: str
+    reqid: int
+    mode: str
+    share: str
+    optional: bool
+    aalgos: int
+    ealgos: int
+    calgos: int
+
+
+class SA(Struct, **_record):
+    """A security association, key-free."""
+
+    family: str
+    src: str
+    dst: str
+    proto: str
+    spi: str
+    reqid: int
+    mode: str
+    replay_window: int
+    flags: list[str]
+    seq: int
+    sel: Selector
+    lifetime: Lifetime
+    current: Current
+    stats: Stats
+    aead: AeadAlg | None = None
+    enc: Alg | None = None
+    auth: AuthAlg | None = None
+    comp: Alg | None = None
+    encap: Encap | None = None
+    mark: Mark | None = None
+    set_mark: Mark | None = None
+    if_id: int | None = None
+    sec_ctx: SecCtx | None = None
+    replay: Replay | None = None
+    replay_esn: ReplayEsn | None = None
+    replay_thresh: int | None = None
+    etimer_thresh: int | None = None
+    mtimer_thresh: int | None = None
+    lastused: str | None = None
+    extra_flags: list[str] | None = None
+    dir: str | None = None
+    offload: Offload | None = None
+    coaddr: str | None = None
+    nat_keepalive_interval: int | None = None
+    pcpu: int | None = None
+    tfcpad: int | None = None
+    unknown_attrs: list[UnknownAttr] | None = None
+
+
+class SaId(Struct, **_record):
+    """How the kernel names one SA: (dst, spi, proto) plus family."""
+
+    family: str
+    dst: str
+    spi: str
+    proto: str
+
+
+class Policy(Struct, **_record):
+    """A security policy."""
+
+    dir: str
+    action: str
+    index: int
+    priority: int
+    ptype: str
+    flags: list[str]
+    share: str
+    sel: Selector
+    lifetime: Lifetime
+    current: Current
+    tmpl: list[Template]
+    mark: Mark | None = None
+    if_id: int | None = None
+    sec_ctx: SecCtx | None = None
+    unknown_attrs: list[UnknownAttr] | None = None
+
+
+class PolicyId(Struct, **_record):
+    """How a DELPOLICY names a policy: by index, or by selector and dir."""
+
+    dir: str
+    index: int
+    sel: Selector
+
+
+class MigrateEntry(Struct, **_record):
+    proto: str
+    mode: str
+    reqid: int
+    old_family: str
+    old_src: str
+    old_dst: str
+    new_family: str
+    new_src: str
+    new_dst: str
+
+
+class KmAddress(Struct, **_record):
+    family: str
+    local: str
+    remote: str
+
+
+class Acquire(Struct, **_record):
+    """What an ACQUIRE asks the key manager for."""
+
+    family: str
+    src: str
+    dst: str
+    proto: str
+    spi: str
+    seq: int
+    aalgos: int
+    ealgos: int
+    calgos: int
+
+
+class AeInfo(Struct, **_record):
+    """Replay and lifetime counters of one SA (NEWAE, GETAE reply)."""
+
+    family: str
+    src: str
+    dst: str
+    spi: str
+    proto: str
+    reqid: int
+    flags: list[str]
+    replay: Replay | None = None
+    replay_esn: ReplayEsn | None = None
+    current: Current | None = None
+    replay_thresh: int | None = None
+    etimer_thresh: int | None = None
+    mark: Mark | None = None
+    if_id: int | None = None
+
+
+class SpdCounts(Struct, **_record):
+    in_: int = field(name="in")
+    out: int
+    fwd: int
+    in_socket: int
+    out_socket: int
+    fwd_socket: int
+
+
+class HashInfo(Struct, **_record):
+    buckets: int
+    max_buckets: int
+
+
+class HashThresh(Struct, **_record):
+    lbits: int
+    rbits: int
+
+
+# --- events ---------------------------------------------------------------------
+
+
+class Event(Struct, tag_field="type", **_record):
+    """Fields every event has.  ``type`` names the event (see the subclasses).
+
+    ``nlmsg_pid``/``nlmsg_seq`` are the netlink header's port id and sequence:
+    the requester's port id on SA and policy changes (0 for the kernel's own
+    events and for ``ip``); on ``newae`` they are meaningless.
+    """
+
+    time: str
+    mono: float
+    netns: str
+    kind: str = "event"
+    nlmsg_pid: int
+    nlmsg_seq: int
+
+
+class SaEvent(Event):
+    sa: SA
+
+
+class NewSA(SaEvent, tag="newsa"):
+    """An SA was added (XFRM_MSG_NEWSA), or one entry of a state dump."""
+
+
+class UpdSA(SaEvent, tag="updsa"):
+    """An SA was updated (XFRM_MSG_UPDSA): IKE daemons fill reserved inbound SPIs so."""
+
+
+class DelSA(Event, tag="delsa"):
+    """An SA was deleted (XFRM_MSG_DELSA)."""
+
+    id: SaId
+    sa: SA | None = None
+
+
+class Expire(Event, tag="expire"):
+    """An SA reached a soft (``hard`` false) or hard limit; a hard one deletes it."""
+
+    hard: bool
+    sa: SA
+
+
+class PolicyEvent(Event):
+    policy: Policy
+
+
+class NewPolicy(PolicyEvent, tag="newpolicy"):
+    """A policy was added, or one entry of a policy dump."""
+
+
+class UpdPolicy(PolicyEvent, tag="updpolicy"):
+    """A policy was updated."""
+
+
+class DelPolicy(Event, tag="delpolicy"):
+    """A policy was deleted."""
+
+    policy_id: PolicyId
+    policy: Policy | None = None
+
+
+class PolExpire(Event, tag="polexpire"):
+    """A policy reached a soft or hard limit; a hard one deletes it."""
+
+    hard: bool
+    policy: Policy
+
+
+class FlushSA(Event, tag="flushsa"):
+    """The SAD was flushed; ``proto`` says which protocol (``any`` for all)."""
+
+    proto: str
+
+
+class FlushPolicy(Event, tag="flushpolicy"):
+    """The SPD was flushed (policies of type ``ptype``)."""
+
+    ptype: str
+
+
+class AcquireEvent(Event, tag="acquire"):
+    """The kernel asks the key manager for an SA: traffic matched a policy with no SA."""
+
+    acquire: Acquire
+    sel: Selector
+    policy: Policy
+
+
+class NewAE(Event, tag="newae"):
+    """Replay/lifetime counters of an SA (async event, or GETAE reply)."""
+
+    ae: AeInfo
+
+
+class Report(Event, tag="report"):
+    proto: str
+    sel: Selector
+    coaddr: str | None = None
+
+
+class Migrate(Event, tag="migrate"):
+    """A key manager asked to migrate SAs and a policy to new endpoints."""
+
+    policy_id: PolicyId
+    migrate: list[MigrateEntry]
+    kmaddress: KmAddress | None = None
+    ptype: str | None = None
+    encap: Encap | None = None
+
+
+class Mapping(Event, tag="mapping"):
+    """A NAT mapping of an ESP-in-UDP SA changed."""
+
+    id: SaId
+    reqid: int
+    old_src: str
+    old_sport: int
+    new_src: str
+    new_sport: int
+
+
+class DefaultPolicy(Event, tag="default_policy"):
+    """The default policy per direction: ``accept``, ``block`` or ``unspec``."""
+
+    in_: str = field(name="in")
+    fwd: str
+    out: str
+
+
+class SadInfo(Event, tag="sadinfo"):
+    """GETSAINFO reply: SA count and hash table sizes."""
+
+    count: int | None = None
+    hash: HashInfo | None = None
+
+
+class SpdInfo(Event, tag="spdinfo"):
+    """GETSPDINFO reply: policy counts per direction and hash information."""
+
+    counts: SpdCounts | None = None
+    hash: HashInfo | None = None
+    ipv4_thresh: HashThresh | None = None
+    ipv6_thresh: HashThresh | None = None
+
+
+class Overrun(Event, tag="overrun"):
+    """The receive buffer overflowed (ENOBUFS): events were lost, how many is unknown."""
+
+    detail: str
+
+
+class Malformed(Event, tag="malformed"):
+    """A message that could not be decoded; ``msg_type`` and ``length`` are from its header."""
+
+    reason: str
+    msg_type: int
+    length: int
+
+
+AnyEvent = Union[
+    NewSA,
+    UpdSA,
+    DelSA,
+    Expire,
+    NewPolicy,
+    UpdPolicy,
+    DelPolicy,
+    PolExpire,
+    FlushSA,
+    FlushPolicy,
+    AcquireEvent,
+    NewAE,
+    Report,
+    Migrate,
+    Mapping,
+    DefaultPolicy,
+    SadInfo,
+    SpdInfo,
+    Overrun,
+    Malformed,
+]
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    cls.__struct_config__.tag  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+)
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of every event, generated from these classes."""
+    schema: dict[str, object] = msgspec.json.schema(AnyEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"urn:xfrmwatch:events:{SCHEMA_VERSION}"
+    schema["title"] = f"xfrmwatch event (schema version {SCHEMA_VERSION})"
+    return schema
