@@ -494,7 +494,9 @@ _xfrm_msg.nla_map = tuple(
 
 
 def _msg_class(name: str, fields: Fields) -> type[nlmsg]:
-    return type(name, (_xfrm_msg,), {"fields": fields})
+    # address fields default to all-zero bytes (pyroute2's default 0 is not bytes)
+    defaults = {n: b"" for n, fmt in fields if fmt.endswith("s")}
+    return type(name, (_xfrm_msg,), {"fields": fields, "defaults": defaults})
 
 
 usersa_info_msg = _msg_class("usersa_info_msg", USERSA_INFO)

@@ -1,0 +1,509 @@
+"""The ``xfrmwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from . import __version__, query
+from . import events as ev
+from .decode import Decoder
+from .errors import (
+    EXIT_CAPABILITY,
+    EXIT_KERNEL,
+    EXIT_NETNS,
+    EXIT_NO_XFRM,
+    EXIT_NOT_FOUND,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    UsageError,
+    UserError,
+)
+from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse_proto, parse_type
+from .netlink.netns import entered
+from .netlink.proc import ProcFile, xfrm_stat
+from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
+from .output import tables
+from .output.render import JsonRenderer, TextRenderer
+from .source import open_subscriber, serve_events
+
+EXIT_CODES = f"""\
+exit codes:
+  {0}  success
+  {EXIT_RUNTIME}  runtime error
+  {EXIT_USAGE}  bad arguments or filter values
+  {EXIT_CAPABILITY}  missing capability (CAP_NET_ADMIN; CAP_SYS_ADMIN for --netns)
+  {EXIT_NO_XFRM}  the kernel has no XFRM netlink (modprobe xfrm_user)
+  {EXIT_NETNS}  unknown network namespace
+  {EXIT_NOT_FOUND}  no such SA or policy (state get / policy get)
+  {EXIT_KERNEL}  the kernel refused a request
+"""
+
+EPILOG = (
+    """\
+examples:
+  xfrmwatch monitor                         live events, one per line
+  xfrmwatch monitor --format json | jq .    JSON lines (the event schema)
+  xfrmwatch monitor --type expire --proto esp --dst 192.0.2.0/24
+  xfrmwatch monitor --netns vpn --aevents   another namespace, with replay counters
+  xfrmwatch state list --reqid 7            SAs, as a table on a tty, JSON otherwise
+  xfrmwatch state get --dst 192.0.2.1 --spi 0xc0de --proto esp --stats
+  xfrmwatch policy list --dir out
+  xfrmwatch info                            SAD/SPD counts, default policy, xfrm_stat
+
+Everything is read-only: xfrmwatch never changes the SAD or SPD, and never
+prints key material.
+
+"""
+    + EXIT_CODES
+)
+
+
+def _add_common(p: argparse.ArgumentParser, formats: tuple[str, ...], default: str) -> None:
+    p.add_argument(
+        "--netns",
+        metavar="NAME|PATH",
+        help="network namespace to watch: a name under /run/netns or a path (default: our own)",
+    )
+    p.add_argument(
+        "--format", choices=formats, default=default, help=f"output format (default: {default})"
+    )
+
+
+def _add_filters(p: argparse.ArgumentParser, *, types: bool) -> None:
+    g = p.add_argument_group("filters (combinable; all must match)")
+    g.add_argument("--src", metavar="CIDR", help="SA source endpoint or policy selector source")
+    g.add_argument("--dst", metavar="CIDR", help="SA destination endpoint or policy selector destination")
+    g.add_argument("--proto", metavar="PROTO", help="esp, ah, comp, route2, hao")
+    g.add_argument("--spi", metavar="SPI", help="SPI, decimal or 0x hex")
+    g.add_argument("--reqid", metavar="N", help="request id")
+    g.add_argument("--mark", metavar="VALUE[/MASK]", help="mark of the SA or policy")
+    g.add_argument("--dev", metavar="IFNAME", help="interface of the selector (or SA offload)")
+    g.add_argument("--dir", metavar="DIR", help="policy (or SA) direction: in, out, fwd")
+    if types:
+        g.add_argument(
+            "--type",
+            metavar="TYPE",
+            action="append",
+            default=[],
+            help=f"event type, repeatable: {', '.join(ev.EVENT_TYPES)}",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xfrmwatch",
+        description="A structured, key-free, alerting view of the Linux kernel's IPsec (XFRM) state.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"xfrmwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    mon = sub.add_parser(
+        "monitor",
+        help="stream XFRM events as they happen",
+        description=textwrap.dedent(
+            """\
+            Stream every XFRM netlink event, decoded and key-free, one per line.
+
+            Groups joined: EXPIRE, SA, POLICY, REPORT, MIGRATE, MAPPING always;
+            ACQUIRE only if a key manager already listens on it (or --acquire),
+            because listening changes what the kernel does with unmatched traffic;
+            AEVENTS only with --aevents (it makes the kernel emit NEWAE per busy SA).
+            A receive-buffer overrun is never hidden: it prints an "overrun" event."""
+        ),
+        epilog="examples:\n  xfrmwatch monitor --format json --type newsa --type delsa\n"
+        "  xfrmwatch monitor --netns vpn --spi 0xc0de\n\n" + EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _add_common(mon, ("text", "json"), "text")
+    _add_filters(mon, types=True)
+    acq = mon.add_mutually_exclusive_group()
+    acq.add_argument(
+        "--acquire", dest="acquire", action="store_const", const=True, default=None,
+        help="join the ACQUIRE group even if no key manager listens on it",
+    )  # fmt: skip
+    acq.add_argument(
+        "--no-acquire", dest="acquire", action="store_const", const=False,
+        help="never join the ACQUIRE group",
+    )  # fmt: skip
+    mon.add_argument("--aevents", action="store_true", help="join the AEVENTS group (NEWAE)")
+    mon.add_argument(
+        "--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
+        help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
+    )  # fmt: skip
+    mon.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
+    mon.set_defaults(func=cmd_monitor)
+
+    state = sub.add_parser("state", help="list or get SAs (read-only)")
+    ssub = state.add_subparsers(dest="action", metavar="ACTION")
+    ssub.required = True
+    sl = ssub.add_parser("list", help="list SAs", formatter_class=fmt, epilog=EXIT_CODES)
+    _add_common(sl, ("auto", "table", "json"), "auto")
+    _add_filters(sl, types=False)
+    sl.add_argument("--stats", action="store_true", help="add GETAE replay/lifetime counters")
+    sl.set_defaults(func=cmd_state_list)
+    sg = ssub.add_parser(
+        "get",
+        help="get one SA by destination, SPI and protocol",
+        formatter_class=fmt,
+        epilog="example:\n  xfrmwatch state get --dst 192.0.2.1 --spi 0xc0de --proto esp --stats\n\n"
+        + EXIT_CODES,
+    )
+    _add_common(sg, ("auto", "table", "json"), "auto")
+    sg.add_argument("--dst", required=True, metavar="ADDR")
+    sg.add_argument("--spi", required=True, metavar="SPI")
+    sg.add_argument("--proto", default="esp", metavar="PROTO")
+    sg.add_argument("--mark", metavar="VALUE[/MASK]")
+    sg.add_argument("--stats", action="store_true", help="add GETAE replay/lifetime counters")
+    sg.set_defaults(func=cmd_state_get)
+
+    pol = sub.add_parser("policy", help="list or get policies (read-only)")
+    psub = pol.add_subparsers(dest="action", metavar="ACTION")
+    psub.required = True
+    pl = psub.add_parser("list", help="list policies", formatter_class=fmt, epilog=EXIT_CODES)
+    _add_common(pl, ("auto", "table", "json"), "auto")
+    _add_filters(pl, types=False)
+    pl.set_defaults(func=cmd_policy_list)
+    pg = psub.add_parser(
+        "get",
+        help="get one policy by index, or by selector and direction",
+        formatter_class=fmt,
+        epilog="examples:\n  xfrmwatch policy get --dir out --index 1\n"
+        "  xfrmwatch policy get --dir in --src 10.0.2.0/24 --dst 10.0.1.0/24\n\n" + EXIT_CODES,
+    )
+    _add_common(pg, ("auto", "table", "json"), "auto")
+    pg.add_argument("--dir", required=True, metavar="DIR")
+    pg.add_argument("--index", metavar="N")
+    pg.add_argument("--src", metavar="CIDR")
+    pg.add_argument("--dst", metavar="CIDR")
+    pg.add_argument("--mark", metavar="VALUE[/MASK]")
+    pg.add_argument("--ptype", choices=("main", "sub"), default="main")
+    pg.set_defaults(func=cmd_policy_get)
+
+    dump = sub.add_parser("dump", help="SAs and policies together", formatter_class=fmt, epilog=EXIT_CODES)
+    _add_common(dump, ("auto", "table", "json"), "auto")
+    _add_filters(dump, types=False)
+    dump.set_defaults(func=cmd_dump)
+
+    info = sub.add_parser(
+        "info",
+        help="SAD/SPD counts, hash sizes, default policy and /proc/net/xfrm_stat",
+        formatter_class=fmt,
+        epilog=EXIT_CODES,
+    )
+    _add_common(info, ("auto", "table", "json"), "auto")
+    info.set_defaults(func=cmd_info)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of events")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def build_filter(args: argparse.Namespace) -> Filter:
+    ifindex = None
+    if getattr(args, "dev", None):
+        with entered(args.netns):
+            try:
+                ifindex = socket.if_nametoindex(args.dev)
+            except OSError:
+                where = f" in network namespace {args.netns!r}" if args.netns else ""
+                raise UsageError(f"--dev: no interface named {args.dev!r}{where}") from None
+    return Filter(
+        src=parse_cidr(args.src, "--src") if args.src else None,
+        dst=parse_cidr(args.dst, "--dst") if args.dst else None,
+        proto=parse_proto(args.proto) if args.proto else None,
+        spi=parse_int(args.spi, "--spi") if args.spi else None,
+        reqid=parse_int(args.reqid, "--reqid") if args.reqid else None,
+        mark=parse_mark(args.mark) if args.mark else None,
+        ifindex=ifindex,
+        dir=parse_dir(args.dir) if args.dir else None,
+        types=frozenset(parse_type(t) for t in getattr(args, "type", []) or []),
+    )
+
+
+def _table_wanted(args: argparse.Namespace) -> bool:
+    if args.format == "auto":
+        return sys.stdout.isatty()
+    return bool(args.format == "table")
+
+
+def _write_json_lines(objs: list[Any]) -> None:
+    enc = msgspec.json.Encoder()
+    out = sys.stdout.buffer
+    for o in objs:
+        out.write(enc.encode(o) + b"\n")
+    out.flush()
+
+
+class _Holder:
+    """Lets a Filter look at a bare SA or policy like at an event carrying it."""
+
+    __slots__ = ("sa", "policy")
+
+    def __init__(self, sa: ev.SA | None = None, policy: ev.Policy | None = None) -> None:
+        self.sa = sa
+        self.policy = policy
+
+
+def _filter_sas(flt: Filter, sas: list[ev.SA]) -> list[ev.SA]:
+    return [s for s in sas if flt.match(_Holder(sa=s))]  # type: ignore[arg-type]
+
+
+def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
+    return [p for p in pols if flt.match(_Holder(policy=p))]  # type: ignore[arg-type]
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+async def cmd_monitor(args: argparse.Namespace) -> int:
+    flt = build_filter(args)
+    sock = open_subscriber(args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf)
+    out = sys.stdout.buffer
+    tty = args.format == "text" and sys.stdout.isatty()
+    renderer = JsonRenderer() if args.format == "json" else TextRenderer()
+    console = None
+    if tty:
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True)
+    with sock:
+        async with trio.open_nursery() as nursery:
+            send, recv = trio.open_memory_channel[ev.Event](4096)
+            await nursery.start(serve_events, sock, send)
+            structlog.get_logger("xfrmwatch").info(
+                "monitoring", netns=args.netns or "", groups=sorted(sock.groups), rcvbuf=sock.rcvbuf
+            )
+            shown = 0
+            async with recv:
+                async for e in recv:
+                    if not flt.match(e):
+                        continue
+                    if console is not None:
+                        console.print(renderer.rich(e))  # type: ignore[union-attr]
+                    else:
+                        out.write(renderer(e))
+                        if recv.statistics().current_buffer_used == 0:
+                            out.flush()
+                    shown += 1
+                    if args.count and shown >= args.count:
+                        out.flush()
+                        nursery.cancel_scope.cancel()
+                        break
+    return 0
+
+
+async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decoder], Awaitable[int]]) -> int:
+    with XfrmSocket.open(args.netns) as sock:
+        return await fn(sock, Decoder(args.netns or ""))
+
+
+async def cmd_state_list(args: argparse.Namespace) -> int:
+    flt = build_filter(args)
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        sas = _filter_sas(flt, await query.dump_sas(sock, dec))
+        stats = [await query.get_ae(sock, dec, sa) for sa in sas] if args.stats else None
+        if _table_wanted(args):
+            tables.print_sas(sas, stats)
+        elif stats is None:
+            _write_json_lines(sas)
+        else:
+            _write_json_lines([{"sa": sa, "ae": ae} for sa, ae in zip(sas, stats)])
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_state_get(args: argparse.Namespace) -> int:
+    spi = parse_int(args.spi, "--spi")
+    proto = parse_proto(args.proto)
+    mark = parse_mark(args.mark) if args.mark else None
+    parse_cidr(args.dst, "--dst")
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        sa = await query.get_sa(sock, dec, args.dst, spi, proto, mark)
+        ae = await query.get_ae(sock, dec, sa) if args.stats else None
+        if _table_wanted(args):
+            tables.print_sas([sa], [ae] if ae else None)
+        elif ae is None:
+            _write_json_lines([sa])
+        else:
+            _write_json_lines([{"sa": sa, "ae": ae}])
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_policy_list(args: argparse.Namespace) -> int:
+    flt = build_filter(args)
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        pols = _filter_policies(flt, await query.dump_policies(sock, dec))
+        if _table_wanted(args):
+            tables.print_policies(pols)
+        else:
+            _write_json_lines(pols)
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_policy_get(args: argparse.Namespace) -> int:
+    direction = parse_dir(args.dir)
+    index = parse_int(args.index, "--index") if args.index else None
+    for opt in ("src", "dst"):
+        if getattr(args, opt):
+            parse_cidr(getattr(args, opt), f"--{opt}")
+    mark = parse_mark(args.mark) if args.mark else None
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        pol = await query.get_policy(
+            sock, dec, dir=direction, index=index, src=args.src, dst=args.dst, mark=mark, ptype=args.ptype
+        )
+        if _table_wanted(args):
+            tables.print_policies([pol])
+        else:
+            _write_json_lines([pol])
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_dump(args: argparse.Namespace) -> int:
+    flt = build_filter(args)
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        sas = _filter_sas(flt, await query.dump_sas(sock, dec))
+        pols = _filter_policies(flt, await query.dump_policies(sock, dec))
+        if _table_wanted(args):
+            tables.print_sas(sas, None)
+            tables.print_policies(pols)
+        else:
+            _write_json_lines([{"netns": args.netns or "", "sa": sas, "policy": pols}])
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_info(args: argparse.Namespace) -> int:
+    with entered(args.netns):
+        stat_file = ProcFile("/proc/net/xfrm_stat")
+        stat_text = stat_file.read()
+        stat_file.close()
+
+    async def run(sock: XfrmSocket, dec: Decoder) -> int:
+        sad = await query.sad_info(sock, dec)
+        spd = await query.spd_info(sock, dec)
+        default = await query.default_policy(sock, dec)
+        info = {
+            "netns": args.netns or "",
+            "sad": {"count": sad.count, "hash": sad.hash},
+            "spd": {
+                "counts": spd.counts,
+                "hash": spd.hash,
+                "ipv4_thresh": spd.ipv4_thresh,
+                "ipv6_thresh": spd.ipv6_thresh,
+            },
+            "default_policy": None
+            if default is None
+            else {"in": default.in_, "fwd": default.fwd, "out": default.out},
+            "xfrm_stat": xfrm_stat(stat_text) if stat_text else None,
+        }
+        if _table_wanted(args):
+            tables.print_info(msgspec.to_builtins(info))
+        else:
+            _write_json_lines([info])
+        return 0
+
+    return await _with_socket(args, run)
+
+
+async def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json.dumps(ev.json_schema(), indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def configure_logging() -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _user_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(e, kind) for e in exc.exceptions)
+    return isinstance(exc, kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        return int(trio.run(args.func, args) or 0)
+    except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        err = _user_error(exc)
+        if err is not None:
+            print(f"xfrmwatch: {err}", file=sys.stderr)
+            return err.exit_code
+        if _only(exc, KeyboardInterrupt):
+            return 130
+        if _only(exc, BrokenPipeError):
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            except OSError:
+                pass
+            return 0
+        if isinstance(exc, SystemExit):
+            raise
+        if os.environ.get("XFRMWATCH_DEBUG"):
+            raise
+        # Exception messages never carry key bytes (the decoder copies none), but
+        # the type alone is enough here; XFRMWATCH_DEBUG=1 shows the traceback.
+        print(
+            f"xfrmwatch: internal error ({type(exc).__name__}); "
+            "rerun with XFRMWATCH_DEBUG=1 for a traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+
+
+__all__ = ["main", "build_parser", "EXIT_NETNS", "EXIT_NO_XFRM", "EXIT_NOT_FOUND", "EXIT_KERNEL", "EXIT_CAPABILITY"]

@@ -1,0 +1,1 @@
+"""The netlink side: XFRM definitions, the trio socket, namespaces, /proc readers."""

@@ -1,0 +1,235 @@
+"""A NETLINK_XFRM socket driven by trio: multicast groups, requests, dumps.
+
+The product only ever sends GET requests (GETSA, GETPOLICY, GETAE,
+GETSAINFO, GETSPDINFO, GETDEFAULT): :data:`READ_ONLY_REQUESTS` is enforced in
+:meth:`XfrmSocket.request`, so nothing here can change the SAD or SPD.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket as _stdsocket
+import struct
+from dataclasses import dataclass
+
+import structlog
+import trio
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST, nlmsg
+
+from ..errors import NEED_CAP, CapabilityError, KernelError, NoXfrmError, UserError
+from . import xfrm as x
+from .netns import entered
+
+log = structlog.get_logger("xfrmwatch.netlink")
+
+DEFAULT_RCVBUF = 32 * 1024 * 1024
+RECV_BUFSIZE = 1024 * 1024
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+_NLMSG_HDR = struct.Struct("=IHHII")
+_ERR = struct.Struct("=i")
+
+READ_ONLY_REQUESTS = frozenset(
+    {
+        x.XFRM_MSG_GETSA,
+        x.XFRM_MSG_GETPOLICY,
+        x.XFRM_MSG_GETAE,
+        x.XFRM_MSG_GETSADINFO,
+        x.XFRM_MSG_GETSPDINFO,
+        x.XFRM_MSG_GETDEFAULT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """What one receive returned: the bytes (all from the kernel)."""
+
+    data: bytes
+
+
+class Overrun(Exception):
+    """ENOBUFS: the kernel dropped messages for this socket."""
+
+
+def _open_raw(netns: str | None) -> _stdsocket.socket:
+    with entered(netns):
+        try:
+            sock = _stdsocket.socket(_stdsocket.AF_NETLINK, _stdsocket.SOCK_RAW, x.NETLINK_XFRM)
+        except OSError as exc:
+            if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+                raise NoXfrmError(
+                    "this kernel has no XFRM netlink (CONFIG_XFRM_USER); "
+                    "load it with `modprobe xfrm_user`"
+                ) from None
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise CapabilityError(f"opening an XFRM netlink socket {NEED_CAP}") from None
+            raise
+    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, 1 << 20)
+    sock.bind((0, 0))
+    return sock
+
+
+class XfrmSocket:
+    """One NETLINK_XFRM socket.  Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, sock: _stdsocket.socket, netns: str) -> None:
+        self._raw = sock
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self.netns = netns
+        self.portid: int = sock.getsockname()[0]
+        self._seq = itertools.count(1)
+        self._buf = bytearray(RECV_BUFSIZE)
+        self._view = memoryview(self._buf)
+        self.groups: set[int] = set()
+        self.rcvbuf = 0
+
+    @classmethod
+    def open(cls, netns: str | None = None) -> XfrmSocket:
+        return cls(_open_raw(netns), netns or "")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> XfrmSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- multicast ------------------------------------------------------------------
+
+    def set_rcvbuf(self, size: int) -> int:
+        """Set the receive buffer, forcing past rmem_max when allowed; return the effective size."""
+        try:
+            self._raw.setsockopt(_stdsocket.SOL_SOCKET, x.SO_RCVBUFFORCE, size)
+        except PermissionError:
+            self._raw.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, size)
+            eff = self._raw.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF)
+            log.warning(
+                "receive buffer capped by net.core.rmem_max (SO_RCVBUFFORCE needs CAP_NET_ADMIN)",
+                requested=size,
+                effective=eff,
+            )
+            self.rcvbuf = eff
+            return eff
+        self.rcvbuf = self._raw.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF)
+        return self.rcvbuf
+
+    def join(self, group: int) -> None:
+        try:
+            self._raw.setsockopt(x.SOL_NETLINK, x.NETLINK_ADD_MEMBERSHIP, group)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise CapabilityError(
+                    f"joining the XFRM {x.GROUP_NAMES.get(group, group)} group {NEED_CAP}"
+                ) from None
+            raise
+        self.groups.add(group)
+
+    async def receive(self) -> bytes:
+        """Receive one datagram from the kernel.
+
+        Datagrams not sent by the kernel (source port id != 0) are dropped.
+        Raises :class:`Overrun` on ENOBUFS: never swallowed.
+        """
+        while True:
+            try:
+                n, address = await self._sock.recvfrom_into(self._buf, 0, _stdsocket.MSG_TRUNC)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    raise Overrun() from None
+                raise
+            if address[0] != 0:
+                continue
+            if n > len(self._buf):
+                # Truncated: give the decoder what we have; framing checks flag it.
+                return bytes(self._view)
+            return bytes(self._view[:n])
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def request(
+        self, msg: nlmsg, msg_type: int, *, dump: bool = False, what: str = ""
+    ) -> list[bytes]:
+        """Send one GET request; return every reply datagram (multi-part until DONE).
+
+        NLMSG_ERROR with a non-zero code raises a :class:`UserError` subclass.
+        """
+        if msg_type not in READ_ONLY_REQUESTS:
+            raise ValueError(f"refusing to send XFRM message type {msg_type}: xfrmwatch is read-only")
+        seq = next(self._seq)
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+        msg["header"]["sequence_number"] = seq
+        msg["header"]["pid"] = self.portid
+        msg.encode()
+        what = what or x.MSG_NAMES.get(msg_type, str(msg_type))
+        with trio.fail_after(10):
+            await self._sock.sendto(bytes(msg.data), (0, 0))
+            out: list[bytes] = []
+            while True:
+                try:
+                    data = await self.receive()
+                except Overrun:
+                    raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
+                done, interrupted = _scan_reply(data, seq, what)
+                if interrupted:
+                    raise _DumpInterrupted()
+                out.append(data)
+                if done or not dump:
+                    return out
+
+    async def dump(self, msg: nlmsg, msg_type: int, *, what: str = "") -> list[bytes]:
+        """A dump request, retried if the kernel marks it inconsistent (NLM_F_DUMP_INTR)."""
+        for _ in range(5):
+            try:
+                return await self.request(msg, msg_type, dump=True, what=what)
+            except _DumpInterrupted:
+                continue
+        raise KernelError(f"{what}: the dump kept being interrupted by changes; retry")
+
+
+class _DumpInterrupted(Exception):
+    pass
+
+
+def _scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
+    """Check one reply datagram: (saw NLMSG_DONE or a final reply, dump interrupted)."""
+    off = 0
+    done = False
+    intr = False
+    while off + 16 <= len(data):
+        mlen, mtype, flags, mseq, _ = _NLMSG_HDR.unpack_from(data, off)
+        if mlen < 16:
+            break
+        if mseq == seq:
+            if mtype == NLMSG_ERROR:
+                code = _ERR.unpack_from(data, off + 16)[0] if mlen >= 20 else -errno.EIO
+                if code:
+                    raise kernel_error(-code, what)
+                done = True
+            elif mtype == NLMSG_DONE:
+                done = True
+            elif not flags & NLM_F_MULTI:
+                done = True
+            if flags & NLM_F_DUMP_INTR:
+                intr = True
+        off += (mlen + 3) & ~3
+    return done, intr
+
+
+def kernel_error(code: int, what: str) -> UserError:
+    """Turn an NLMSG_ERROR code into the error a user can act on."""
+    if code in (errno.EPERM, errno.EACCES):
+        return CapabilityError(f"{what} {NEED_CAP}")
+    if code == errno.ESRCH or code == errno.ENOENT:
+        from ..errors import NotFoundError
+
+        return NotFoundError(f"{what}: no such entry in the kernel")
+    if code == errno.EOPNOTSUPP:
+        return KernelError(f"{what}: not supported by this kernel", code)
+    import os
+
+    return KernelError(f"{what}: kernel error: {os.strerror(code)}", code)

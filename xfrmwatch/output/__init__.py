@@ -1,0 +1,1 @@
+"""Outputs: renderers turn events into lines; writers put them somewhere."""

@@ -1,0 +1,191 @@
+"""Renderers: one small class per output format.
+
+* :class:`JsonRenderer`: one JSON object per line, the event schema as is.
+* :class:`TextRenderer`: aligned one-line summaries (colour via rich on a tty).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from rich.text import Text
+
+from .. import events as ev
+
+
+class JsonRenderer:
+    """Events as JSON lines (bytes), exactly the documented schema."""
+
+    __slots__ = ("_enc",)
+
+    def __init__(self) -> None:
+        self._enc = msgspec.json.Encoder()
+
+    def __call__(self, e: Any) -> bytes:
+        return self._enc.encode(e) + b"\n"
+
+
+def _alg(sa: ev.SA) -> str:
+    parts = []
+    if sa.aead:
+        parts.append(f"aead {sa.aead.name}/{sa.aead.key_bits}/{sa.aead.icv_bits}")
+    if sa.enc:
+        parts.append(f"enc {sa.enc.name}/{sa.enc.key_bits}")
+    if sa.auth:
+        trunc = f"/{sa.auth.trunc_bits}" if sa.auth.trunc_bits is not None else ""
+        parts.append(f"auth {sa.auth.name}/{sa.auth.key_bits}{trunc}")
+    if sa.comp:
+        parts.append(f"comp {sa.comp.name}")
+    return " ".join(parts)
+
+
+def sa_summary(sa: ev.SA) -> str:
+    s = f"{sa.proto} spi {sa.spi} reqid {sa.reqid} {sa.src} -> {sa.dst} {sa.mode}"
+    alg = _alg(sa)
+    if alg:
+        s += " " + alg
+    if sa.mark:
+        s += f" mark 0x{sa.mark.value:x}/0x{sa.mark.mask:x}"
+    if sa.if_id is not None:
+        s += f" if_id {sa.if_id}"
+    return s
+
+
+def sel_summary(sel: ev.Selector) -> str:
+    s = f"{sel.src} -> {sel.dst}"
+    if sel.proto != "any":
+        s += f" {sel.proto}"
+        if sel.sport_mask:
+            s += f" sport {sel.sport}"
+        if sel.dport_mask:
+            s += f" dport {sel.dport}"
+    if sel.ifindex:
+        s += f" ifindex {sel.ifindex}"
+    return s
+
+
+def policy_summary(p: ev.Policy) -> str:
+    s = f"{sel_summary(p.sel)} dir {p.dir} {p.action} index {p.index} prio {p.priority}"
+    if p.ptype != "main":
+        s += f" ptype {p.ptype}"
+    if p.mark:
+        s += f" mark 0x{p.mark.value:x}/0x{p.mark.mask:x}"
+    if p.if_id is not None:
+        s += f" if_id {p.if_id}"
+    for t in p.tmpl:
+        s += f" tmpl {t.proto}/{t.mode} {t.src} -> {t.dst} reqid {t.reqid}"
+    return s
+
+
+def summary(e: Any) -> str:
+    """A one-line human summary of an event (no keys: events have none)."""
+    if isinstance(e, ev.SaEvent):
+        return sa_summary(e.sa)
+    if isinstance(e, ev.Expire):
+        return ("hard " if e.hard else "soft ") + sa_summary(e.sa)
+    if isinstance(e, ev.DelSA):
+        if e.sa is not None:
+            return sa_summary(e.sa)
+        return f"{e.id.proto} spi {e.id.spi} dst {e.id.dst}"
+    if isinstance(e, ev.PolicyEvent):
+        return policy_summary(e.policy)
+    if isinstance(e, ev.PolExpire):
+        return ("hard " if e.hard else "soft ") + policy_summary(e.policy)
+    if isinstance(e, ev.DelPolicy):
+        if e.policy is not None:
+            return policy_summary(e.policy)
+        return f"{sel_summary(e.policy_id.sel)} dir {e.policy_id.dir} index {e.policy_id.index}"
+    if isinstance(e, ev.FlushSA):
+        return f"proto {e.proto}"
+    if isinstance(e, ev.FlushPolicy):
+        return f"ptype {e.ptype}"
+    if isinstance(e, ev.AcquireEvent):
+        a = e.acquire
+        return f"{a.proto} {a.src} -> {a.dst} for {sel_summary(e.sel)} policy index {e.policy.index}"
+    if isinstance(e, ev.NewAE):
+        a = e.ae
+        s = f"{a.proto} spi {a.spi} reqid {a.reqid} {a.src} -> {a.dst} [{','.join(a.flags)}]"
+        if a.replay:
+            s += f" oseq {a.replay.oseq} seq {a.replay.seq}"
+        if a.replay_esn:
+            s += f" oseq {a.replay_esn.oseq} seq {a.replay_esn.seq}"
+        if a.current:
+            s += f" bytes {a.current.bytes} packets {a.current.packets}"
+        return s
+    if isinstance(e, ev.Report):
+        return f"{e.proto} {sel_summary(e.sel)}" + (f" coaddr {e.coaddr}" if e.coaddr else "")
+    if isinstance(e, ev.Migrate):
+        moves = "; ".join(
+            f"{m.proto}/{m.mode} reqid {m.reqid} {m.old_src} -> {m.old_dst} => {m.new_src} -> {m.new_dst}"
+            for m in e.migrate
+        )
+        return f"{sel_summary(e.policy_id.sel)} dir {e.policy_id.dir}: {moves}"
+    if isinstance(e, ev.Mapping):
+        return (
+            f"{e.id.proto} spi {e.id.spi} reqid {e.reqid} "
+            f"{e.old_src}:{e.old_sport} => {e.new_src}:{e.new_sport}"
+        )
+    if isinstance(e, ev.DefaultPolicy):
+        return f"in {e.in_} fwd {e.fwd} out {e.out}"
+    if isinstance(e, ev.Overrun):
+        return e.detail
+    if isinstance(e, ev.Malformed):
+        return f"type {e.msg_type} length {e.length}: {e.reason}"
+    if isinstance(e, ev.SadInfo):
+        return f"count {e.count}"
+    if isinstance(e, ev.SpdInfo):
+        return f"counts {e.counts}"
+    return ""
+
+
+STYLES = {
+    "newsa": "green",
+    "updsa": "green",
+    "delsa": "red",
+    "expire": "yellow",
+    "newpolicy": "cyan",
+    "updpolicy": "cyan",
+    "delpolicy": "magenta",
+    "polexpire": "yellow",
+    "flushsa": "bold red",
+    "flushpolicy": "bold red",
+    "acquire": "blue",
+    "default_policy": "bold yellow",
+    "overrun": "bold white on red",
+    "malformed": "bold white on red",
+}
+
+
+def event_type(e: Any) -> str:
+    return e.__struct_config__.tag  # type: ignore[no-any-return]
+
+
+class TextRenderer:
+    """One aligned line per event: time, netns, type, summary."""
+
+    __slots__ = ("show_netns",)
+
+    def __init__(self, show_netns: bool = True) -> None:
+        self.show_netns = show_netns
+
+    def parts(self, e: Any) -> tuple[str, str, str, str]:
+        t = event_type(e)
+        if isinstance(e, (ev.Expire, ev.PolExpire)):
+            t += "/hard" if e.hard else "/soft"
+        return e.time, e.netns or "-", t, summary(e)
+
+    def __call__(self, e: Any) -> bytes:
+        when, netns, t, text = self.parts(e)
+        ns = f"{netns:<12} " if self.show_netns else ""
+        return f"{when} {ns}{t:<16} {text}\n".encode()
+
+    def rich(self, e: Any) -> Text:
+        when, netns, t, text = self.parts(e)
+        line = Text()
+        line.append(when[11:23], style="dim")
+        if self.show_netns:
+            line.append(f" {netns:<12}", style="dim")
+        line.append(f" {t:<16}", style=STYLES.get(event_type(e), "white"))
+        line.append(" " + text)
+        return line
