@@ -1,0 +1,188 @@
+"""Shared test helpers: running the real CLI, namespaces, schema and key checks."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "xfrmwatch" / "schema" / "events.schema.json"
+XFRMWATCH = [sys.executable, "-m", "xfrmwatch"]
+
+IS_ROOT = os.geteuid() == 0
+IN_UML = os.environ.get("XW_IN_UML") == "1"
+
+
+@functools.cache
+def event_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_event(obj: dict[str, Any]) -> None:
+    """Every event the suite sees must validate against the committed schema."""
+    errors = sorted(event_validator().iter_errors(obj), key=lambda e: list(e.path))
+    assert not errors, f"event does not match schema: {errors[0].message} in {obj}"
+
+
+def key_forms(key_hex: str) -> list[str]:
+    """The ways a key could leak: hex (both cases, with 0x), base64 (std and urlsafe)."""
+    h = key_hex.lower().removeprefix("0x")
+    raw = bytes.fromhex(h)
+    forms = [h, h.upper(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()]
+    # a prefix long enough to be unmistakable catches a truncated leak too
+    forms += [h[:16], base64.b64encode(raw[:12]).decode()]
+    return forms
+
+
+def assert_no_keys(texts: Iterable[str | bytes], keys: Iterable[str]) -> None:
+    blob = "\n".join(t.decode(errors="replace") if isinstance(t, bytes) else t for t in texts)
+    for key in keys:
+        for form in key_forms(key):
+            assert form not in blob, f"key material ({form[:6]}...) found in output"
+
+
+def run_cli(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*XFRMWATCH, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw
+    )
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a shell command (test set-up only), failing loudly."""
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"`{cmd}` failed ({p.returncode}): {p.stderr.strip()}")
+    return p
+
+
+@contextmanager
+def fresh_netns(prefix: str = "xw") -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    sh(f"ip netns add {name}")
+    sh(f"ip -n {name} link set lo up")
+    try:
+        yield name
+    finally:
+        sh(f"ip netns pids {name} | xargs -r kill -9", check=False)
+        sh(f"ip netns del {name}", check=False)
+
+
+class Monitor:
+    """``xfrmwatch monitor --format json`` as a real subprocess.
+
+    Start it, wait until it says it is monitoring (its groups are joined), act,
+    then :meth:`wait_for` the events you expect.  Every JSON line read is
+    validated against the event schema.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.args = ["monitor", "--format", "json", *args]
+        self.proc = subprocess.Popen(
+            [*XFRMWATCH, *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        self.events: list[dict[str, Any]] = []
+        self.stdout_raw: list[bytes] = []
+        self.stderr_raw = b""
+        self._buf = b""
+        self._ready()
+
+    def _ready(self, timeout: float = 20) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        err = b""
+        while b"monitoring" not in err:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"monitor did not start: {(err + self.stderr_raw).decode()}")
+            r, _, _ = select.select([self.proc.stderr], [], [], left)
+            if r:
+                chunk = os.read(self.proc.stderr.fileno(), 65536)
+                if not chunk:
+                    continue
+                err += chunk
+        self.stderr_raw = err
+
+    def _read(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        r, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0))
+        if not r:
+            return
+        chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+        if not chunk:
+            time.sleep(0.01)
+            return
+        self.stdout_raw.append(chunk)
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                obj = json.loads(line)
+                validate_event(obj)
+                self.events.append(obj)
+
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 15, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """Read until ``count`` events satisfy ``pred``; return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events if pred(e)]
+            if len(found) >= count:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                types = [e.get("type") for e in self.events]
+                raise AssertionError(f"timed out; saw {len(self.events)} events: {types[-30:]}")
+            self._read(min(left, 0.5))
+
+    def of_type(self, t: str, timeout: float = 15, count: int = 1) -> list[dict[str, Any]]:
+        return self.wait_for(lambda e: e["type"] == t, timeout=timeout, count=count)
+
+    def drain(self, seconds: float = 0.5) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._read(deadline - time.monotonic())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                out, err = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+            self.stdout_raw.append(out)
+            self.stderr_raw += err
+
+    def all_output(self) -> list[bytes]:
+        return [*self.stdout_raw, self.stderr_raw]
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
