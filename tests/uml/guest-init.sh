@@ -9,14 +9,16 @@
 #   XW_GUEST_SCRIPT  absolute path of the script to run (written by run_guest.sh)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
-# The guest runs with the FPU state saved as the legacy fxsave area only (see the
-# XSTATE note in run_guest.sh): the AVX-512 registers (zmm16-31, opmasks) are not
-# preserved for guest processes on hosts that have them, and glibc's EVEX string
-# functions then go wrong (printf printing "%s" literally, insmod failing with
-# EINVAL). Keep glibc and OpenSSL off AVX-512 (and OpenSSL off all CPUID leaf 7
-# extensions) inside the guest.
-export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512_VBMI,-AVX512_VBMI2,-AVX512_VNNI,-AVX512_BITALG,-AVX512_VPOPCNTDQ,-AVX512_IFMA,-AVX512_BF16,-AVX512_FP16
-export OPENSSL_ia32cap='~0:0'
+# The guest's FPU state is saved and restored as the legacy fxsave area only (see the
+# XSTATE note in run_guest.sh). Measured on a Sapphire Rapids host (AVX-512, AMX,
+# TSX): guest code using AVX-512 registers or TSX (RTM) goes wrong: glibc's EVEX
+# printf printing "%s" literally, insmod failing with EINVAL, Python dying in getpath
+# or with SIGSEGV. AVX/AVX2 code gives the same results as on the host. So keep
+# glibc's string functions off AVX-512 and RTM (GLIBC_TUNABLES) and OpenSSL
+# (Python's hashlib, strongSwan's openssl plugin) off AVX-512/VAES (OPENSSL_ia32cap
+# clears those CPUID.7 bits). The tunables also reach the module loader below.
+export GLIBC_TUNABLES=glibc.cpu.hwcaps=-RTM,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL,-AVX512_VBMI,-AVX512_VBMI2,-AVX512_VNNI,-AVX512_BITALG,-AVX512_VPOPCNTDQ,-AVX512_IFMA,-AVX512_BF16,-AVX512_FP16
+export OPENSSL_ia32cap='~0:~0x5E42D0230000'
 
 log() { echo "guest-init: $*"; }
 
