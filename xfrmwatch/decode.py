@@ -804,7 +804,7 @@ class Decoder:
             )
         try:
             return handler(common, buf, off, end)
-        except (MalformedError, struct.error, ValueError, IndexError, TypeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - malformed input must never stop the receive loop
             reason = str(exc) if isinstance(exc, MalformedError) else f"{type(exc).__name__} while decoding"
             return ev.Malformed(**common, reason=reason, msg_type=msg_type, length=length)
 
