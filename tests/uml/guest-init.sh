@@ -33,7 +33,14 @@ halt_guest() {
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs -o mode=0755 tmpfs /run
+# /dev is the guest's own devtmpfs (mounted by the kernel), not the host's.
+mkdir -p /dev/shm /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm 2>/dev/null
+mount -t devpts -o mode=0620,ptmxmode=0666 devpts /dev/pts 2>/dev/null
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /run/tmp && chmod 1777 /run/tmp
 
 if [ -z "$XW_GUEST_SCRIPT" ] || [ ! -f "$XW_GUEST_SCRIPT" ]; then
