@@ -1,0 +1,23 @@
+"""UML tier: runs inside the User-Mode Linux guest (full IPsec kernel), started by
+`scripts/test` through tests/uml/run_guest.sh.  Outside the guest it is skipped."""
+
+from collections.abc import Iterator
+
+import pytest
+from support import IN_UML, fresh_netns
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    with fresh_netns() as name:
+        yield name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if IN_UML:
+        return
+    for item in items:
+        if "tests/guest/" in str(item.fspath):
+            item.add_marker(
+                pytest.mark.skip(reason="UML tier: runs inside the guest (scripts/test boots it)")
+            )
