@@ -230,7 +230,7 @@ def test_state_list_and_get_match_ip(pair: tuple[str, str]) -> None:
     assert len(blocks) == len(ours) == 2
     for blk in blocks:
         w = blk.split()
-        spi = "0x%08x" % int(w[w.index("spi") + 1], 16)
+        spi = "0x%08x" % int(w[w.index("spi") + 1].split("(")[0], 16)
         s = ours[spi]
         assert (s["src"], s["dst"]) == (w[0], w[w.index("dst") + 1])
         assert s["proto"] == w[w.index("proto") + 1]

@@ -136,9 +136,12 @@ def install_filter():
         raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
     if libc.prctl(22, 2, ctypes.addressof(progbuf), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
-size = host_xstate_size()
-if size > 832:
+if host_xstate_size() > 832:
     install_filter()
+try:
+    os.setsid()   # own process group, so that the runner can kill all of UML
+except OSError:
+    pass          # already a group leader
 os.execvp(sys.argv[1], sys.argv[1:])
 PYEOF
 
@@ -146,11 +149,11 @@ py=""
 for c in "$repo/.venv/bin/python" python3; do
     if command -v "$c" >/dev/null 2>&1; then py=$c; break; fi
 done
-launch=()
+launch=(setsid)
 [ -n "$py" ] && launch=("$py" -c "$uml_launcher")
 
 start=$(date +%s)
-setsid "${launch[@]}" "$uml" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ rw \
+"${launch[@]}" "$uml" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ rw \
     uml_dir="$outdir/uml-dir" umid=xw$$ \
     init="$outdir/guest-init.sh" con=null con0=fd:0,fd:1 \
     XW_GUEST_SCRIPT="$outdir/guest-cmd.sh" \
@@ -158,7 +161,7 @@ setsid "${launch[@]}" "$uml" mem="$mem" root=/dev/root rootfstype=hostfs rootfla
 pid=$!
 
 kill_guest() {
-    # setsid made linux.uml a process-group leader: kill its helpers too.
+    # linux.uml leads its own process group (setsid): kill its helpers too.
     kill -KILL -- "-$pid" 2>/dev/null
     kill -KILL "$pid" 2>/dev/null
 }
