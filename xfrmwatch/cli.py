@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of events")
+    schema.add_argument("--markdown", action="store_true", help="the field reference instead")
     schema.set_defaults(func=cmd_schema)
     return parser
 
@@ -437,6 +438,11 @@ async def cmd_info(args: argparse.Namespace) -> int:
 
 
 async def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from .schema_doc import markdown
+
+        sys.stdout.write(markdown())
+        return 0
     sys.stdout.write(json.dumps(ev.json_schema(), indent=2, sort_keys=True) + "\n")
     return 0
 

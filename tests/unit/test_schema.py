@@ -31,3 +31,12 @@ def test_schema_rejects_key_fields() -> None:
     assert schema["$defs"]["Alg"].get("additionalProperties") is False
     assert "key" not in schema["$defs"]["Alg"]["properties"]
     event_validator()  # the schema itself is valid draft 2020-12
+
+
+def test_event_docs_are_current() -> None:
+    """docs/events.md is what `xfrmwatch schema --markdown` generates."""
+    from support import ROOT
+
+    from xfrmwatch.schema_doc import markdown
+
+    assert markdown() == (ROOT / "docs" / "events.md").read_text()
