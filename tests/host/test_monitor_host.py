@@ -325,3 +325,29 @@ def test_nonkernel_datagrams_are_dropped(netns: str) -> None:
 
 
 _ = (socket, time, pytest)
+
+
+def test_migrate(netns: str) -> None:
+    """A MIGRATE request against a tunnel policy is announced with old/new endpoints and KMADDRESS."""
+    from pathlib import Path
+
+    sh(
+        f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out "
+        "tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 7 mode tunnel"
+    )
+    script = Path(__file__).with_name("send_migrate.py")
+    with Monitor("--netns", netns) as m:
+        sh(
+            f"ip netns exec {netns} python3 {script} 10.1.0.0/24 10.2.0.0/24 out "
+            "192.0.2.1 192.0.2.2 192.0.2.1 203.0.113.9 7 192.0.2.1 203.0.113.9"
+        )
+        e = m.of_type("migrate")[0]
+    assert e["policy_id"]["dir"] == "out"
+    assert (e["policy_id"]["sel"]["src"], e["policy_id"]["sel"]["dst"]) == ("10.1.0.0/24", "10.2.0.0/24")
+    (mig,) = e["migrate"]
+    assert (mig["proto"], mig["mode"], mig["reqid"]) == ("esp", "tunnel", 7)
+    assert (mig["old_src"], mig["old_dst"]) == ("192.0.2.1", "192.0.2.2")
+    assert (mig["new_src"], mig["new_dst"]) == ("192.0.2.1", "203.0.113.9")
+    assert e["kmaddress"] == {"family": "inet", "local": "192.0.2.1", "remote": "203.0.113.9"}
+    # and the kernel really moved the template
+    assert "dst 203.0.113.9" in sh(f"ip -n {netns} xfrm policy").stdout
