@@ -21,15 +21,23 @@ from pathlib import Path
 
 import msgspec
 
+from xfrmwatch import decode as decode_mod
 from xfrmwatch.decode import NLMSG_HDR, Decoder
 from xfrmwatch.netlink import xfrm as x
 
+CACHES = (
+    decode_mod._sel_cache,
+    decode_mod._lft_cache,
+    decode_mod._time_cache,
+    decode_mod._flag_cache,
+    decode_mod._addr_cache,
+)
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
 def load() -> dict[str, list[bytes]]:
     by_type: dict[str, list[bytes]] = defaultdict(list)
-    for f in sorted(FIXTURES.glob("*/*.bin")):
+    for f in sorted(FIXTURES.rglob("*.bin")):
         data = f.read_bytes()
         if len(data) < 16:
             continue
@@ -56,6 +64,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument(
+        "--cold", action="store_true",
+        help="clear the decoder's sub-record caches before every message (worst case: all distinct)",
+    )  # fmt: skip
     args = ap.parse_args()
     by_type = load()
     if not by_type:
@@ -65,7 +77,15 @@ def main() -> int:
     enc = msgspec.json.Encoder()
     results = {}
     for name, msgs in sorted(by_type.items()):
-        decode = lambda m: dec.decode(m, 0.0, 0.0)  # noqa: E731
+        if args.cold:
+
+            def decode(m: bytes) -> list:
+                for c in CACHES:
+                    c.clear()
+                return dec.decode(m, 0.0, 0.0)
+
+        else:
+            decode = lambda m: dec.decode(m, 0.0, 0.0)  # noqa: E731
         events = [e for m in msgs for e in decode(m)]
         malformed = sum(e.__struct_config__.tag == "malformed" for e in events)
         r_dec = rate(decode, msgs, args.seconds)

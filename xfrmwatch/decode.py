@@ -136,29 +136,55 @@ def utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def utc_precise(seconds: float) -> str:
     """ISO 8601 UTC, microsecond resolution."""
     whole = int(seconds)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1e6):06d}Z"
+    if _second_cache[0] != whole:
+        _second_cache[0] = whole
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second_cache[1]}.{int((seconds - whole) * 1e6):06d}Z"
+
+
+_time_cache: dict[int, str | None] = {}
 
 
 def _opt_time(seconds: int) -> str | None:
+    s = _time_cache.get(seconds, "")
+    if s != "":
+        return s
     if seconds == 0:
-        return None
-    try:
-        return utc(seconds)
-    except (OverflowError, OSError, ValueError):
-        return None
+        s = None
+    else:
+        try:
+            s = utc(seconds)
+        except (OverflowError, OSError, ValueError):
+            s = None
+    if len(_time_cache) > 4096:
+        _time_cache.clear()
+    _time_cache[seconds] = s
+    return s
+
+
+_flag_cache: dict[tuple[int, int], tuple[str, ...]] = {}
 
 
 def _flags(value: int, table: tuple[tuple[int, str], ...]) -> list[str]:
-    out = [name for bit, name in table if value & bit]
-    known = 0
-    for bit, _ in table:
-        known |= bit
-    if value & ~known:
-        out.append(f"0x{value & ~known:x}")
-    return out
+    key = (id(table), value)
+    names = _flag_cache.get(key)
+    if names is None:
+        out = [name for bit, name in table if value & bit]
+        known = 0
+        for bit, _ in table:
+            known |= bit
+        if value & ~known:
+            out.append(f"0x{value & ~known:x}")
+        names = tuple(out)
+        if len(_flag_cache) < 4096:
+            _flag_cache[key] = names
+    return list(names)
 
 
 def _cstr(raw: bytes) -> str:
@@ -219,9 +245,38 @@ def _current(v: tuple[Any, ...], i: int) -> ev.Current:
     )
 
 
+# Immutable sub-records repeat across messages (the same SA or policy is
+# announced many times): build each distinct one once, keyed by its raw bytes.
+_sel_cache: dict[bytes, ev.Selector] = {}
+_lft_cache: dict[bytes, ev.Lifetime] = {}
+_CACHE_MAX = 8192
+
+
+def _selector_at(buf: bytes, off: int, v: tuple[Any, ...], i: int) -> ev.Selector:
+    raw = bytes(buf[off : off + 56])
+    sel = _sel_cache.get(raw)
+    if sel is None:
+        sel = _selector(v, i)[0]
+        if len(_sel_cache) > _CACHE_MAX:
+            _sel_cache.clear()
+        _sel_cache[raw] = sel
+    return sel
+
+
+def _lifetime_at(buf: bytes, off: int, v: tuple[Any, ...], i: int) -> ev.Lifetime:
+    raw = bytes(buf[off : off + 64])
+    lft = _lft_cache.get(raw)
+    if lft is None:
+        lft = _lifetime(v, i)
+        if len(_lft_cache) > _CACHE_MAX:
+            _lft_cache.clear()
+        _lft_cache[raw] = lft
+    return lft
+
+
 def _sa_fixed(buf: bytes, off: int) -> dict[str, Any]:
     v = _USERSA_INFO.unpack_from(buf, off)
-    sel, i = _selector(v, 0)
+    sel = _selector_at(buf, off, v, 0)
     id_daddr, id_spi, id_proto, saddr = v[12:16]
     # v: sel 0-11, id 12-14, saddr 15, lft 16-23, cur 24-27, stats 28-30,
     #    seq 31, reqid 32, family 33, mode 34, replay_window 35, flags 36
@@ -238,7 +293,7 @@ def _sa_fixed(buf: bytes, off: int) -> dict[str, Any]:
         "flags": _flags(v[36], x.SA_FLAG_NAMES),
         "seq": v[31],
         "sel": sel,
-        "lifetime": _lifetime(v, 16),
+        "lifetime": _lifetime_at(buf, off + 96, v, 16),
         "current": _current(v, 24),
         "stats": ev.Stats(replay_window=v[28], replay=v[29], integrity_failed=v[30]),
     }
@@ -246,7 +301,7 @@ def _sa_fixed(buf: bytes, off: int) -> dict[str, Any]:
 
 def _policy_fixed(buf: bytes, off: int) -> dict[str, Any]:
     v = _USERPOLICY_INFO.unpack_from(buf, off)
-    sel, _ = _selector(v, 0)
+    sel = _selector_at(buf, off, v, 0)
     # v: sel 0-11, lft 12-19, cur 20-23, priority 24, index 25, dir 26,
     #    action 27, flags 28, share 29
     return {
@@ -258,7 +313,7 @@ def _policy_fixed(buf: bytes, off: int) -> dict[str, Any]:
         "flags": _flags(v[28], x.POLICY_FLAG_NAMES),
         "share": _named(x.SHARE_NAMES, v[29]),
         "sel": sel,
-        "lifetime": _lifetime(v, 12),
+        "lifetime": _lifetime_at(buf, off + 56, v, 12),
         "current": _current(v, 20),
         "tmpl": [],
     }
@@ -535,7 +590,19 @@ def decode_attrs(
     """
     out: dict[str, Any] = {}
     unknown: list[ev.UnknownAttr] | None = None
-    for atype, o, n in iter_attrs(buf, off, end):
+    unpack_hdr = NLA_HDR.unpack_from
+    while off < end:
+        if end - off < 4:
+            raise MalformedError(f"{end - off} trailing bytes after the last attribute")
+        alen, atype = unpack_hdr(buf, off)
+        atype &= _NLA_TYPE_MASK
+        if alen < 4:
+            raise MalformedError(f"attribute type {atype} has length {alen} < 4")
+        if off + alen > end:
+            raise MalformedError(f"attribute type {atype} (length {alen}) runs past the end of the message")
+        o = off + 4
+        n = alen - 4
+        off += (alen + 3) & ~3
         if atype == skip:
             continue
         entry = ATTRS.get(atype)
