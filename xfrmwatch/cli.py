@@ -256,7 +256,7 @@ def _write_json_lines(objs: list[Any]) -> None:
 class _Holder:
     """Lets a Filter look at a bare SA or policy like at an event carrying it."""
 
-    __slots__ = ("sa", "policy")
+    __slots__ = ("policy", "sa")
 
     def __init__(self, sa: ev.SA | None = None, policy: ev.Policy | None = None) -> None:
         self.sa = sa
@@ -327,7 +327,7 @@ async def cmd_state_list(args: argparse.Namespace) -> int:
         elif stats is None:
             _write_json_lines(sas)
         else:
-            _write_json_lines([{"sa": sa, "ae": ae} for sa, ae in zip(sas, stats)])
+            _write_json_lines([{"sa": sa, "ae": ae} for sa, ae in zip(sas, stats, strict=True)])
         return 0
 
     return await _with_socket(args, run)
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return int(trio.run(args.func, args) or 0)
-    except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+    except BaseException as exc:
         err = _user_error(exc)
         if err is not None:
             print(f"xfrmwatch: {err}", file=sys.stderr)
@@ -512,4 +512,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
-__all__ = ["main", "build_parser", "EXIT_NETNS", "EXIT_NO_XFRM", "EXIT_NOT_FOUND", "EXIT_KERNEL", "EXIT_CAPABILITY"]
+__all__ = ["EXIT_CAPABILITY", "EXIT_KERNEL", "EXIT_NETNS", "EXIT_NOT_FOUND", "EXIT_NO_XFRM", "build_parser", "main"]

@@ -403,12 +403,13 @@ def _a_mark(buf: bytes, o: int, n: int) -> ev.Mark:
 
 def _a_u32(buf: bytes, o: int, n: int) -> int:
     _need(4, n, "u32")
-    return _U32.unpack_from(buf, o)[0]
+    value: int = _U32.unpack_from(buf, o)[0]
+    return value
 
 
 def _a_u8(buf: bytes, o: int, n: int) -> int:
     _need(1, n, "u8")
-    return buf[o]
+    return int(buf[o])
 
 
 def _a_sec_ctx(buf: bytes, o: int, n: int) -> ev.SecCtx:
@@ -649,7 +650,7 @@ class Decoder:
     (trio's clock in the service); ``wallclock`` the UNIX time.
     """
 
-    __slots__ = ("netns", "_handlers")
+    __slots__ = ("_handlers", "netns")
 
     def __init__(self, netns: str = "") -> None:
         self.netns = netns
@@ -853,7 +854,9 @@ class Decoder:
         wall: str,
     ) -> ev.Event:
         """Decode one message whose body is buf[off:end].  Never raises."""
-        common = {"time": wall, "mono": mono, "netns": self.netns, "nlmsg_pid": pid, "nlmsg_seq": seq}
+        common: dict[str, Any] = {
+            "time": wall, "mono": mono, "netns": self.netns, "nlmsg_pid": pid, "nlmsg_seq": seq,
+        }  # fmt: skip
         length = end - off + 16
         handler = self._handlers.get(msg_type)
         if handler is None:
@@ -871,7 +874,7 @@ class Decoder:
             )
         try:
             return handler(common, buf, off, end)
-        except Exception as exc:  # noqa: BLE001 - malformed input must never stop the receive loop
+        except Exception as exc:
             reason = str(exc) if isinstance(exc, MalformedError) else f"{type(exc).__name__} while decoding"
             return ev.Malformed(**common, reason=reason, msg_type=msg_type, length=length)
 
@@ -892,7 +895,7 @@ class Decoder:
                     )
                 )  # fmt: skip
                 break
-            mtype, _flags_, seq, pid, off, end = item
+            mtype, _, seq, pid, off, end = item
             if mtype < 16:
                 continue
             out.append(self.decode_message(mtype, seq, pid, data, off, end, mono, wall_s))

@@ -472,7 +472,7 @@ class Malformed(Event, tag="malformed"):
     length: int
 
 
-AnyEvent = Union[
+AnyEvent = Union[  # noqa: UP007 - a runtime union object for msgspec and typing.get_args
     NewSA,
     UpdSA,
     DelSA,
@@ -496,7 +496,7 @@ AnyEvent = Union[
 ]
 
 EVENT_TYPES: tuple[str, ...] = tuple(
-    cls.__struct_config__.tag  # type: ignore[misc]
+    cls.__struct_config__.tag
     for cls in AnyEvent.__args__  # type: ignore[attr-defined]
 )
 

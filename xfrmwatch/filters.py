@@ -234,7 +234,7 @@ class Filter:
     def match(self, e: ev.Event) -> bool:
         if isinstance(e, ALWAYS_SHOWN):
             return True
-        if self.types and e.__struct_config__.tag not in self.types:  # type: ignore[attr-defined]
+        if self.types and e.__struct_config__.tag not in self.types:
             return False
         src, dst = self.src, self.dst
         if src is not None and not any(_in(a, src) for a in _endpoints(e, "src")):
@@ -255,6 +255,4 @@ class Filter:
                 return False
         if self.ifindex is not None and self.ifindex not in _ifindexes(e):
             return False
-        if self.dir is not None and self.dir not in _dirs(e):
-            return False
-        return True
+        return self.dir is None or self.dir in _dirs(e)

@@ -186,12 +186,12 @@ async def default_policy(sock: XfrmSocket, decoder: Decoder) -> ev.DefaultPolicy
 
 
 __all__ = [
-    "dump_sas",
+    "default_policy",
     "dump_policies",
-    "get_sa",
+    "dump_sas",
     "get_ae",
     "get_policy",
+    "get_sa",
     "sad_info",
     "spd_info",
-    "default_policy",
 ]

@@ -182,7 +182,7 @@ def test_expire_by_packets(pair: tuple[str, str]) -> None:
     # the peer really received them through ESP: its inbound SA counted them
     stat = sh(f"ip -s -n {b} xfrm state get src {A} dst {B} proto esp spi 0x4000").stdout
     got = re.search(r"(\d+)\(bytes\), (\d+)\(packets\)", stat)
-    assert got and 6 <= int(got[2])
+    assert got and int(got[2]) >= 6
     assert_no_keys(m.all_output(), ALL_KEYS)
 
 

@@ -2,11 +2,10 @@
 
 import struct
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import validate_event
-
-import msgspec
 
 from xfrmwatch import events as ev
 from xfrmwatch.decode import Decoder

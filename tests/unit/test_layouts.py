@@ -57,4 +57,4 @@ def test_attribute_numbers() -> None:
     assert x.XFRMA_NAMES.index("XFRMA_ALG_AEAD") == x.XFRMA_ALG_AEAD == 18
     assert x.XFRMA_NAMES.index("XFRMA_IF_ID") == x.XFRMA_IF_ID == 31
     assert x.XFRMA_NAMES.index("XFRMA_SA_DIR") == x.XFRMA_SA_DIR == 33
-    assert x.KEY_ATTRS == {1, 2, 18, 20}
+    assert {1, 2, 18, 20} == x.KEY_ATTRS

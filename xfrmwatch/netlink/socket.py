@@ -210,9 +210,7 @@ def _scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
                 if code:
                     raise kernel_error(-code, what)
                 done = True
-            elif mtype == NLMSG_DONE:
-                done = True
-            elif not flags & NLM_F_MULTI:
+            elif mtype == NLMSG_DONE or not flags & NLM_F_MULTI:
                 done = True
             if flags & NLM_F_DUMP_INTR:
                 intr = True

@@ -481,7 +481,7 @@ _NLA_SCALARS = {
 }
 
 
-class _xfrm_msg(nlmsg):
+class _xfrm_msg(nlmsg):  # type: ignore[misc]
     """Common base: every XFRM message shares the attribute space."""
 
 

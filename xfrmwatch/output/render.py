@@ -104,14 +104,14 @@ def summary(e: Any) -> str:
         a = e.acquire
         return f"{a.proto} {a.src} -> {a.dst} for {sel_summary(e.sel)} policy index {e.policy.index}"
     if isinstance(e, ev.NewAE):
-        a = e.ae
-        s = f"{a.proto} spi {a.spi} reqid {a.reqid} {a.src} -> {a.dst} [{','.join(a.flags)}]"
-        if a.replay:
-            s += f" oseq {a.replay.oseq} seq {a.replay.seq}"
-        if a.replay_esn:
-            s += f" oseq {a.replay_esn.oseq} seq {a.replay_esn.seq}"
-        if a.current:
-            s += f" bytes {a.current.bytes} packets {a.current.packets}"
+        ae = e.ae
+        s = f"{ae.proto} spi {ae.spi} reqid {ae.reqid} {ae.src} -> {ae.dst} [{','.join(ae.flags)}]"
+        if ae.replay:
+            s += f" oseq {ae.replay.oseq} seq {ae.replay.seq}"
+        if ae.replay_esn:
+            s += f" oseq {ae.replay_esn.oseq} seq {ae.replay_esn.seq}"
+        if ae.current:
+            s += f" bytes {ae.current.bytes} packets {ae.current.packets}"
         return s
     if isinstance(e, ev.Report):
         return f"{e.proto} {sel_summary(e.sel)}" + (f" coaddr {e.coaddr}" if e.coaddr else "")
