@@ -174,6 +174,8 @@ XFRMA_SPD_IPV6_HTHRESH = 4
 # --- value names -------------------------------------------------------------
 IPSEC_PROTO_ANY = 255
 XFRM_PROTO_NAMES: dict[int, str] = {
+    4: "ipip",  # the kernel's internal tunnel state of a tunnel-mode IPComp SA
+    41: "ipv6",
     50: "esp",
     51: "ah",
     108: "comp",
