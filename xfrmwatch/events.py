@@ -313,12 +313,14 @@ class HashThresh(Struct, **_record):
 # --- events ---------------------------------------------------------------------
 
 
-class Event(Struct, tag_field="type", **_record):
+class Event(Struct, tag_field="type", **{**_record, "omit_defaults": False}):
     """Fields every event has.  ``type`` names the event (see the subclasses).
 
     ``nlmsg_pid``/``nlmsg_seq`` are the netlink header's port id and sequence:
     the requester's port id on SA and policy changes (0 for the kernel's own
-    events and for ``ip``); on ``newae`` they are meaningless.
+    events and for ``ip``); on ``newae`` they are meaningless, and on events
+    xfrmwatch derives itself (rekey tracking, alerts) they are 0.
+    ``kind`` is ``event`` for what happened, ``alert`` for a rule's finding.
     """
 
     time: str
@@ -472,6 +474,102 @@ class Malformed(Event, tag="malformed"):
     length: int
 
 
+class Resync(Event, tag="resync"):
+    """The mirror was rebuilt from a fresh dump after an overrun; what had drifted."""
+
+    missing: list[str]
+    stale: list[str]
+    sas: int
+    policies: int
+
+
+# --- events derived by the rekey tracker ---------------------------------------------
+
+
+class RekeyStarted(Event, tag="rekey_started"):
+    """An SA soft-expired and has no replacement yet: this side starts a rekey."""
+
+    reqid: int
+    proto: str
+    src: str
+    dst: str
+    spi: str
+    seconds_to_hard: float | None = None
+
+
+class RekeyCompleted(Event, tag="rekey_completed"):
+    """Replacement SAs (same reqid and endpoints, new SPIs) were installed.
+
+    ``initiator`` is true on the side that saw the soft EXPIRE; ``duration_seconds``
+    runs from that EXPIRE (initiator) or from the first new SA (responder).
+    """
+
+    reqid: int
+    proto: str
+    endpoints: list[str]
+    old_spis: list[str]
+    new_spis: list[str]
+    initiator: bool
+    duration_seconds: float
+
+
+class RekeyOverdue(Event, tag="rekey_overdue"):
+    """A soft-expired SA still has no replacement after the configured share of its remaining life."""
+
+    reqid: int
+    proto: str
+    src: str
+    dst: str
+    spi: str
+    seconds_since_soft: float
+    seconds_to_hard: float | None
+
+
+class SaExpiredUnreplaced(Event, tag="sa_expired_unreplaced"):
+    """An SA hard-expired with no live replacement: traffic for this reqid is now dropped.
+
+    ACQUIREs that follow for the same reqid are counted here (``acquires`` is the
+    count so far when the event is emitted) instead of being reported one by one.
+    """
+
+    reqid: int
+    proto: str
+    src: str
+    dst: str
+    spi: str
+    rekey_started: bool
+    acquires: int = 0
+
+
+class RuleRef(Struct, **_record):
+    """The rule behind an alert."""
+
+    id: str
+    title: str
+    level: str
+    tags: list[str] = []
+
+
+TriggerEvent = Union[  # noqa: UP007
+    "NewSA", "UpdSA", "DelSA", "Expire", "NewPolicy", "UpdPolicy", "DelPolicy", "PolExpire",
+    "FlushSA", "FlushPolicy", "AcquireEvent", "NewAE", "Report", "Migrate", "Mapping",
+    "DefaultPolicy", "SadInfo", "SpdInfo", "Overrun", "Malformed", "Resync", "RekeyStarted",
+    "RekeyCompleted", "RekeyOverdue", "SaExpiredUnreplaced",
+]  # fmt: skip
+
+
+class Alert(Event, tag="alert", kw_only=True):
+    """A rule matched.  ``group`` holds the correlation's group-by values;
+    ``events`` the triggering events (at most 20); ``suppressed`` how many
+    repeated firings for the same rule and group were held back before this one."""
+
+    kind: str = "alert"
+    rule: RuleRef
+    group: dict[str, str] = {}
+    suppressed: int = 0
+    events: list[TriggerEvent] = []
+
+
 AnyEvent = Union[  # noqa: UP007 - a runtime union object for msgspec and typing.get_args
     NewSA,
     UpdSA,
@@ -493,6 +591,12 @@ AnyEvent = Union[  # noqa: UP007 - a runtime union object for msgspec and typing
     SpdInfo,
     Overrun,
     Malformed,
+    Resync,
+    RekeyStarted,
+    RekeyCompleted,
+    RekeyOverdue,
+    SaExpiredUnreplaced,
+    Alert,
 ]
 
 EVENT_TYPES: tuple[str, ...] = tuple(

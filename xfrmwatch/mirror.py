@@ -1,0 +1,227 @@
+"""Stage 2 of the pipeline: an exact mirror of one namespace's SAD and SPD.
+
+Built from a dump, then kept current from events (NEWSA/UPDSA/DELSA, hard
+EXPIRE as the deletion, POLEXPIRE hard, NEW/UPD/DELPOLICY, flushes, default
+policy).  After a netlink overrun the mirror is rebuilt from a fresh dump and
+the differences are reported (:meth:`Mirror.reconcile`).
+
+Times: every entry records ``mono`` (trio's clock) when it was first seen, and
+its soft/hard deadlines on that clock, computed from the kernel's add time and
+the lifetimes (age at the event = event wall time - add time).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import events as ev
+
+#: An SA is identified by (dst, spi, proto, mark value, mark mask).
+SAKey = tuple[str, str, str, int, int]
+#: A policy by (ptype, index); index is unique per namespace and encodes dir.
+PolicyKey = tuple[str, int]
+#: SAs of one IKE CHILD_SA pair: (reqid, proto, lower endpoint, higher endpoint).
+PairKey = tuple[int, str, str, str]
+
+
+def sa_key(sa: ev.SA) -> SAKey:
+    m = sa.mark
+    return (sa.dst, sa.spi, sa.proto, m.value if m else 0, m.mask if m else 0)
+
+
+def sa_id_key(sa_id: ev.SaId, mark: ev.Mark | None) -> SAKey:
+    return (sa_id.dst, sa_id.spi, sa_id.proto, mark.value if mark else 0, mark.mask if mark else 0)
+
+
+def pair_key(sa: ev.SA) -> PairKey:
+    a, b = sorted((sa.src, sa.dst))
+    return (sa.reqid, sa.proto, a, b)
+
+
+def policy_key(p: ev.Policy) -> PolicyKey:
+    return (p.ptype, p.index)
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class SAEntry:
+    """One SA as the mirror knows it."""
+
+    sa: ev.SA
+    first_seen: float  # mono
+    age_offset: float  # mono time of the kernel's add_time
+    generation: int
+    soft_expired: float | None = None  # mono of the soft EXPIRE
+    direction: str = "unknown"  # "in", "out" or "unknown" (relative to local addresses)
+
+    @property
+    def soft_deadline(self) -> float | None:
+        t = self.sa.lifetime.soft_add_seconds
+        return None if t is None else self.age_offset + t
+
+    @property
+    def hard_deadline(self) -> float | None:
+        t = self.sa.lifetime.hard_add_seconds
+        return None if t is None else self.age_offset + t
+
+    def age(self, now: float) -> float:
+        return now - self.age_offset
+
+
+@dataclass
+class Mirror:
+    """The SAD and SPD of one namespace."""
+
+    netns: str = ""
+    sas: dict[SAKey, SAEntry] = field(default_factory=dict)
+    policies: dict[PolicyKey, ev.Policy] = field(default_factory=dict)
+    default: tuple[str, str, str] | None = None  # in, fwd, out
+    local_addrs: frozenset[str] = frozenset()
+    _generations: dict[tuple[int, str, str, str], int] = field(default_factory=dict)
+
+    # --- building ------------------------------------------------------------
+
+    def _direction(self, sa: ev.SA) -> str:
+        if sa.dir is not None:
+            return sa.dir
+        if sa.dst in self.local_addrs:
+            return "in"
+        if sa.src in self.local_addrs:
+            return "out"
+        return "unknown"
+
+    def _entry(self, sa: ev.SA, mono: float, wall: float | None, previous: SAEntry | None) -> SAEntry:
+        added = _epoch(sa.current.add_time)
+        age = 0.0 if added is None or wall is None else max(0.0, wall - added)
+        if previous is not None and previous.sa.spi == sa.spi:
+            # UPDSA of a known SA: keep its identity, clock and soft-expiry mark
+            previous.sa = sa
+            previous.direction = self._direction(sa)
+            return previous
+        gkey = (sa.reqid, sa.proto, sa.src, sa.dst)
+        gen = self._generations.get(gkey, 0) + 1
+        self._generations[gkey] = gen
+        return SAEntry(
+            sa=sa, first_seen=mono, age_offset=mono - age, generation=gen, direction=self._direction(sa)
+        )
+
+    def load(
+        self,
+        sas: Iterable[ev.SA],
+        policies: Iterable[ev.Policy],
+        default: tuple[str, str, str] | None,
+        mono: float,
+        wall: float,
+    ) -> None:
+        """Replace the contents with a dump."""
+        old = self.sas
+        self.sas = {}
+        for sa in sas:
+            k = sa_key(sa)
+            self.sas[k] = self._entry(sa, mono, wall, old.get(k))
+        self.policies = {policy_key(p): p for p in policies}
+        self.default = default
+
+    # --- applying events --------------------------------------------------------
+
+    def apply(self, e: ev.Event) -> SAEntry | None:
+        """Apply one event; return the SA entry it removed or touched, if any."""
+        wall = _epoch(e.time)
+        if isinstance(e, ev.SaEvent):
+            k = sa_key(e.sa)
+            entry = self._entry(e.sa, e.mono, wall, self.sas.get(k))
+            self.sas[k] = entry
+            return entry
+        if isinstance(e, ev.Expire):
+            k = sa_key(e.sa)
+            if e.hard:
+                return self.sas.pop(k, None)
+            entry = self.sas.get(k)
+            if entry is None:
+                entry = self._entry(e.sa, e.mono, wall, None)
+                self.sas[k] = entry
+            else:
+                entry.sa = e.sa
+            if entry.soft_expired is None:
+                entry.soft_expired = e.mono
+            return entry
+        if isinstance(e, ev.DelSA):
+            mark = e.sa.mark if e.sa is not None else None
+            return self.sas.pop(sa_id_key(e.id, mark), None)
+        if isinstance(e, ev.FlushSA):
+            self.sas = {k: v for k, v in self.sas.items() if e.proto != "any" and v.sa.proto != e.proto}
+            return None
+        if isinstance(e, ev.PolicyEvent):
+            self.policies[policy_key(e.policy)] = e.policy
+        elif isinstance(e, ev.DelPolicy):
+            if e.policy is not None:
+                self.policies.pop(policy_key(e.policy), None)
+            else:
+                self._drop_policy_by_id(e.policy_id)
+        elif isinstance(e, ev.PolExpire):
+            if e.hard:
+                self.policies.pop(policy_key(e.policy), None)
+        elif isinstance(e, ev.FlushPolicy):
+            self.policies = {k: p for k, p in self.policies.items() if p.ptype != e.ptype}
+        elif isinstance(e, ev.DefaultPolicy):
+            self.default = (e.in_, e.fwd, e.out)
+        return None
+
+    def _drop_policy_by_id(self, pid: ev.PolicyId) -> None:
+        for k, p in list(self.policies.items()):
+            if (pid.index and p.index == pid.index) or (
+                not pid.index and p.dir == pid.dir and p.sel == pid.sel
+            ):
+                del self.policies[k]
+
+    # --- queries ------------------------------------------------------------------
+
+    def pair_sas(self, pk: PairKey) -> list[SAEntry]:
+        return [s for s in self.sas.values() if pair_key(s.sa) == pk]
+
+    def replacement(self, entry: SAEntry) -> SAEntry | None:
+        """A live, newer SA for the same reqid, protocol and direction, if any."""
+        for s in self.sas.values():
+            sa = s.sa
+            if (
+                s is not entry
+                and sa.reqid == entry.sa.reqid
+                and sa.proto == entry.sa.proto
+                and sa.src == entry.sa.src
+                and sa.dst == entry.sa.dst
+                and sa.spi != entry.sa.spi
+                and s.generation > entry.generation
+            ):
+                return s
+        return None
+
+    def snapshot(self) -> dict[str, object]:
+        """The mirror as plain data (the same shape as `xfrmwatch dump --format json`)."""
+        return {
+            "netns": self.netns,
+            "sa": [s.sa for s in self.sas.values()],
+            "policy": list(self.policies.values()),
+        }
+
+    def differences(self, sas: Iterable[ev.SA], policies: Iterable[ev.Policy]) -> dict[str, list[str]]:
+        """What a dump has that the mirror lacks, and the reverse (identities only)."""
+        dump_sa = {sa_key(s) for s in sas}
+        dump_pol = {policy_key(p) for p in policies}
+        fmt_sa = lambda k: f"{k[2]} spi {k[1]} dst {k[0]}"  # noqa: E731
+        fmt_pol = lambda k: f"policy index {k[1]} ({k[0]})"  # noqa: E731
+        return {
+            "missing": sorted([fmt_sa(k) for k in dump_sa - self.sas.keys()])
+            + sorted([fmt_pol(k) for k in dump_pol - self.policies.keys()]),
+            "stale": sorted([fmt_sa(k) for k in self.sas.keys() - dump_sa])
+            + sorted([fmt_pol(k) for k in self.policies.keys() - dump_pol]),
+        }
