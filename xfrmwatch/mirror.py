@@ -217,8 +217,12 @@ class Mirror:
         """What a dump has that the mirror lacks, and the reverse (identities only)."""
         dump_sa = {sa_key(s) for s in sas}
         dump_pol = {policy_key(p) for p in policies}
-        fmt_sa = lambda k: f"{k[2]} spi {k[1]} dst {k[0]}"  # noqa: E731
-        fmt_pol = lambda k: f"policy index {k[1]} ({k[0]})"  # noqa: E731
+
+        def fmt_sa(k: SAKey) -> str:
+            return f"{k[2]} spi {k[1]} dst {k[0]}"
+
+        def fmt_pol(k: PolicyKey) -> str:
+            return f"policy index {k[1]} ({k[0]})"
         return {
             "missing": sorted([fmt_sa(k) for k in dump_sa - self.sas.keys()])
             + sorted([fmt_pol(k) for k in dump_pol - self.policies.keys()]),

@@ -175,7 +175,7 @@ def test_migrate_with_and_without_kmaddress() -> None:
     assert {"family": "inet", "local": "192.0.2.11", "remote": "192.0.2.21"} == m["kmaddress"]
     assert "main" == m["ptype"]
     m3 = one("host/migrate/0003-MIGRATE.bin")
-    assert "kmaddress" not in m3 and "192.0.2.10" == m3["migrate"][0]["new_src"]
+    assert m3["kmaddress"] is None and "192.0.2.10" == m3["migrate"][0]["new_src"]
 
 
 def test_request_replies_host() -> None:
