@@ -146,15 +146,15 @@ class Mirror:
             k = sa_key(e.sa)
             if e.hard:
                 return self.sas.pop(k, None)
-            entry = self.sas.get(k)
-            if entry is None:
-                entry = self._entry(e.sa, e.mono, wall, None)
-                self.sas[k] = entry
+            known = self.sas.get(k)
+            if known is None:
+                known = self._entry(e.sa, e.mono, wall, None)
+                self.sas[k] = known
             else:
-                entry.sa = e.sa
-            if entry.soft_expired is None:
-                entry.soft_expired = e.mono
-            return entry
+                known.sa = e.sa
+            if known.soft_expired is None:
+                known.soft_expired = e.mono
+            return known
         if isinstance(e, ev.DelSA):
             mark = e.sa.mark if e.sa is not None else None
             return self.sas.pop(sa_id_key(e.id, mark), None)
