@@ -186,3 +186,39 @@ class Monitor:
 
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
+
+
+VOLATILE = {"current", "stats", "replay", "replay_esn", "lastused"}
+
+
+def normalized(dump: dict[str, Any]) -> dict[str, Any]:
+    """A dump or mirror snapshot without counters, keyed by identity, for comparison."""
+
+    def strip(obj: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in obj.items() if k not in VOLATILE}
+
+    return {
+        "sa": {(s["dst"], s["spi"], s["proto"], json.dumps(s.get("mark"))): strip(s) for s in dump["sa"]},
+        "policy": {(p["ptype"], p["index"]): strip(p) for p in dump["policy"]},
+    }
+
+
+def mirror_state(m: "Monitor", path: Path, timeout: float = 10) -> dict[str, Any]:
+    """Ask a running monitor (started with --state-file PATH) for its mirror."""
+    import signal
+
+    if path.exists():
+        path.unlink()
+    m.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError("monitor did not write its state file")
+        m.drain(0.05)
+    return json.loads(path.read_text())
+
+
+def kernel_dump(netns: str) -> dict[str, Any]:
+    p = run_cli("dump", "--netns", netns, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -35,7 +36,8 @@ from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .output import tables
 from .output.render import JsonRenderer, TextRenderer
-from .source import open_subscriber, serve_events
+from .mirror import Mirror
+from .pipeline import PipelineConfig, RuleHook, start_pipeline
 
 EXIT_CODES = f"""\
 exit codes:
@@ -146,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
     )  # fmt: skip
     mon.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
+    mon.add_argument(
+        "--state-file", metavar="PATH",
+        help="write the mirrored SAD/SPD (JSON, the `dump` shape) here on SIGUSR1 and at exit",
+    )  # fmt: skip
+    mon.add_argument(
+        "--overdue-share", type=float, default=0.5, metavar="F",
+        help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
+    )  # fmt: skip
     mon.set_defaults(func=cmd_monitor)
 
     state = sub.add_parser("state", help="list or get SAs (read-only)")
@@ -276,7 +286,6 @@ def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
 
 async def cmd_monitor(args: argparse.Namespace) -> int:
     flt = build_filter(args)
-    sock = open_subscriber(args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf)
     out = sys.stdout.buffer
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
@@ -285,14 +294,25 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         console = Console(highlight=False, soft_wrap=True)
-    with sock:
-        async with trio.open_nursery() as nursery:
-            send, recv = trio.open_memory_channel[ev.Event](4096)
-            await nursery.start(serve_events, sock, send)
-            structlog.get_logger("xfrmwatch").info(
-                "monitoring", netns=args.netns or "", groups=sorted(sock.groups), rcvbuf=sock.rcvbuf
-            )
-            shown = 0
+    cfg = PipelineConfig(
+        netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
+        overdue_share=args.overdue_share,
+    )  # fmt: skip
+    rules = load_rule_hook(args)
+    async with trio.open_nursery() as nursery:
+        recv, mirror, sub = await start_pipeline(nursery, cfg, rules)
+        structlog.get_logger("xfrmwatch").info(
+            "monitoring",
+            netns=args.netns or "",
+            groups=sorted(sub.groups),
+            rcvbuf=sub.rcvbuf,
+            sas=len(mirror.sas),
+            policies=len(mirror.policies),
+        )
+        if args.state_file:
+            nursery.start_soon(_write_state_on_signal, mirror, args.state_file)
+        shown = 0
+        try:
             async with recv:
                 async for e in recv:
                     if not flt.match(e):
@@ -306,9 +326,30 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                     shown += 1
                     if args.count and shown >= args.count:
                         out.flush()
-                        nursery.cancel_scope.cancel()
                         break
+        finally:
+            if args.state_file:
+                _write_state(mirror, args.state_file)
+        nursery.cancel_scope.cancel()
     return 0
+
+
+def _write_state(mirror: Mirror, path: str) -> None:
+    """Write the mirror (the dump shape) atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.encode(mirror.snapshot()) + b"\n")
+    os.replace(tmp, path)
+
+
+async def _write_state_on_signal(mirror: Mirror, path: str) -> None:
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            _write_state(mirror, path)
+
+
+def load_rule_hook(args: argparse.Namespace) -> RuleHook | None:
+    return None
 
 
 async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decoder], Awaitable[int]]) -> int:

@@ -126,7 +126,8 @@ class Mirror:
         """Replace the contents with a dump."""
         old = self.sas
         self.sas = {}
-        for sa in sas:
+        # oldest first, so generations within a reqid follow the kernel's add times
+        for sa in sorted(sas, key=lambda s: _epoch(s.current.add_time) or 0.0):
             k = sa_key(sa)
             self.sas[k] = self._entry(sa, mono, wall, old.get(k))
         self.policies = {policy_key(p): p for p in policies}

@@ -52,6 +52,35 @@ SWANCTL = "/usr/sbin/swanctl"
 CHARON_PLUGINS = "random nonce openssl kdf pem pkcs1 x509 pubkey kernel-netlink socket-default vici"
 SWANCTL_PLUGINS = "random nonce openssl pem pkcs1 x509 pubkey"
 
+# charon is multi-threaded.  In the UML guest on hosts with a large XSAVE area the guest's FPU
+# state is switched as the fxsave area only (see tests/uml/run_guest.sh and guest-init.sh): the
+# upper halves of the YMM registers are shared by all threads of a process.  guest-init.sh keeps
+# everything off AVX-512; for charon AVX/AVX2 must go too: with them, OpenSSL's P-256 code
+# (AVX2 table lookups) computes garbage under thread switches ("ECDH public value is malformed",
+# NO_PROPOSAL_CHOSEN), and glibc's AVX2 string functions could corrupt data just the same.
+# SSE, AES-NI, SHA-NI, BMI2 and ADX use XMM or general registers only and stay.
+NO_AVX_HWCAPS = "-AVX,-AVX2,-FMA,-AVX_Fast_Unaligned_Load"
+# OPENSSL_ia32cap: word 1 = CPUID.1 EDX | ECX<<32 (AVX = bit 60, FMA = bit 44); word 2 =
+# CPUID.7 EBX | ECX<<32 (AVX2 = bit 5, plus guest-init.sh's AVX-512/VAES/VPCLMULQDQ bits).
+NO_AVX_OPENSSL_IA32CAP = "~0x1000100000000000:~0x5E42D0230020"
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    """The environment for a multi-threaded daemon in the guest: no AVX (see above)."""
+    env = dict(os.environ)
+    items = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    for i, t in enumerate(items):
+        if t.startswith("glibc.cpu.hwcaps="):
+            items[i] = f"{t},{NO_AVX_HWCAPS}"
+            break
+    else:
+        items.append(f"glibc.cpu.hwcaps={NO_AVX_HWCAPS}")
+    env["GLIBC_TUNABLES"] = ":".join(items)
+    env["OPENSSL_ia32cap"] = NO_AVX_OPENSSL_IA32CAP
+    env.update(extra)
+    return env
+
+
 LEFT_OUTER, RIGHT_OUTER = "192.0.2.1", "192.0.2.2"
 LEFT_INNER, RIGHT_INNER = "10.10.1.1", "10.10.2.1"
 LEFT_NET, RIGHT_NET = "10.10.1.0/24", "10.10.2.0/24"
@@ -428,7 +457,7 @@ class SwanPair:
         p.wait(timeout=30)
 
     def _start_charon(self, s: Side) -> None:
-        env = dict(os.environ, STRONGSWAN_CONF="/run/strongswan.conf")
+        env = daemon_env(STRONGSWAN_CONF="/run/strongswan.conf")
         # ip netns exec runs its command in a new mount namespace (slave to the guest's),
         # so the bind mount over /run stays private to this charon.  sh execs charon:
         # the Popen pid is charon's pid.
@@ -472,7 +501,7 @@ class SwanPair:
     ) -> subprocess.CompletedProcess[str]:
         """Run swanctl against that side's charon (its own vici socket and config dir)."""
         s = self.side(side)
-        env = dict(os.environ, STRONGSWAN_CONF=str(s.strongswan_conf), SWANCTL_DIR=str(s.swanctl_dir))
+        env = daemon_env(STRONGSWAN_CONF=str(s.strongswan_conf), SWANCTL_DIR=str(s.swanctl_dir))
         p = subprocess.run(
             [SWANCTL, *args, "--uri", s.uri], env=env, capture_output=True, text=True, timeout=timeout
         )

@@ -91,7 +91,10 @@ def test_esp_newsa_updsa_delsa(netns: str, alg_args: str, expected: dict) -> Non
 def test_ah_ipcomp_and_ipv6(netns: str) -> None:
     """AH, IPComp and an IPv6 ESP SA with ESN and UDP encapsulation."""
     with Monitor("--netns", netns) as m:
-        _state_add(netns, f"src {A} dst {B} proto ah spi 0x2001 reqid 3 mode transport auth-trunc 'hmac(sha256)' 0x{K_AH} 128")
+        _state_add(
+            netns,
+            f"src {A} dst {B} proto ah spi 0x2001 reqid 3 mode transport auth-trunc 'hmac(sha256)' 0x{K_AH} 128",
+        )
         _state_add(netns, f"src {A} dst {B} proto comp spi 0x2002 reqid 3 mode transport comp deflate")
         _state_add(
             netns,
@@ -152,18 +155,22 @@ def _sa_pair(a: str, b: str, spi_ab: int, limits: str = "", replay: str = "") ->
     alg = f"aead 'rfc4106(gcm(aes))' 0x{K_GCM} 128"
     for ns in (a, b):
         lim = limits if ns == a else ""
-        sh(f"ip -n {ns} xfrm state add src {A} dst {B} proto esp spi {spi_ab:#x} reqid 1 mode transport {replay} {alg} {lim}")
-        sh(f"ip -n {ns} xfrm state add src {B} dst {A} proto esp spi {spi_ab + 1:#x} reqid 1 mode transport {replay} {alg}")
+        sh(
+            f"ip -n {ns} xfrm state add src {A} dst {B} proto esp spi {spi_ab:#x} reqid 1 mode transport {replay} {alg} {lim}"
+        )
+        sh(
+            f"ip -n {ns} xfrm state add src {B} dst {A} proto esp spi {spi_ab + 1:#x} reqid 1 mode transport {replay} {alg}"
+        )
 
 
 def _send(ns: str, dst: str, count: int, size: int = 100) -> None:
     sh(
-        f"ip netns exec {ns} python3 -c \"import socket,time\n"
+        f'ip netns exec {ns} python3 -c "import socket,time\n'
         f"s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         f"for i in range({count}):\n"
         f"    try: s.sendto(b'x'*{size}, ('{dst}', 7000))\n"
         f"    except OSError: pass\n"
-        f"    time.sleep(0.02)\""
+        f'    time.sleep(0.02)"'
     )
 
 
@@ -211,7 +218,9 @@ def test_newae_with_aevents(pair: tuple[str, str]) -> None:
     assert not [e for e in quiet.events if e["type"] == "newae"]
     with Monitor("--netns", b, "--aevents") as m:
         _send(a, B, 20)
-        ae = m.wait_for(lambda e: e["type"] == "newae" and e["ae"]["spi"] == "0x00006000", timeout=20)[0]["ae"]
+        ae = m.wait_for(lambda e: e["type"] == "newae" and e["ae"]["spi"] == "0x00006000", timeout=20)[0][
+            "ae"
+        ]
     assert (ae["src"], ae["dst"], ae["proto"], ae["reqid"]) == (A, B, "esp", 1)
     assert ae["replay"]["seq"] > 0
     assert_no_keys([*m.all_output(), *quiet.all_output()], ALL_KEYS)
@@ -238,7 +247,21 @@ def test_state_list_and_get_match_ip(pair: tuple[str, str]) -> None:
         assert s["mode"] == w[w.index("mode") + 1]
         m = re.search(r"(\d+)\(bytes\), (\d+)\(packets\)", blk)
         assert m and (s["current"]["bytes"], s["current"]["packets"]) == (int(m[1]), int(m[2]))
-    got = run_cli("state", "get", "--netns", b, "--dst", B, "--spi", "0x7000", "--proto", "esp", "--stats", "--format", "json")
+    got = run_cli(
+        "state",
+        "get",
+        "--netns",
+        b,
+        "--dst",
+        B,
+        "--spi",
+        "0x7000",
+        "--proto",
+        "esp",
+        "--stats",
+        "--format",
+        "json",
+    )
     assert got.returncode == 0, got.stderr
     obj = json.loads(got.stdout)
     assert obj["sa"]["spi"] == "0x00007000"

@@ -87,7 +87,7 @@ def _check_side(
         if initiator:
             i_exp = _first(
                 evs, pos,
-                lambda e: e["type"] == "expire" and not e["hard"] and e["sa"]["spi"] == old_in["spi"],
+                lambda e, spi=old_in["spi"]: e["type"] == "expire" and not e["hard"] and e["sa"]["spi"] == spi,
                 f"soft expire of inbound {old_in['spi']} (rekey {k})", side,
             )  # fmt: skip
             exp = evs[i_exp]
@@ -95,11 +95,11 @@ def _check_side(
             t_start = exp["mono"]
             pos = i_exp + 1
 
-        def new_in(e: Event) -> bool:
-            return e["type"] == "updsa" and is_in(e) and e["sa"]["spi"] not in spis_seen
+        def new_in(e: Event, seen: frozenset[str] = frozenset(spis_seen)) -> bool:
+            return e["type"] == "updsa" and is_in(e) and e["sa"]["spi"] not in seen
 
-        def new_out(e: Event) -> bool:
-            return e["type"] == "newsa" and is_out(e) and e["sa"]["spi"] not in spis_seen
+        def new_out(e: Event, seen: frozenset[str] = frozenset(spis_seen)) -> bool:
+            return e["type"] == "newsa" and is_out(e) and e["sa"]["spi"] not in seen
 
         i_u = _first(evs, pos, new_in, f"updsa of a new inbound SA (rekey {k})", side)
         i_n = _first(evs, pos, new_out, f"newsa of a new outbound SA (rekey {k})", side)
@@ -116,7 +116,7 @@ def _check_side(
         # the old outbound SA goes once the new one is there
         i_d = _first(
             evs, i_n + 1,
-            lambda e: e["type"] == "delsa" and e["id"]["spi"] == old_out["spi"] and e["id"]["dst"] == peer,
+            lambda e, spi=old_out["spi"]: e["type"] == "delsa" and e["id"]["spi"] == spi and e["id"]["dst"] == peer,
             f"delsa of the old outbound SA {old_out['spi']} (rekey {k})", side,
         )  # fmt: skip
         assert evs[i_d]["nlmsg_pid"] == pid and evs[i_d]["sa"]["reqid"] == reqid
@@ -124,7 +124,7 @@ def _check_side(
             # charon deletes the rekeyed inbound SA 5 s later (delete_rekeyed_delay)
             i_di = _first(
                 evs, i_d + 1,
-                lambda e: e["type"] == "delsa" and e["id"]["spi"] == old_in["spi"] and e["id"]["dst"] == local,
+                lambda e, spi=old_in["spi"]: e["type"] == "delsa" and e["id"]["spi"] == spi and e["id"]["dst"] == local,
                 f"delsa of the old inbound SA {old_in['spi']}", side,
             )  # fmt: skip
             late = evs[i_di]["mono"] - evs[i_d]["mono"]

@@ -1,0 +1,1 @@
+"""Stage 4 of the pipeline: detection (rekey tracking, Sigma rules)."""
