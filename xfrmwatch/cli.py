@@ -31,12 +31,12 @@ from .errors import (
     UserError,
 )
 from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse_proto, parse_type
+from .mirror import Mirror
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .output import tables
 from .output.render import JsonRenderer, TextRenderer
-from .mirror import Mirror
 from .pipeline import PipelineConfig, RuleHook, start_pipeline
 
 EXIT_CODES = f"""\

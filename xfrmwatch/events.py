@@ -550,7 +550,7 @@ class RuleRef(Struct, **_record):
     tags: list[str] = []
 
 
-TriggerEvent = Union[  # noqa: UP007
+TriggerEvent = Union[
     "NewSA", "UpdSA", "DelSA", "Expire", "NewPolicy", "UpdPolicy", "DelPolicy", "PolExpire",
     "FlushSA", "FlushPolicy", "AcquireEvent", "NewAE", "Report", "Migrate", "Mapping",
     "DefaultPolicy", "SadInfo", "SpdInfo", "Overrun", "Malformed", "Resync", "RekeyStarted",

@@ -100,9 +100,15 @@ class Mirror:
             return "out"
         return "unknown"
 
-    def _entry(self, sa: ev.SA, mono: float, wall: float | None, previous: SAEntry | None) -> SAEntry:
+    def _entry(
+        self, sa: ev.SA, mono: float, wall: float | None, previous: SAEntry | None, fresh: bool = False
+    ) -> SAEntry:
         added = _epoch(sa.current.add_time)
         age = 0.0 if added is None or wall is None else max(0.0, wall - added)
+        if fresh and age < 2.0:
+            # Announced as it was added: our clock is more precise than the
+            # kernel's add_time (whole seconds).
+            age = 0.0
         if previous is not None and previous.sa.spi == sa.spi:
             # UPDSA of a known SA: keep its identity, clock and soft-expiry mark
             previous.sa = sa
@@ -140,7 +146,7 @@ class Mirror:
         wall = _epoch(e.time)
         if isinstance(e, ev.SaEvent):
             k = sa_key(e.sa)
-            entry = self._entry(e.sa, e.mono, wall, self.sas.get(k))
+            entry = self._entry(e.sa, e.mono, wall, self.sas.get(k), fresh=True)
             self.sas[k] = entry
             return entry
         if isinstance(e, ev.Expire):

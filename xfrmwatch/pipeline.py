@@ -169,7 +169,7 @@ async def start_pipeline(
     mirror = Mirror(netns=cfg.netns or "")
     try:
         mirror.local_addrs = local_addresses(cfg.netns)
-    except Exception as exc:  # noqa: BLE001 - direction is best effort
+    except Exception as exc:
         log.warning("cannot read local addresses; SA directions unknown", error=type(exc).__name__)
     s1, r1 = trio.open_memory_channel[ev.Event](cfg.channel_size)
     s2, r2 = trio.open_memory_channel[Applied](cfg.channel_size)
