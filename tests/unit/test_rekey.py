@@ -167,7 +167,7 @@ async def test_peer_dead_alive_side(autojump_clock: trio.abc.Clock) -> None:
         n.cancel_scope.cancel()
     d = left.derived()
     assert ["rekey_started", "rekey_overdue", "sa_expired_unreplaced"] == [e["type"] for e in d]
-    started, overdue, gone = d
+    _, overdue, gone = d
     assert 12.9 <= overdue["at"] <= 13.1  # soft at 10, hard at 16: half-way
     assert 2.9 <= overdue["seconds_to_hard"] <= 3.1
     assert overdue["at"] < gone["at"]
