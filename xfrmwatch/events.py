@@ -541,6 +541,44 @@ class SaExpiredUnreplaced(Event, tag="sa_expired_unreplaced"):
     acquires: int = 0
 
 
+# --- snapshot records for `xfrmwatch audit` (kind "state") ---------------------------
+
+
+class SaState(Event, tag="sa_state", kw_only=True):
+    """One SA of a snapshot, with what the audit computed about it."""
+
+    kind: str = "state"
+    sa: SA
+    direction: str
+    policy_matched: bool
+
+
+class PolicyState(Event, tag="policy_state", kw_only=True):
+    """One policy of a snapshot.  ``protects``: it has templates (traffic gets IPsec);
+    ``prefix_min``: the shorter of the selector's two prefix lengths;
+    ``tmpl_without_sa``: a template whose SA is absent while a key manager is expected."""
+
+    kind: str = "state"
+    policy: Policy
+    protects: bool
+    prefix_min: int
+    tmpl_without_sa: bool
+
+
+class NetnsState(Event, tag="netns_state", kw_only=True):
+    """The namespace as a whole: default policy, key manager presence, error counters."""
+
+    kind: str = "state"
+    default_in: str | None
+    default_fwd: str | None
+    default_out: str | None
+    key_manager: bool
+    key_manager_groups: list[str]
+    xfrm_stat: dict[str, int]
+    xfrm_stat_errors: int
+    xfrm_stat_nonzero: list[str]
+
+
 class RuleRef(Struct, **_record):
     """The rule behind an alert."""
 
@@ -554,7 +592,7 @@ TriggerEvent = Union[
     "NewSA", "UpdSA", "DelSA", "Expire", "NewPolicy", "UpdPolicy", "DelPolicy", "PolExpire",
     "FlushSA", "FlushPolicy", "AcquireEvent", "NewAE", "Report", "Migrate", "Mapping",
     "DefaultPolicy", "SadInfo", "SpdInfo", "Overrun", "Malformed", "Resync", "RekeyStarted",
-    "RekeyCompleted", "RekeyOverdue", "SaExpiredUnreplaced",
+    "RekeyCompleted", "RekeyOverdue", "SaExpiredUnreplaced", "SaState", "PolicyState", "NetnsState",
 ]  # fmt: skip
 
 
@@ -596,6 +634,9 @@ AnyEvent = Union[  # noqa: UP007 - a runtime union object for msgspec and typing
     RekeyCompleted,
     RekeyOverdue,
     SaExpiredUnreplaced,
+    SaState,
+    PolicyState,
+    NetnsState,
     Alert,
 ]
 

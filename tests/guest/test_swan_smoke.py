@@ -74,10 +74,6 @@ def _check_side(
         assert e["nlmsg_pid"] == pid, f"{side}: set-up {e['type']} from pid {e['nlmsg_pid']}, charon is {pid}"
         assert e["sa"]["proto"] == "esp" and e["sa"]["mode"] == "tunnel"
         assert e["sa"]["aead"]["name"] == "rfc4106(gcm(aes))"
-    assert (in_sa["sel"]["src"], in_sa["sel"]["dst"]) in (
-        ("10.10.1.0/24", "10.10.2.0/24"),
-        ("10.10.2.0/24", "10.10.1.0/24"),
-    )
     spis_seen = {in_sa["spi"], out_sa["spi"]}
     pos = max(i_in, i_out) + 1
     old_in, old_out = in_sa, out_sa
