@@ -76,6 +76,7 @@ def build_states(
                 protects=bool(p.tmpl),
                 prefix_min=min(_prefix(p.sel.src), _prefix(p.sel.dst)),
                 tmpl_without_sa=missing,
+                key_manager=key_manager,
             )
         )
     stats = xfrm_stat(stat_text)

@@ -320,7 +320,10 @@ class Event(Struct, tag_field="type", **{**_record, "omit_defaults": False}):
     the requester's port id on SA and policy changes (0 for the kernel's own
     events and for ``ip``); on ``newae`` they are meaningless, and on events
     xfrmwatch derives itself (rekey tracking, alerts) they are 0.
-    ``kind`` is ``event`` for what happened, ``alert`` for a rule's finding.
+    ``kind`` is ``event`` for what happened, ``alert`` for a rule's finding,
+    ``state`` for a snapshot record of ``xfrmwatch audit``.
+    ``process`` names the requester (``/proc/<nlmsg_pid>/comm``) on SA and policy
+    changes while that process still runs; null otherwise.
     """
 
     time: str
@@ -329,6 +332,7 @@ class Event(Struct, tag_field="type", **{**_record, "omit_defaults": False}):
     kind: str = "event"
     nlmsg_pid: int
     nlmsg_seq: int
+    process: str | None = None
 
 
 class SaEvent(Event):
@@ -563,6 +567,7 @@ class PolicyState(Event, tag="policy_state", kw_only=True):
     protects: bool
     prefix_min: int
     tmpl_without_sa: bool
+    key_manager: bool
 
 
 class NetnsState(Event, tag="netns_state", kw_only=True):

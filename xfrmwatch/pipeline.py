@@ -26,6 +26,7 @@ import trio
 from . import events as ev
 from . import query
 from .decode import Decoder, utc_precise
+from .detect.enrich import ProcessNames
 from .detect.rekey import RekeyTracker
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
@@ -136,6 +137,7 @@ async def serve_detection(
             for alert in rules(e, trio.current_time()):
                 await send.send(alert)
 
+    names = ProcessNames()
     async with recv, send:
         task_status.started()
         while True:
@@ -152,6 +154,7 @@ async def serve_detection(
                     await emit(d)
                 continue
             e, entry = item
+            e = names.enrich(e, now)
             derived, attached = tracker.observe(e, entry, now, time.time())
             await emit(e, to_rules=not attached)
             for d in derived:
