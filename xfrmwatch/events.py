@@ -441,11 +441,13 @@ class Mapping(Event, tag="mapping"):
 
 
 class DefaultPolicy(Event, tag="default_policy"):
-    """The default policy per direction: ``accept``, ``block`` or ``unspec``."""
+    """The default policy per direction: ``accept``, ``block`` or ``unspec``.
+    ``switched_to_accept`` lists the directions this change turned to accept."""
 
     in_: str = field(name="in")
     fwd: str
     out: str
+    switched_to_accept: list[str] = []
 
 
 class SadInfo(Event, tag="sadinfo"):

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 import trio
 
@@ -90,9 +91,19 @@ async def serve_mirror(
     async with recv, send:
         task_status.started()
         async for e in recv:
+            if isinstance(e, ev.DefaultPolicy):
+                e = _with_switches(e, mirror.default)
             await send.send((e, mirror.apply(e)))
             if isinstance(e, ev.Overrun):
                 await send.send((await resync(mirror, req, decoder), None))
+
+
+def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> ev.DefaultPolicy:
+    """Name the directions that this change turned to accept (the kernel's default is accept)."""
+    old = before or ("accept", "accept", "accept")
+    new = (e.in_, e.fwd, e.out)
+    switched = [d for d, o, n in zip(("in", "fwd", "out"), old, new, strict=True) if n == "accept" and o != "accept"]
+    return msgspec.structs.replace(e, switched_to_accept=switched)
 
 
 async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync:

@@ -10,6 +10,7 @@ the same without the EXPIRE.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -23,6 +24,10 @@ Event = dict[str, Any]
 
 LEFT_REKEY, LEFT_LIFE = 10, 16
 REKEYS = 2
+KERNEL_TYPES = {
+    "newsa", "updsa", "delsa", "expire", "newpolicy", "updpolicy", "delpolicy", "polexpire",
+    "flushsa", "flushpolicy", "acquire", "newae", "report", "migrate", "mapping",
+}  # fmt: skip
 
 
 def _first(events: list[Event], start: int, pred: Any, what: str, side: str) -> int:
@@ -36,6 +41,10 @@ def _seq(events: list[Event]) -> str:
     t0 = events[0]["mono"] if events else 0.0
     rows = []
     for e in events:
+        if e["type"] not in KERNEL_TYPES:  # xfrmwatch's own derived events: show them whole
+            rest = {k: v for k, v in e.items() if k not in ("type", "time", "mono", "netns", "kind")}
+            rows.append(f"  +{e['mono'] - t0:7.3f} {e['type']:<10} {json.dumps(rest, sort_keys=True)}")
+            continue
         sa = e.get("sa") or {}
         spi = sa.get("spi") or (e.get("id") or {}).get("spi") or ""
         extra = ""
