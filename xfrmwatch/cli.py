@@ -21,10 +21,12 @@ from . import events as ev
 from .decode import Decoder
 from .errors import (
     EXIT_CAPABILITY,
+    EXIT_FINDINGS,
     EXIT_KERNEL,
     EXIT_NETNS,
     EXIT_NO_XFRM,
     EXIT_NOT_FOUND,
+    EXIT_RULES,
     EXIT_RUNTIME,
     EXIT_USAGE,
     UsageError,
@@ -49,6 +51,8 @@ exit codes:
   {EXIT_NETNS}  unknown network namespace
   {EXIT_NOT_FOUND}  no such SA or policy (state get / policy get)
   {EXIT_KERNEL}  the kernel refused a request
+  {EXIT_RULES}  a rule file is invalid (every error printed as file:line: reason)
+  {EXIT_FINDINGS}  audit --fail-on: a finding reached that level
 """
 
 EPILOG = (
@@ -152,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-file", metavar="PATH",
         help="write the mirrored SAD/SPD (JSON, the `dump` shape) here on SIGUSR1 and at exit",
     )  # fmt: skip
+    rl = mon.add_mutually_exclusive_group()
+    rl.add_argument(
+        "--rules", metavar="PATH", action="append", default=[],
+        help="Sigma rule file or directory, repeatable (default: the shipped pack)",
+    )  # fmt: skip
+    rl.add_argument("--no-rules", action="store_true", help="no rules: events only")
     mon.add_argument(
         "--overdue-share", type=float, default=0.5, metavar="F",
         help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
@@ -217,6 +227,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(info, ("auto", "table", "json"), "auto")
     info.set_defaults(func=cmd_info)
+
+    audit = sub.add_parser(
+        "audit",
+        help="one-shot compliance check of the current SAD/SPD",
+        formatter_class=fmt,
+        description=textwrap.dedent(
+            """\
+            Check the current SAD/SPD with the same Sigma rules as the monitor:
+            weak algorithms, replay protection off, missing lifetimes, SAs without
+            policies, templates without SAs, broad bypass policies, default policy
+            accept, no key manager listening, non-zero /proc/net/xfrm_stat errors."""
+        ),
+        epilog="examples:\n  xfrmwatch audit\n  xfrmwatch audit --format json --fail-on high   # for cron/CI\n\n"
+        + EXIT_CODES,
+    )
+    _add_common(audit, ("auto", "table", "json"), "auto")
+    audit.add_argument("--rules", metavar="PATH", action="append", default=[], help="rule file or directory")
+    audit.add_argument(
+        "--fail-on", metavar="LEVEL", choices=("informational", "low", "medium", "high", "critical"),
+        help=f"exit {EXIT_FINDINGS} when a finding has this level or higher",
+    )  # fmt: skip
+    audit.set_defaults(func=cmd_audit)
+
+    rules = sub.add_parser("rules", help="check and test Sigma rule files")
+    rsub = rules.add_subparsers(dest="action", metavar="ACTION")
+    rsub.required = True
+    rc = rsub.add_parser(
+        "check", help="validate rule files; every error as file:line", formatter_class=fmt,
+        epilog="example:\n  xfrmwatch rules check /etc/xfrmwatch/rules\n\n" + EXIT_CODES,
+    )  # fmt: skip
+    rc.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: the shipped pack)")
+    rc.set_defaults(func=cmd_rules_check)
+    rt = rsub.add_parser(
+        "test", help="run rules over recorded event files and compare with expected hits",
+        formatter_class=fmt,
+        epilog="A case is CASES/NAME.jsonl (events as `monitor --format json` prints them);\n"
+        "CASES/expected.toml names the alerts each case must raise per rule file:\n"
+        '  ["weak-encryption.pos"]\n  weak-encryption = 2\n\n' + EXIT_CODES,
+    )  # fmt: skip
+    rt.add_argument("cases", nargs="?", metavar="CASES", help="directory of cases (default: the shipped pack's tests)")
+    rt.add_argument("--rules", metavar="PATH", action="append", default=[], help="rule file or directory")
+    rt.set_defaults(func=cmd_rules_test)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of events")
     schema.add_argument("--markdown", action="store_true", help="the field reference instead")
@@ -349,7 +401,12 @@ async def _write_state_on_signal(mirror: Mirror, path: str) -> None:
 
 
 def load_rule_hook(args: argparse.Namespace) -> RuleHook | None:
-    return None
+    if args.no_rules:
+        return None
+    from .detect.engine import RuleHook as Hook
+    from .detect.engine import load
+
+    return Hook(load(args.rules))
 
 
 async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decoder], Awaitable[int]]) -> int:
@@ -478,6 +535,52 @@ async def cmd_info(args: argparse.Namespace) -> int:
     return await _with_socket(args, run)
 
 
+async def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import snapshot
+    from .detect.engine import RuleHook as Hook
+    from .detect.engine import level_at_least, load
+
+    hook = Hook(load(args.rules, default_suppress=0.0))
+    findings: list[ev.Alert] = []
+    for state in await snapshot(args.netns):
+        findings += [a for a in hook(state, trio.current_time()) if isinstance(a, ev.Alert)]
+    order = ("critical", "high", "medium", "low", "informational")
+    findings.sort(key=lambda a: order.index(a.rule.level) if a.rule.level in order else 9)
+    if _table_wanted(args):
+        tables.print_findings(findings, args.netns or "")
+    else:
+        _write_json_lines(findings)
+    if args.fail_on and any(level_at_least(a.rule.level, args.fail_on) for a in findings):
+        return EXIT_FINDINGS
+    return 0
+
+
+async def cmd_rules_check(args: argparse.Namespace) -> int:
+    from .detect.engine import load, shipped_rules
+
+    rules = load(args.paths)
+    where = ", ".join(args.paths) if args.paths else str(shipped_rules())
+    print(f"{len(rules)} rules OK in {where}")
+    return 0
+
+
+async def cmd_rules_test(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .detect.engine import run_cases, shipped_rules
+
+    cases = Path(args.cases) if args.cases else shipped_rules() / "tests"
+    results = run_cases(args.rules, cases)
+    for r in results:
+        if r.ok:
+            print(f"ok    {r.name}")
+        else:
+            print(f"FAIL  {r.name}: expected {r.expected or 'no alerts'}, got {r.got or 'no alerts'}")
+    failed = sum(not r.ok for r in results)
+    print(f"rules test: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 async def cmd_schema(args: argparse.Namespace) -> int:
     if args.markdown:
         from .schema_doc import markdown
@@ -529,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         err = _user_error(exc)
         if err is not None:
-            print(f"xfrmwatch: {err}", file=sys.stderr)
+            for line in str(err).splitlines() or [type(err).__name__]:
+                print(f"xfrmwatch: {line}", file=sys.stderr)
             return err.exit_code
         if _only(exc, KeyboardInterrupt):
             return 130

@@ -14,6 +14,8 @@ EXIT_NO_XFRM = 4
 EXIT_NETNS = 5
 EXIT_NOT_FOUND = 6
 EXIT_KERNEL = 7
+EXIT_RULES = 8
+EXIT_FINDINGS = 9
 
 
 class UserError(Exception):

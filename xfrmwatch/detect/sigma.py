@@ -375,9 +375,7 @@ def _string_pred(s: SigmaString, cased: bool) -> _Pred:
     if len(parts) == 2 and parts[0] is multi and isinstance(parts[1], str):
         suffix = fold(parts[1])
         return lambda x: (t := _text(x)) is not None and fold(t).endswith(suffix)
-    pattern = "".join(
-        re.escape(p) if isinstance(p, str) else ".*" if p is multi else "." for p in parts
-    )
+    pattern = "".join(re.escape(p) if isinstance(p, str) else ".*" if p is multi else "." for p in parts)
     rx = re.compile(pattern, re.DOTALL | (0 if cased else re.IGNORECASE))
     return lambda x: (t := _text(x)) is not None and rx.fullmatch(t) is not None
 
@@ -473,7 +471,8 @@ def _compile_item(item: SigmaDetectionItem) -> Matcher:
 
 def _compile_detection(d: SigmaDetection) -> Matcher:
     fns = [
-        _compile_detection(x) if isinstance(x, SigmaDetection) else _compile_item(x) for x in d.detection_items
+        _compile_detection(x) if isinstance(x, SigmaDetection) else _compile_item(x)
+        for x in d.detection_items
     ]
     return _all(fns) if d.item_linking is ConditionAND else _any(fns)
 
@@ -559,7 +558,9 @@ class _Doc:
                         break
                 else:
                     break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+            elif (
+                isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value)
+            ):
                 node = node.value[step]
                 line = node.start_mark.line
             else:
@@ -635,9 +636,7 @@ def _rule_files(paths: Iterable[Path | str], errors: list[tuple[int, int, str]])
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml") and f.is_file())
-            )
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml") and f.is_file()))
         elif p.exists():
             files.append(p)
         else:
@@ -681,7 +680,9 @@ def _check_options(doc: _Doc, opts: Any, fields: _Fields) -> None:
                 )
         elif k == "suppress_by":
             if doc.is_correlation:
-                doc.err((*keys, k), "suppress_by is for detection rules: a correlation suppresses per group-by")
+                doc.err(
+                    (*keys, k), "suppress_by is for detection rules: a correlation suppresses per group-by"
+                )
                 continue
             if not isinstance(v, (str, list)) or v == []:
                 doc.err((*keys, k), "suppress_by must be a field name or a list of field names")
@@ -702,7 +703,9 @@ def _check_logsource(doc: _Doc, ls: Any) -> None:
         return
     for k, v in ls.items():
         if k == "product" and v != "linux":
-            doc.err(("logsource", k), f"logsource product must be 'linux' (xfrmwatch's own events), not {v!r}")
+            doc.err(
+                ("logsource", k), f"logsource product must be 'linux' (xfrmwatch's own events), not {v!r}"
+            )
         elif k == "service" and v != "xfrm":
             doc.err(("logsource", k), f"logsource service must be 'xfrm', not {v!r}")
         elif k == "category":
@@ -733,7 +736,10 @@ def _check_item(doc: _Doc, key: Any, value: Any, keys: Keys, fields: _Fields) ->
             doc.err(keys, f"unknown modifier '{m}'")
             bad = True
         elif m not in SUPPORTED_MODIFIERS:
-            doc.err(keys, f"modifier '{m}' is not supported by xfrmwatch (supported: {', '.join(SUPPORTED_MODIFIERS)})")
+            doc.err(
+                keys,
+                f"modifier '{m}' is not supported by xfrmwatch (supported: {', '.join(SUPPORTED_MODIFIERS)})",
+            )
             bad = True
     if bad:
         return
@@ -766,6 +772,29 @@ def _check_selection(doc: _Doc, sel: Any, keys: Keys, fields: _Fields) -> None:
         doc.err(keys, _KEYWORD)
 
 
+def _check_condition(doc: _Doc, det: dict[Any, Any]) -> None:
+    """pySigma's condition checks against stand-in selections, so they run even if a selection is wrong."""
+    cond = det.get("condition")
+    if cond is None:
+        return  # pySigma reports it
+    conds = cond if isinstance(cond, list) else [cond]
+    names = [n for n in det if isinstance(n, str) and n != "condition"]
+    try:
+        stand_in = SigmaDetections(
+            {n: SigmaDetection([SigmaDetectionItem("type", [], [SigmaString("x")])]) for n in names}, conds
+        )
+    except SigmaError:
+        return  # no selections: pySigma reports it
+    for i, c in enumerate(stand_in.parsed_condition):
+        try:
+            c.parse()
+        except SigmaError as e:
+            doc.err(
+                ("detection", "condition", i) if isinstance(cond, list) else ("detection", "condition"),
+                _reason(e),
+            )
+
+
 def _check_detection(doc: _Doc, det: Any, fields: _Fields) -> None:
     if det is None:
         return  # pySigma reports the missing detection
@@ -777,6 +806,8 @@ def _check_detection(doc: _Doc, det: Any, fields: _Fields) -> None:
         isinstance(cond, str) or (isinstance(cond, list) and cond and all(isinstance(c, str) for c in cond))
     ):
         doc.err(("detection", "condition"), "condition must be a string (or a list of strings)")
+    else:
+        _check_condition(doc, det)
     for name, sel in det.items():
         keys: Keys = ("detection", name)
         if name == "condition":
@@ -796,18 +827,22 @@ def _check_correlation(doc: _Doc, corr: Any, fields: _Fields) -> None:
         return
     for k in corr:
         if k not in _CORRELATION_KEYS:
-            doc.err((*keys, k), f"unknown correlation key '{k}' (known: {', '.join(sorted(_CORRELATION_KEYS))})")
+            doc.err(
+                (*keys, k), f"unknown correlation key '{k}' (known: {', '.join(sorted(_CORRELATION_KEYS))})"
+            )
     ctype = corr.get("type")
     if ctype is not None and ctype not in SUPPORTED_CORRELATIONS:
         doc.err(
             (*keys, "type"),
             f"correlation type '{ctype}' is not supported by xfrmwatch (supported: {', '.join(SUPPORTED_CORRELATIONS)})",
         )
-    if "timespan" in corr and not (isinstance(corr["timespan"], str) and _parse_period(corr["timespan"])):
-        doc.err((*keys, "timespan"), f"timespan must be a period like 30s, 5m, 1h, 1d, not {corr['timespan']!r}")
     rules = corr.get("rules")
-    if rules is not None and (
-        not isinstance(rules, (str, list)) or rules == [] or not all(isinstance(r, str) for r in _as_flat(rules))
+    if rules is None:
+        doc.err((*keys, "rules"), "rules: the names or ids of the rules to correlate")
+    elif (
+        not isinstance(rules, (str, list))
+        or rules == []
+        or not all(isinstance(r, str) for r in _as_flat(rules))
     ):
         doc.err((*keys, "rules"), "rules must be a rule name or id, or a list of them")
     alias_names: set[str] = set()
@@ -859,24 +894,32 @@ def _check_correlation(doc: _Doc, corr: Any, fields: _Fields) -> None:
     elif cond is not None:
         doc.err(ck, "condition must be a mapping such as {gte: 10}")
     elif ctype in ("event_count", "value_count"):
-        doc.err(keys, f"{ctype} needs a condition such as {{gte: 10}}")
+        doc.err(ck, f"{ctype} needs a condition such as {{gte: 10}}")
 
 
 def _as_flat(v: Any) -> list[Any]:
     return v if isinstance(v, list) else [v]
 
 
-def _check_doc(doc: _Doc, fields: _Fields) -> None:
+def _check_doc(doc: _Doc, fields: _Fields) -> bool:
+    """xfrmwatch's checks, each problem at its key; ``False`` if pySigma should not see it at all."""
     data = doc.data
     if not isinstance(data, dict):
         doc.err((), "a rule must be a YAML mapping")
-        return
+        return False
     if "action" in data:
-        doc.err(("action",), "Sigma collection actions (global, reset, repeat) are not supported: write rules out")
-        return
+        doc.err(
+            ("action",), "Sigma collection actions (global, reset, repeat) are not supported: write rules out"
+        )
+        return False
     if "filter" in data:
         doc.err(("filter",), "Sigma filter rules are not supported")
-        return
+        return False
+    try:
+        check_alias_expansion(data)
+    except SigmaError as e:
+        doc.err((), _reason(e))
+        return False
     for k in ("id", "name"):
         if k in data and not isinstance(data[k], str):
             doc.err((k,), f"rule {k} must be a string")
@@ -890,6 +933,7 @@ def _check_doc(doc: _Doc, fields: _Fields) -> None:
     else:
         _check_logsource(doc, data.get("logsource"))
         _check_detection(doc, data.get("detection"), fields)
+    return True
 
 
 _KEYS_BY_ERROR: dict[type[SigmaError], Keys] = {
@@ -923,6 +967,10 @@ def _error_keys(e: BaseException, doc: _Doc) -> Keys:
     if isinstance(e, SigmaError) and type(e) in _KEYS_BY_ERROR:
         return _KEYS_BY_ERROR[type(e)]
     msg = _reason(e).lower()
+    if not isinstance(e, SigmaCorrelationRuleError):
+        for word, key in (("rule name", "name"), ("tag", "tags"), ("related", "related")):
+            if word in msg:
+                return (key,)
     if isinstance(e, SigmaCorrelationRuleError) or doc.is_correlation:
         for word, key in (
             ("group-by", "group-by"),
@@ -936,9 +984,6 @@ def _error_keys(e: BaseException, doc: _Doc) -> Keys:
             if word in msg:
                 return ("correlation", key)
         return ("correlation",)
-    for word, key in (("rule name", "name"), ("tag", "tags"), ("related", "related")):
-        if word in msg:
-            return (key,)
     return ("detection",)
 
 
@@ -949,12 +994,10 @@ def _overlaps(a: Keys, b: Keys) -> bool:
 
 def _parse_doc(doc: _Doc, fields: _Fields) -> None:
     """Check one document, parse it with pySigma, compile a detection rule's condition."""
-    _check_doc(doc, fields)
-    if not isinstance(doc.data, dict) or doc.problems and doc.problems[0][0] in ((), ("action",), ("filter",)):
+    if not _check_doc(doc, fields):
         return
     mine = [k for k, _ in doc.problems]
     try:
-        check_alias_expansion(doc.data)
         coll = SigmaCollection.from_dicts(
             [copy.deepcopy(doc.data)],
             collect_errors=True,
@@ -964,12 +1007,12 @@ def _parse_doc(doc: _Doc, fields: _Fields) -> None:
         )
         theirs: list[BaseException] = list(coll.errors)
         rule = coll.rules[0] if coll.rules else None
-    except Exception as e:  # pySigma raises some errors even when collecting them
-        theirs, rule = [e], None
-    for e in theirs:
-        keys = _error_keys(e, doc)
+    except Exception as exc:  # pySigma raises some errors even when collecting them
+        theirs, rule = [exc], None
+    for err in theirs:
+        keys = _error_keys(err, doc)
         if not any(_overlaps(keys, k) for k in mine):  # already reported, with a better line
-            reason = _reason(e)
+            reason = _reason(err)
             if (keys, reason) not in doc.problems:
                 doc.err(keys, reason)
     if doc.problems or rule is None:
@@ -980,7 +1023,10 @@ def _parse_doc(doc: _Doc, fields: _Fields) -> None:
             doc.matcher = _compile_rule(rule)
         except _ConditionProblem as p:
             cond = doc.data["detection"]["condition"]
-            doc.err(("detection", "condition", p.index) if isinstance(cond, list) else ("detection", "condition"), p.reason)
+            doc.err(
+                ("detection", "condition", p.index) if isinstance(cond, list) else ("detection", "condition"),
+                p.reason,
+            )
 
 
 # --- linking documents: references, duplicates, cycles ---------------------------------------------
@@ -993,7 +1039,23 @@ def _ref_key(ref: str) -> tuple[str, str]:
         return ("name", ref)
 
 
+def _refers_to(ref: Any, target: _Doc) -> bool:
+    """Whether a rule reference (a name or an id) names ``target``."""
+    if not isinstance(ref, str):
+        return False
+    kind, value = _ref_key(ref)
+    if kind == "id":
+        tid = target.data.get("id")
+        return isinstance(tid, str) and _ref_key(tid) == (kind, value)
+    return bool(target.data.get("name") == value)
+
+
+def _label(doc: _Doc) -> str:
+    return str(doc.data.get("name") or doc.data.get("id") or doc.where())
+
+
 def _link(docs: list[_Doc]) -> None:
+    """Across all files: duplicate ids and names, correlation references, aliases, cycles."""
     index: dict[tuple[str, str], _Doc] = {}
     for doc in docs:
         if not isinstance(doc.data, dict):
@@ -1014,38 +1076,49 @@ def _link(docs: list[_Doc]) -> None:
         if not isinstance(corr, dict):
             continue
         refs = corr.get("rules")
-        named: set[str] = set()
+        targets: list[_Doc] = []
+        missing = False
         for kk, ref in _as_list(refs, ("correlation", "rules")) if refs is not None else []:
             if not isinstance(ref, str):
                 continue
             target = index.get(_ref_key(ref))
             if target is None:
                 doc.err(kk, f"rule '{ref}' not found (no rule has this name or id)")
-                continue
-            edges.setdefault(id(doc), []).append(target)
-            named.update(str(target.data.get(k)) for k in ("id", "name") if k in target.data)
-            named.add(ref)
+                missing = True
+            else:
+                targets.append(target)
+        edges[id(doc)] = targets
         aliases = corr.get("aliases")
-        if isinstance(aliases, dict):
-            for alias, mapping in aliases.items():
-                if isinstance(mapping, dict):
-                    for ref in mapping:
-                        if ref not in named:
-                            doc.err(("correlation", "aliases", alias, ref), f"alias names rule '{ref}', which is not in rules")
-    # cycles among correlations
-    state: dict[int, int] = {}
+        if not isinstance(aliases, dict):
+            continue
+        for alias, mapping in aliases.items():
+            if not isinstance(mapping, dict):
+                continue
+            for ref in mapping:
+                if not any(_refers_to(ref, t) for t in targets) and not missing:
+                    doc.err(
+                        ("correlation", "aliases", alias, ref),
+                        f"alias names rule '{ref}', which is not in rules",
+                    )
+            for t in targets:
+                if not any(_refers_to(ref, t) for ref in mapping):
+                    doc.err(
+                        ("correlation", "aliases", alias),
+                        f"alias '{alias}' has no field for rule '{_label(t)}'",
+                    )
+    state: dict[int, int] = {}  # 1: on the path, 2: done
 
-    def visit(d: _Doc) -> bool:
+    def cyclic(d: _Doc) -> bool:
         state[id(d)] = 1
         for t in edges.get(id(d), []):
             s = state.get(id(t), 0)
-            if s == 1 or (s == 0 and visit(t)):
+            if s == 1 or (s == 0 and cyclic(t)):
                 return True
         state[id(d)] = 2
         return False
 
     for doc in docs:
-        if state.get(id(doc), 0) == 0 and visit(doc):
+        if state.get(id(doc), 0) == 0 and cyclic(doc):
             doc.err(("correlation", "rules"), "correlation rules reference each other in a cycle")
             break
 
@@ -1079,7 +1152,10 @@ class Hit(msgspec.Struct, frozen=True, kw_only=True):
             rule=ev.RuleRef(id=self.rule_id, title=self.title, level=self.level, tags=list(self.tags)),
             group={k: _group_str(v) for k, v in self.group.items()},
             suppressed=self.suppressed,
-            events=[e for e in self.events if isinstance(e, ev.Event) and not isinstance(e, ev.Alert)],
+            events=cast(
+                list[ev.TriggerEvent],
+                [e for e in self.events if isinstance(e, ev.Event) and not isinstance(e, ev.Alert)],
+            ),
         )
 
 
@@ -1189,12 +1265,20 @@ class _Correlation:
         return tuple(key), values
 
     def feed(self, pos: int, payload: Any, seq: int, now: float, rs: RuleSet) -> tuple[Hashable, Hit] | None:
+        """Count one match of the rule at ``pos``; the group and hit if the correlation fires."""
         found = self._group(pos, payload)
         if found is None:
             return None
+        entry = _Entry(now, seq, payload)
+        if self.value_paths is not None:
+            name, parts = self.value_paths[pos]
+            vals = _payload_values(payload, name, parts)
+            if not vals:
+                return None
+            entry.values = tuple({_hashable(v): None for v in vals})
         gkey, gvalues = found
-        g = self.groups.get(gkey)
         nslots = len(self.refs) if self.ctype in ("temporal", "temporal_ordered") else 1
+        g = self.groups.get(gkey)
         if g is None:
             g = self.groups[gkey] = _Group(gvalues, [deque() for _ in range(nslots)], now)
             while len(self.groups) > rs.max_groups:
@@ -1202,31 +1286,24 @@ class _Correlation:
         else:
             self.groups.move_to_end(gkey)
             g.touched = now
-        entry = _Entry(now, seq, payload)
-        if self.value_paths is not None:
-            name, parts = self.value_paths[pos]
-            vals = _payload_values(payload, name, parts)
-            if not vals:
-                return None
-            entry.values = tuple({_hashable(v) for v in vals})
         slot = g.slots[pos if nslots > 1 else 0]
         if len(slot) >= rs.max_window_events:
             self._drop(g, slot)
         slot.append(entry)
+        for v in entry.values:
+            g.distinct[v] = g.distinct.get(v, 0) + 1
         for s in g.slots:
             while s and s[0].t < now - self.span:
                 self._drop(g, s)
-        for v in entry.values:
-            g.distinct[v] = g.distinct.get(v, 0) + 1
         chain = self._fires(g)
         if chain is None:
             return None
         del self.groups[gkey]
-        events = _flatten_events(e.payload for e in chain)[-rs.max_hit_events :]
         m = self.meta
         hit = Hit(
             rule_id=m.rule_id, title=m.title, level=m.level, tags=m.tags, kind=m.kind, group=g.values,
-            events=events, time=now, name=m.name, source=m.source,
+            events=_flatten_events(e.payload for e in chain)[-rs.max_hit_events :], time=now,
+            name=m.name, source=m.source,
         )  # fmt: skip
         return gkey, hit
 
@@ -1309,7 +1386,9 @@ class RuleSet:
 
     def _add_info(self, m: _Meta) -> None:
         self._info.append(
-            RuleInfo(rule_id=m.rule_id, title=m.title, level=m.level, kind=m.kind, output=m.output, source=m.source)
+            RuleInfo(
+                rule_id=m.rule_id, title=m.title, level=m.level, kind=m.kind, output=m.output, source=m.source
+            )
         )
 
     def _emit(self, m: _Meta, gkey: Hashable, hit: Hit, now: float, out: list[Hit]) -> None:
@@ -1408,17 +1487,10 @@ def _correlation(doc: _Doc, meta: _Meta, refs: list[int], ref_docs: list[_Doc]) 
     group_by = tuple(_as_flat(corr.get("group-by") or []))
 
     def lookup(name: str, target: _Doc) -> tuple[str, tuple[str, ...]]:
-        mapping = aliases.get(name)
-        if mapping is not None:
-            for key in ("name", "id"):
-                ref = target.data.get(key)
-                if isinstance(ref, str) and ref in mapping:
-                    name = mapping[ref]
-                    break
-            else:
-                for ref, fieldname in mapping.items():
-                    if _ref_key(ref) in (_ref_key(str(target.data.get("id"))), ("name", target.data.get("name"))):
-                        name = fieldname
+        for ref, fieldname in aliases.get(name, {}).items():
+            if _refers_to(ref, target):
+                name = fieldname
+                break
         return name, tuple(name.split("."))
 
     paths = tuple(tuple(lookup(g, t) for g in group_by) for t in ref_docs)

@@ -132,6 +132,32 @@ def summary(e: Any) -> str:
         return e.detail
     if isinstance(e, ev.Malformed):
         return f"type {e.msg_type} length {e.length}: {e.reason}"
+    if isinstance(e, ev.Alert):
+        group = " ".join(f"{k}={v}" for k, v in e.group.items())
+        more = f" (+{e.suppressed} suppressed)" if e.suppressed else ""
+        first = summary(e.events[0]) if e.events else ""
+        return f"[{e.rule.level}] {e.rule.title}{' ' + group if group else ''}{more}: {first}"
+    if isinstance(e, ev.RekeyStarted):
+        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst} hard in {e.seconds_to_hard}s"
+    if isinstance(e, ev.RekeyCompleted):
+        role = "initiator" if e.initiator else "responder"
+        return (
+            f"{e.proto} reqid {e.reqid} {e.endpoints[0]} <-> {e.endpoints[1]} "
+            f"{','.join(e.old_spis)} => {','.join(e.new_spis)} in {e.duration_seconds:.3f}s ({role})"
+        )
+    if isinstance(e, ev.RekeyOverdue):
+        return (
+            f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: {e.seconds_since_soft}s since soft, "
+            f"hard in {e.seconds_to_hard}s"
+        )
+    if isinstance(e, ev.SaExpiredUnreplaced):
+        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: traffic dropped"
+    if isinstance(e, ev.Resync):
+        return f"{e.sas} SAs, {e.policies} policies; missing {len(e.missing)}, stale {len(e.stale)}"
+    if isinstance(e, ev.SaState):
+        return sa_summary(e.sa)
+    if isinstance(e, ev.PolicyState):
+        return policy_summary(e.policy)
     if isinstance(e, ev.SadInfo):
         return f"count {e.count}"
     if isinstance(e, ev.SpdInfo):
@@ -153,6 +179,11 @@ STYLES = {
     "acquire": "blue",
     "default_policy": "bold yellow",
     "overrun": "bold white on red",
+    "alert": "bold red",
+    "rekey_completed": "green",
+    "rekey_started": "yellow",
+    "rekey_overdue": "bold yellow",
+    "sa_expired_unreplaced": "bold white on red",
     "malformed": "bold white on red",
 }
 

@@ -79,3 +79,26 @@ def print_info(info: dict[str, Any]) -> None:
     for name, value in (info["xfrm_stat"] or {}).items():
         t.add_row(name, str(value), style="bold red" if value else None)
     _console().print(t)
+
+
+def _subject(a: ev.Alert) -> str:
+    for e in a.events:
+        sa = getattr(e, "sa", None)
+        if isinstance(sa, ev.SA):
+            return f"{sa.proto} spi {sa.spi} {sa.src} -> {sa.dst} reqid {sa.reqid}"
+        pol = getattr(e, "policy", None)
+        if isinstance(pol, ev.Policy):
+            return f"policy {sel_summary(pol.sel)} dir {pol.dir} index {pol.index}"
+        if isinstance(e, ev.NetnsState):
+            return ", ".join(e.xfrm_stat_nonzero) or "namespace"
+    return "-"
+
+
+def print_findings(findings: list[ev.Alert], netns: str) -> None:
+    styles = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan"}
+    t = Table(title=f"Audit{' of ' + netns if netns else ''}: {len(findings)} findings", title_justify="left")
+    for col in ("level", "finding", "subject"):
+        t.add_column(col)
+    for a in findings:
+        t.add_row(a.rule.level, a.rule.title, _subject(a), style=styles.get(a.rule.level))
+    _console().print(t)

@@ -1,0 +1,1 @@
+"""The shipped Sigma rule pack (installed as xfrmwatch.rules)."""
