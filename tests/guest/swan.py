@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +85,14 @@ def daemon_env(**extra: str) -> dict[str, str]:
 LEFT_OUTER, RIGHT_OUTER = "192.0.2.1", "192.0.2.2"
 LEFT_INNER, RIGHT_INNER = "10.10.1.1", "10.10.2.1"
 LEFT_NET, RIGHT_NET = "10.10.1.0/24", "10.10.2.0/24"
+SWANCTL_SUBDIRS = (
+    "x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey", "private",
+    "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12",
+)  # fmt: skip
 CONN = "net"  # name of both the IKE connection and its CHILD_SA
 SIDES = ("left", "right")
+# charon filelog levels per subsystem (-1 silent .. 4 private); knl 2 logs every XFRM request
+DEFAULT_LOG_LEVELS: Mapping[str, int] = {"default": 1, "ike": 2, "knl": 2, "chd": 2}
 
 
 def have_strongswan() -> str | None:
@@ -96,7 +103,8 @@ def have_strongswan() -> str | None:
     return None
 
 
-def _strongswan_conf(*, log_levels: str) -> str:
+def _strongswan_conf(*, log_levels: Mapping[str, int]) -> str:
+    levels = "\n".join(f"{' ' * 20}{k} = {v}" for k, v in log_levels.items())
     # Paths are as charon sees them: this side's directory is its /run.
     return textwrap.dedent(
         f"""\
@@ -115,7 +123,7 @@ def _strongswan_conf(*, log_levels: str) -> str:
                     ike_name = yes
                     append = no
                     flush_line = yes
-                    {log_levels}
+{levels}
                 }}
             }}
             syslog {{
@@ -289,8 +297,6 @@ def _stop_proc(p: subprocess.Popen[Any], term_timeout: float = 10.0) -> None:
 
 def _read_line(p: subprocess.Popen[str], want: str, timeout: float) -> None:
     """Wait for a line ``want`` on p's stdout (a helper announcing it is ready)."""
-    import select
-
     assert p.stdout is not None
     deadline = time.monotonic() + timeout
     buf = ""
@@ -510,7 +516,7 @@ class SwanPair:
         if check and p.returncode != 0:
             raise AssertionError(
                 f"{side}: swanctl {' '.join(args)} failed ({p.returncode}):\n{p.stdout}{p.stderr}\n"
-                f"--- charon log:\n{self.log(side)[-3000:]}"
+                f"--- left charon:\n{self.log('left')[-3000:]}\n--- right charon:\n{self.log('right')[-3000:]}"
             )
         return p
 
@@ -588,6 +594,21 @@ class SwanPair:
             self._stop_charon(s)
 
 
+def _copy_logs(pair: SwanPair, dest: Path) -> None:
+    for s in (pair.left_side, pair.right_side):
+        d = dest / s.ns
+        d.mkdir(parents=True, exist_ok=True)
+        for f in (
+            s.strongswan_conf,
+            s.swanctl_dir / "swanctl.conf",
+            s.charon_log,
+            s.charon_out,
+            s.swanctl_log,
+        ):
+            if f.is_file():
+                shutil.copy(f, d / f.name)
+
+
 @contextmanager
 def swan_pair(
     *,
@@ -601,17 +622,22 @@ def swan_pair(
     left_start_action: str = "none",
     right_start_action: str = "none",
     psk: str = "xfrmwatch-test-psk-not-secret",
-    log_levels: str = "default = 1\n                    ike = 2\n                    knl = 2\n                    chd = 2",
+    log_levels: Mapping[str, int] | None = None,
     timeout: float = 60,
     keep_dir: bool = False,
+    logs_to: str | os.PathLike[str] | None = None,
     extra_left: Sequence[str] = (),
     extra_right: Sequence[str] = (),
 ) -> Iterator[SwanPair]:
     """Two namespaces with a charon each; with ``initiate`` (default) the CHILD_SA is up when
     this yields.  ``initiate=False``: charons run and have their config loaded, call
     ``pair.initiate()`` yourself (e.g. after starting monitors to see the set-up events).
+    With ``left_start_action="start"`` (or ``"trap"``) charon acts on loading the config:
+    pass ``initiate=False`` then, and call ``pair.wait_installed()``.
     ``extra_left``/``extra_right``: shell commands run after the namespaces are built
-    (``{ns}`` is replaced by the namespace name), before charon starts."""
+    (``{ns}`` is replaced by the namespace name), before charon starts.
+    ``logs_to`` (default: $XW_SWAN_LOGS, which run_guest.sh passes into the guest): a directory
+    that receives both sides' configs and logs on exit, pass or fail."""
     if reason := have_strongswan():
         raise AssertionError(reason)
     with ExitStack() as stack:
@@ -641,7 +667,9 @@ def swan_pair(
             (right, left, right_rekey, right_life, RIGHT_NET, LEFT_NET, right_start_action),
         ):
             s.swanctl_dir.mkdir(parents=True)
-            s.strongswan_conf.write_text(_strongswan_conf(log_levels=log_levels))
+            for sub in SWANCTL_SUBDIRS:  # swanctl --load-all complains about missing ones
+                (s.swanctl_dir / sub).mkdir()
+            s.strongswan_conf.write_text(_strongswan_conf(log_levels=log_levels or DEFAULT_LOG_LEVELS))
             (s.swanctl_dir / "swanctl.conf").write_text(
                 _swanctl_conf(
                     local=s.outer,
@@ -660,6 +688,9 @@ def swan_pair(
             )
 
         pair = SwanPair(left, right, base, timeout)
+        logs_to = logs_to or os.environ.get("XW_SWAN_LOGS") or None
+        if logs_to is not None:
+            stack.callback(_copy_logs, pair, Path(logs_to))  # after the charons stopped
         stack.callback(pair._stop_all)  # runs before the namespaces are deleted
         # responder first, so that a start_action=start on left finds it listening
         for s in (right, left):

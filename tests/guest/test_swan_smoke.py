@@ -55,6 +55,7 @@ def _seq(events: list[Event]) -> str:
         rows.append(
             f"  +{e['mono'] - t0:7.3f} {e['type']:<10} {extra:<5} {spi:<11} "
             f"{sa.get('src', '')}->{sa.get('dst', '')} reqid={sa.get('reqid', '')} pid={e['nlmsg_pid']}"
+            + (f" process={json.dumps(e['process'], sort_keys=True)}" if e.get("process") else "")
         )
     return "\n".join(rows)
 

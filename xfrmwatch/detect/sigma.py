@@ -112,6 +112,7 @@ from sigma.exceptions import (
     SigmaModifiedError,
     SigmaNameError,
     SigmaReferencesError,
+    SigmaRegularExpressionError,
     SigmaRelatedError,
     SigmaRuleLocation,
     SigmaScopeError,
@@ -529,7 +530,10 @@ Keys = tuple[Any, ...]
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, SigmaError) and e.args:
-        return str(e.args[0])
+        text = str(e.args[0])
+        if isinstance(e, SigmaRegularExpressionError):  # RE2's message arrives as repr(bytes)
+            text = re.sub(r"""\bb'(.*)'$""", r"\1", text)
+        return text
     return str(e) or type(e).__name__
 
 
@@ -883,7 +887,7 @@ def _check_correlation(doc: _Doc, corr: Any, fields: _Fields) -> None:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     doc.err((*ck, k), f"'{k}' needs a number, not {v!r}")
             elif k == "field":
-                if ctype != "value_count":
+                if ctype in SUPPORTED_CORRELATIONS and ctype != "value_count":
                     doc.err((*ck, k), "condition field is only used by value_count")
                 elif v not in alias_names and (problem := fields.problem(v)) is not None:
                     doc.err((*ck, k), problem)

@@ -1,0 +1,78 @@
+"""What every output of `xfrmwatch run` is.
+
+An output has its own bounded queue (a trio memory channel the daemon feeds
+with ``send_nowait``: when it is full the event is dropped *for that output
+only* and counted), its own filter, and a ``run`` service that consumes the
+queue until it is closed.  A slow or dead output never blocks netlink reading
+or the other outputs.
+
+Configuration: each output type has a ``msgspec.Struct`` config class tagged
+with its ``type`` (e.g. ``type = "syslog"`` in a ``[[output]]`` TOML table),
+whose fields are the TOML keys; :class:`OutputConfig` holds what every output
+shares (filtering, queue size).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import msgspec
+import trio
+
+from .. import events as ev
+
+LEVELS = ("informational", "low", "medium", "high", "critical")
+
+
+class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    """Keys every ``[[output]]`` table accepts."""
+
+    name: str = ""
+    #: "all" (events and alerts), "alerts" (alerts only), "events" (no alerts)
+    select: str = "all"
+    #: alerts below this level are not sent (events are unaffected)
+    min_level: str = "informational"
+    #: only these event types (empty: every type)
+    types: list[str] = []
+    #: bounded queue length; when full, events are dropped for this output and counted
+    queue: int = 10000
+    #: output format for outputs that write JSON: "json" (the event schema), "ecs", "ocsf"
+    format: str = "json"
+
+    def wants(self, e: ev.Event) -> bool:
+        is_alert = isinstance(e, ev.Alert)
+        if self.select == "alerts" and not is_alert:
+            return False
+        if self.select == "events" and is_alert:
+            return False
+        if is_alert and LEVELS.index(e.rule.level if e.rule.level in LEVELS else "medium") < LEVELS.index(
+            self.min_level
+        ):
+            return False
+        return not self.types or e.__struct_config__.tag in self.types
+
+
+class Output(abc.ABC):
+    """One running output."""
+
+    #: the ``type`` value of its config table
+    type: ClassVar[str]
+
+    def __init__(self, config: OutputConfig) -> None:
+        self.config = config
+        self.name = config.name or type(self).type
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        recv: trio.MemoryReceiveChannel[ev.Event],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Consume ``recv`` until it is closed (then flush and return).  Call
+        ``task_status.started()`` once ready.  Must survive its peer being down:
+        retry/reconnect with backoff, never raise for a network error."""
+
+    def reopen(self) -> None:  # noqa: B027 - optional hook
+        """SIGHUP: reopen files (logrotate).  Default: nothing."""
