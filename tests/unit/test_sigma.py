@@ -15,12 +15,27 @@ from xfrmwatch.errors import EXIT_USAGE, UserError
 
 # --- events -------------------------------------------------------------------------------------
 
-COMMON: dict[str, Any] = {"time": "2026-01-01T00:00:00Z", "mono": 0.0, "netns": "", "nlmsg_pid": 0, "nlmsg_seq": 0}
+COMMON: dict[str, Any] = {
+    "time": "2026-01-01T00:00:00Z",
+    "mono": 0.0,
+    "netns": "",
+    "nlmsg_pid": 0,
+    "nlmsg_seq": 0,
+}
 
 
 def selector(src: str = "10.0.0.0/24", dst: str = "10.0.1.0/24") -> ev.Selector:
     return ev.Selector(
-        family="inet", src=src, dst=dst, proto="any", sport=0, sport_mask=0, dport=0, dport_mask=0, ifindex=0, user=0
+        family="inet",
+        src=src,
+        dst=dst,
+        proto="any",
+        sport=0,
+        sport_mask=0,
+        dport=0,
+        dport_mask=0,
+        ifindex=0,
+        user=0,
     )
 
 
@@ -88,7 +103,15 @@ def newpolicy(**kw: Any) -> ev.NewPolicy:
 
 def acquire(dst: str = "192.0.2.2") -> ev.AcquireEvent:
     acq = ev.Acquire(
-        family="inet", src="192.0.2.1", dst=dst, proto="esp", spi="0x00000000", seq=1, aalgos=0, ealgos=0, calgos=0
+        family="inet",
+        src="192.0.2.1",
+        dst=dst,
+        proto="esp",
+        spi="0x00000000",
+        seq=1,
+        aalgos=0,
+        ealgos=0,
+        calgos=0,
     )
     return ev.AcquireEvent(**COMMON, acquire=acq, sel=selector(), policy=policy())
 
@@ -239,7 +262,13 @@ MODIFIER_CASES: list[tuple[str, Any, bool]] = [
     ("type: NEWPOLICY", newsa(), False),
     ("in: block", ev.DefaultPolicy(**COMMON, in_="block", fwd="accept", out="accept"), True),
     ("in: block", ev.DefaultPolicy(**COMMON, in_="accept", fwd="block", out="accept"), False),
-    ("counts.in|gte: 2", ev.SpdInfo(**COMMON, counts=ev.SpdCounts(in_=2, out=0, fwd=0, in_socket=0, out_socket=0, fwd_socket=0)), True),  # fmt: skip
+    (
+        "counts.in|gte: 2",
+        ev.SpdInfo(
+            **COMMON, counts=ev.SpdCounts(in_=2, out=0, fwd=0, in_socket=0, out_socket=0, fwd_socket=0)
+        ),
+        True,
+    ),
     ("nlmsg_pid|gt: 0", newsa(), False),
     ("type: newsa", {"type": "newsa", "sa": {"spi": "0x1"}}, True),
     ("sa.spi: '0x1'", {"type": "newsa", "sa": {"spi": "0x1"}}, True),
@@ -293,7 +322,9 @@ def test_conditions(tmp_path: Path, condition: str, expected: bool) -> None:
 
 def test_condition_list_is_or(tmp_path: Path) -> None:
     """A list of conditions fires when any of them holds."""
-    text = f"{HEAD}detection:\n  a:\n    sa.proto: ah\n  b:\n    sa.proto: esp\n  condition:\n    - a\n    - b\n"
+    text = (
+        f"{HEAD}detection:\n  a:\n    sa.proto: ah\n  b:\n    sa.proto: esp\n  condition:\n    - a\n    - b\n"
+    )
     assert 1 == len(load(tmp_path, text).process(newsa(), 0.0))
 
 
@@ -307,7 +338,10 @@ def test_rule_error_is_a_usage_error_listing_lines() -> None:
 
 
 SELECTION_ERRORS: list[tuple[str, str]] = [
-    ("sa.dsst: 192.0.2.2", "unknown field 'sa.dsst': not in the xfrmwatch event schema; did you mean 'sa.dst'?"),
+    (
+        "sa.dsst: 192.0.2.2",
+        "unknown field 'sa.dsst': not in the xfrmwatch event schema; did you mean 'sa.dst'?",
+    ),
     ("sa.nothing: 1", "unknown field 'sa.nothing': not in the xfrmwatch event schema (see docs/events.md)"),
     (
         "sa.spi|base64: x",
@@ -334,7 +368,9 @@ def test_selection_errors_name_the_line(tmp_path: Path, item: str, reason: str) 
 def test_keyword_detections_are_rejected(tmp_path: Path) -> None:
     """Plain values (keywords), alone or in lists, are rejected where they stand."""
     text = detection("kw1: esp\nkw2:\n  - a\n  - b\nsel:\n  - sa.proto: esp\n  - just a value", "1 of them")
-    reason = "keyword (plain value) detections are not supported: match a field, e.g. `sa.auth.name: hmac(md5)`"
+    reason = (
+        "keyword (plain value) detections are not supported: match a field, e.g. `sa.auth.name: hmac(md5)`"
+    )
     assert [
         f"r.yml:{line_of(text, 'kw1')}: {reason}",
         f"r.yml:{line_of(text, 'kw2')}: {reason}",
@@ -343,7 +379,11 @@ def test_keyword_detections_are_rejected(tmp_path: Path) -> None:
 
 
 LOGSOURCE_ERRORS: list[tuple[str, str, str]] = [
-    ("  product: windows\n  service: xfrm\n", "product", "logsource product must be 'linux' (xfrmwatch's own events), not 'windows'"),  # fmt: skip
+    (
+        "  product: windows\n  service: xfrm\n",
+        "product",
+        "logsource product must be 'linux' (xfrmwatch's own events), not 'windows'",
+    ),
     ("  product: linux\n  service: sshd\n", "service", "logsource service must be 'xfrm', not 'sshd'"),
     (
         "  product: linux\n  service: xfrm\n  category: network\n",
@@ -370,7 +410,10 @@ def test_missing_logsource_is_reported_at_the_rule(tmp_path: Path) -> None:
 CONDITION_ERRORS: list[tuple[str, str]] = [
     ("sel and nope", "Detection 'nope' not defined in detections"),
     ("1 of other*", "Selector '1 of other*' doesn't match any detection"),
-    ("sel and", "Expected {{{'1' | 'any' | 'all'} 'of' W:(*0-9A-Z_a-z)} | W:(-0-9A-Z_a-z)}, found end of text  (at char 7), (line:1, col:8)"),  # fmt: skip
+    (
+        "sel and",
+        "Expected {{{'1' | 'any' | 'all'} 'of' W:(*0-9A-Z_a-z)} | W:(-0-9A-Z_a-z)}, found end of text  (at char 7), (line:1, col:8)",
+    ),
     (
         "sel | count() > 5",
         "The pipe syntax in Sigma conditions has been deprecated and replaced by Sigma correlations. "
@@ -448,7 +491,11 @@ def test_every_error_of_every_file_is_reported(tmp_path: Path) -> None:
 
 
 OPTION_ERRORS: list[tuple[str, str, str]] = [
-    ("xfrmwatch:\n  quiet: true\n", "quiet", "unknown xfrmwatch option 'quiet' (known: suppress, suppress_by)"),
+    (
+        "xfrmwatch:\n  quiet: true\n",
+        "quiet",
+        "unknown xfrmwatch option 'quiet' (known: suppress, suppress_by)",
+    ),
     (
         "xfrmwatch:\n  suppress: soon\n",
         "suppress",
@@ -501,7 +548,13 @@ BASE = detection("sel:\n  type: newsa") + "name: base\n"
 
 
 def correlation(body: str, extra: str = "") -> str:
-    return BASE + "---\ntitle: corr\ncorrelation:\n" + textwrap.indent(textwrap.dedent(body).strip("\n"), "  ") + "\n" + extra
+    return (
+        BASE
+        + "---\ntitle: corr\ncorrelation:\n"
+        + textwrap.indent(textwrap.dedent(body).strip("\n"), "  ")
+        + "\n"
+        + extra
+    )
 
 
 CORRELATION_ERRORS: list[tuple[str, str, str]] = [
@@ -546,7 +599,11 @@ CORRELATION_ERRORS: list[tuple[str, str, str]] = [
         "gte",
         "'gte' needs a number, not 'many'",
     ),
-    ("type: event_count\nrules: base\ntimespan: 5 minutes\ncondition: {gte: 2}", "timespan", "Timespan '5 minutes' is invalid."),  # fmt: skip
+    (
+        "type: event_count\nrules: base\ntimespan: 5 minutes\ncondition: {gte: 2}",
+        "timespan",
+        "Timespan '5 minutes' is invalid.",
+    ),
     (
         "type: event_count\nrules: base\ngroupby: sa.dst\ntimespan: 1m\ncondition: {gte: 2}",
         "groupby",
@@ -557,7 +614,11 @@ CORRELATION_ERRORS: list[tuple[str, str, str]] = [
         "other",
         "alias names rule 'other', which is not in rules",
     ),
-    ("type: event_count\nrules: base\ntimespan: 1m", "correlation", "event_count needs a condition such as {gte: 10}"),
+    (
+        "type: event_count\nrules: base\ntimespan: 1m",
+        "correlation",
+        "event_count needs a condition such as {gte: 10}",
+    ),
 ]
 
 
@@ -571,7 +632,8 @@ def test_correlation_errors_name_the_line(tmp_path: Path, body: str, where: str,
 def test_suppress_by_is_for_detection_rules(tmp_path: Path) -> None:
     """A correlation cannot say suppress_by: it suppresses per group-by."""
     text = correlation(
-        "type: event_count\nrules: base\ntimespan: 1m\ncondition: {gte: 2}", "xfrmwatch:\n  suppress_by: sa.spi\n"
+        "type: event_count\nrules: base\ntimespan: 1m\ncondition: {gte: 2}",
+        "xfrmwatch:\n  suppress_by: sa.spi\n",
     )
     reason = "suppress_by is for detection rules: a correlation suppresses per group-by"
     assert [f"r.yml:{line_of(text, 'suppress_by')}: {reason}"] == error(tmp_path, text)
@@ -592,7 +654,9 @@ def test_correlation_cycle_is_an_error(tmp_path: Path) -> None:
 def test_directories_load_recursively(tmp_path: Path) -> None:
     """Every .yml and .yaml file below a directory is loaded, other files are not."""
     write(tmp_path, detection("sel:\n  type: newsa"), "a.yml")
-    write(tmp_path, detection("sel:\n  type: delsa") + "---\n" + detection("sel:\n  type: expire"), "x/y/b.yaml")
+    write(
+        tmp_path, detection("sel:\n  type: delsa") + "---\n" + detection("sel:\n  type: expire"), "x/y/b.yaml"
+    )
     write(tmp_path, "not: [a rule", "notes.txt")
     rs = load_rules([tmp_path])
     assert (3, ["a.yml:1", "x/y/b.yaml:1", "x/y/b.yaml:10"]) == (
@@ -618,7 +682,9 @@ def test_hit_carries_rule_metadata(tmp_path: Path) -> None:
 
 def test_rule_without_id_or_level(tmp_path: Path) -> None:
     """Without id the hit names the rule by name (else file:line); without level it is medium."""
-    rs = load(tmp_path, detection("sel:\n  type: newsa") + "name: weak\n---\n" + detection("sel:\n  type: newsa"))
+    rs = load(
+        tmp_path, detection("sel:\n  type: newsa") + "name: weak\n---\n" + detection("sel:\n  type: newsa")
+    )
     assert [("weak", "medium"), (f"{tmp_path}/r.yml:11", "medium")] == [
         (h.rule_id, h.level) for h in rs.process(newsa(), 0.0)
     ]
@@ -626,7 +692,9 @@ def test_rule_without_id_or_level(tmp_path: Path) -> None:
 
 def test_alerts_are_schema_events(tmp_path: Path) -> None:
     """alerts() turns hits into `alert` events with a rule reference and string group values."""
-    text = detection("sel:\n  type: newsa") + "name: weak\nlevel: low\nxfrmwatch:\n  suppress_by: [sa.reqid]\n"
+    text = (
+        detection("sel:\n  type: newsa") + "name: weak\nlevel: low\nxfrmwatch:\n  suppress_by: [sa.reqid]\n"
+    )
     rs = load(tmp_path, text)
     event = newsa()
     expected = ev.Alert(
@@ -656,7 +724,9 @@ def test_event_count_fires_within_the_timespan(tmp_path: Path) -> None:
     """event_count fires when the count per group reaches the condition inside the window."""
     rs = load(tmp_path, event_count())
     got = feed(rs, [(0.0, newsa()), (10.0, newsa()), (20.0, newsa())])
-    assert [(20.0, "many", {"sa.dst": "192.0.2.2"}, 3)] == [(t, h.name, h.group, len(h.events)) for t, h in got]
+    assert [(20.0, "many", {"sa.dst": "192.0.2.2"}, 3)] == [
+        (t, h.name, h.group, len(h.events)) for t, h in got
+    ]
 
 
 def test_event_count_window_slides(tmp_path: Path) -> None:
@@ -668,7 +738,9 @@ def test_event_count_window_slides(tmp_path: Path) -> None:
 def test_event_count_groups_are_separate(tmp_path: Path) -> None:
     """Counts are kept per group-by value."""
     rs = load(tmp_path, event_count(gte=2))
-    got = feed(rs, [(0.0, newsa(dst="192.0.2.7")), (1.0, newsa()), (2.0, newsa(dst="192.0.2.8")), (3.0, newsa())])
+    got = feed(
+        rs, [(0.0, newsa(dst="192.0.2.7")), (1.0, newsa()), (2.0, newsa(dst="192.0.2.8")), (3.0, newsa())]
+    )
     assert [(3.0, {"sa.dst": "192.0.2.2"})] == [(t, h.group) for t, h in got]
 
 
@@ -768,11 +840,17 @@ def test_temporal_ordered_needs_the_order(tmp_path: Path) -> None:
 def test_temporal_ordered_needs_distinct_events(tmp_path: Path) -> None:
     """One event matching two rules of a temporal_ordered correlation does not complete it."""
     text = (
-        detection("sel:\n  type: newsa") + "name: a\n---\n" + detection("sel:\n  sa.proto: esp") + "name: b\n---\n"
+        detection("sel:\n  type: newsa")
+        + "name: a\n---\n"
+        + detection("sel:\n  sa.proto: esp")
+        + "name: b\n---\n"
         "title: seq\ncorrelation:\n  type: temporal_ordered\n  rules: [a, b]\n  timespan: 1m\n"
     )
     rs = load(tmp_path, text)
-    assert [[], [1.0]] == [[t for t, _ in feed(rs, [(0.0, newsa())])], [t for t, _ in feed(rs, [(1.0, newsa())])]]
+    assert [[], [1.0]] == [
+        [t for t, _ in feed(rs, [(0.0, newsa())])],
+        [t for t, _ in feed(rs, [(1.0, newsa())])],
+    ]
 
 
 def test_temporal_condition_counts_distinct_rules(tmp_path: Path) -> None:
@@ -788,7 +866,9 @@ def test_referenced_rules_do_not_fire_unless_generate(tmp_path: Path) -> None:
     """Rules referenced by a correlation give no hits of their own unless it says generate: true."""
     quiet = load(tmp_path, event_count(gte=5))
     (tmp_path / "r.yml").unlink()
-    loud = load(tmp_path, event_count(gte=5).replace("condition: {gte: 5}", "condition: {gte: 5}\n  generate: true"))
+    loud = load(
+        tmp_path, event_count(gte=5).replace("condition: {gte: 5}", "condition: {gte: 5}\n  generate: true")
+    )
     assert ([], ["test rule"]) == (
         [h.title for h in quiet.process(newsa(), 0.0)],
         [h.title for h in loud.process(newsa(), 0.0)],
@@ -798,7 +878,10 @@ def test_referenced_rules_do_not_fire_unless_generate(tmp_path: Path) -> None:
 def test_correlations_chain(tmp_path: Path) -> None:
     """A correlation may reference a correlation (the specification's failed-then-success example)."""
     text = (
-        detection("sel:\n  type: expire") + "name: exp\n---\n" + detection("sel:\n  type: newsa") + "name: new\n---\n"
+        detection("sel:\n  type: expire")
+        + "name: exp\n---\n"
+        + detection("sel:\n  type: newsa")
+        + "name: new\n---\n"
         "title: many expires\nname: many\ncorrelation:\n  type: event_count\n  rules: exp\n  group-by: sa.dst\n"
         "  timespan: 1m\n  condition: {gte: 2}\n---\n"
         "title: churn\ncorrelation:\n  type: temporal_ordered\n  rules: [many, new]\n  group-by: sa.dst\n"
@@ -857,7 +940,12 @@ def test_suppress_by_separates_groups(tmp_path: Path) -> None:
     """suppress_by makes each value its own group, with default_suppress as the period."""
     write(tmp_path, detection("sel:\n  type: newsa") + "xfrmwatch:\n  suppress_by: sa.spi\n")
     rs = load_rules([tmp_path], default_suppress=5.0)
-    events = [(0.0, newsa(spi="0x1")), (1.0, newsa(spi="0x2")), (2.0, newsa(spi="0x1")), (6.0, newsa(spi="0x1"))]
+    events = [
+        (0.0, newsa(spi="0x1")),
+        (1.0, newsa(spi="0x2")),
+        (2.0, newsa(spi="0x1")),
+        (6.0, newsa(spi="0x1")),
+    ]
     assert [(0.0, "0x1", 0), (1.0, "0x2", 0), (6.0, "0x1", 1)] == [
         (t, h.group["sa.spi"], h.suppressed) for t, h in feed(rs, events)
     ]

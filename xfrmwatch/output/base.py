@@ -46,10 +46,10 @@ class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
             return False
         if self.select == "events" and is_alert:
             return False
-        if is_alert and LEVELS.index(e.rule.level if e.rule.level in LEVELS else "medium") < LEVELS.index(
-            self.min_level
-        ):
-            return False
+        if isinstance(e, ev.Alert):
+            level = e.rule.level if e.rule.level in LEVELS else "medium"
+            if LEVELS.index(level) < LEVELS.index(self.min_level):
+                return False
         return not self.types or e.__struct_config__.tag in self.types
 
 
