@@ -11,7 +11,7 @@ import trio
 
 from xfrmwatch import events as ev
 from xfrmwatch.detect.sigma import SCHEMA_FIELDS, Hit, RuleError, RuleSet, load_rules
-from xfrmwatch.errors import EXIT_USAGE, UserError
+from xfrmwatch.errors import EXIT_RULES, UserError
 
 # --- events -------------------------------------------------------------------------------------
 
@@ -160,11 +160,18 @@ def error(tmp_path: Path, text: str) -> list[str]:
     return errors(tmp_path, ("r.yml", text))
 
 
-def line_of(text: str, needle: str, nth: int = 1) -> int:
-    """1-based line of the nth line containing needle (of the text as written, dedented)."""
+def lines_of(text: str, needle: str) -> list[int]:
+    """1-based numbers of the lines containing needle (of the text as written, dedented)."""
     lines = textwrap.dedent(text).lstrip("\n").splitlines()
-    found = [i + 1 for i, line in enumerate(lines) if needle in line]
-    return found[nth - 1]
+    return [i + 1 for i, line in enumerate(lines) if needle in line]
+
+
+def line_of(text: str, needle: str) -> int:
+    return lines_of(text, needle)[0]
+
+
+def last_line_of(text: str, needle: str) -> int:
+    return lines_of(text, needle)[-1]
 
 
 # --- the field schema ---------------------------------------------------------------------------
@@ -219,6 +226,9 @@ MODIFIER_CASES: list[tuple[str, Any, bool]] = [
     ("sa.auth.name|re: '^hmac\\((md5|sha1)\\)$'", newsa(), True),
     ("sa.auth.name|re: 'MD5'", newsa(), False),
     ("sa.auth.name|re|i: 'MD5'", newsa(), True),
+    ("sa.auth.name|re: 'a.b'", {"sa": {"auth": {"name": "a\nb"}}}, False),
+    ("sa.auth.name|re|s: 'a.b'", {"sa": {"auth": {"name": "a\nb"}}}, True),
+    ("sa.auth.name|re|m: '^b$'", {"sa": {"auth": {"name": "a\nb"}}}, True),
     ("sa.dst|cidr: 192.0.2.0/24", newsa(), True),
     ("sa.dst|cidr: 198.51.100.0/24", newsa(), False),
     ("sa.sel.src|cidr: 10.0.0.0/16", newsa(), True),
@@ -332,9 +342,9 @@ def test_condition_list_is_or(tmp_path: Path) -> None:
 
 
 def test_rule_error_is_a_usage_error_listing_lines() -> None:
-    """RuleError is a UserError (exit code 2) whose text is one problem per line."""
+    """RuleError is a UserError (exit code EXIT_RULES) whose text is one problem per line."""
     e = RuleError(["a.yml:1: x", "a.yml:2: y"])
-    assert (True, EXIT_USAGE, "a.yml:1: x\na.yml:2: y") == (isinstance(e, UserError), e.exit_code, str(e))
+    assert (True, EXIT_RULES, "a.yml:1: x\na.yml:2: y") == (isinstance(e, UserError), e.exit_code, str(e))
 
 
 SELECTION_ERRORS: list[tuple[str, str]] = [
@@ -626,7 +636,18 @@ CORRELATION_ERRORS: list[tuple[str, str, str]] = [
 def test_correlation_errors_name_the_line(tmp_path: Path, body: str, where: str, reason: str) -> None:
     """Unsupported or wrong correlation settings are reported at their line."""
     text = correlation(body)
-    assert [f"r.yml:{line_of(text, where, nth=text.count(where))}: {reason}"] == error(tmp_path, text)
+    assert [f"r.yml:{last_line_of(text, where)}: {reason}"] == error(tmp_path, text)
+
+
+def test_alias_needs_a_field_for_every_rule(tmp_path: Path) -> None:
+    """An alias must give a field for each rule of the correlation."""
+    text = TWO_RULES + (
+        "title: c\ncorrelation:\n  type: temporal\n  rules: [hard, acq]\n  group-by: dst\n  timespan: 1m\n"
+        "  aliases:\n    dst:\n      hard: sa.dst\n"
+    )
+    assert [f"r.yml:{line_of(text, 'dst:')}: alias 'dst' has no field for rule 'acq'"] == error(
+        tmp_path, text
+    )
 
 
 def test_suppress_by_is_for_detection_rules(tmp_path: Path) -> None:
@@ -691,7 +712,7 @@ def test_rule_without_id_or_level(tmp_path: Path) -> None:
 
 
 def test_alerts_are_schema_events(tmp_path: Path) -> None:
-    """alerts() turns hits into `alert` events with a rule reference and string group values."""
+    """Hit.to_alert gives the schema's `alert` event: a rule reference and string group values."""
     text = (
         detection("sel:\n  type: newsa") + "name: weak\nlevel: low\nxfrmwatch:\n  suppress_by: [sa.reqid]\n"
     )
@@ -703,7 +724,7 @@ def test_alerts_are_schema_events(tmp_path: Path) -> None:
         group={"sa.reqid": "1"},
         events=[event],
     )
-    assert [expected] == rs.alerts(event, 7.0)
+    assert [expected] == [h.to_alert(time=COMMON["time"], netns="") for h in rs.process(event, 7.0)]
 
 
 # --- correlations ---------------------------------------------------------------------------------
@@ -966,3 +987,9 @@ def test_suppress_zero_turns_it_off(tmp_path: Path) -> None:
     write(tmp_path, event_count(gte=1))
     rs = load_rules([tmp_path], default_suppress=100.0)
     assert [0, 0, 0] == [h.suppressed for _, h in feed(rs, [(0.0, newsa()), (1.0, newsa()), (2.0, newsa())])]
+
+
+def test_limits_must_be_positive() -> None:
+    """A RuleSet refuses limits that would make it drop what it must keep."""
+    with pytest.raises(ValueError):
+        RuleSet(max_hit_events=0)

@@ -143,7 +143,7 @@ from sigma.types import (
 )
 
 from .. import events as ev
-from ..errors import EXIT_USAGE, UserError
+from ..errors import EXIT_RULES, UserError
 
 __all__ = [
     "SCHEMA_FIELDS",
@@ -190,7 +190,7 @@ _KEYWORD = "keyword (plain value) detections are not supported: match a field, e
 class RuleError(UserError):
     """Rule files that cannot be used; ``str()`` is one ``path:line: reason`` per line."""
 
-    exit_code = EXIT_USAGE
+    exit_code = EXIT_RULES
 
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
@@ -463,11 +463,14 @@ def _compile_item(item: SigmaDetectionItem) -> Matcher:
     if len(tests) == 1:
         test = tests[0]
         return lambda e: test(_resolve(e, parts))
-    every = item.value_linking is ConditionAND
     tt = tuple(tests)
-    if every:
-        return lambda e: all(t(found) for found in (_resolve(e, parts),) for t in tt)
-    return lambda e: any(t(found) for found in (_resolve(e, parts),) for t in tt)
+    link = all if item.value_linking is ConditionAND else any  # `|all`: every value must match
+
+    def match(e: Any) -> bool:
+        found = _resolve(e, parts)
+        return link(t(found) for t in tt)
+
+    return match
 
 
 def _compile_detection(d: SigmaDetection) -> Matcher:
@@ -534,7 +537,9 @@ def _reason(e: BaseException) -> str:
         if isinstance(e, SigmaRegularExpressionError):  # RE2's message arrives as repr(bytes)
             text = re.sub(r"""\bb'(.*)'$""", r"\1", text)
         return text
-    return str(e) or type(e).__name__
+    if isinstance(e, SigmaError):
+        return str(e) or type(e).__name__
+    return f"pySigma cannot parse this rule ({type(e).__name__}: {e})"
 
 
 @dataclass
@@ -806,7 +811,7 @@ def _check_detection(doc: _Doc, det: Any, fields: _Fields) -> None:
         doc.err(("detection",), "detection must be a mapping of named selections and a condition")
         return
     cond = det.get("condition")
-    if cond is not None and not (
+    if "condition" in det and not (
         isinstance(cond, str) or (isinstance(cond, list) and cond and all(isinstance(c, str) for c in cond))
     ):
         doc.err(("detection", "condition"), "condition must be a string (or a list of strings)")
@@ -1305,7 +1310,7 @@ class _Correlation:
         del self.groups[gkey]
         m = self.meta
         hit = Hit(
-            rule_id=m.rule_id, title=m.title, level=m.level, tags=m.tags, kind=m.kind, group=g.values,
+            rule_id=m.rule_id, title=m.title, level=m.level, tags=list(m.tags), kind=m.kind, group=g.values,
             events=_flatten_events(e.payload for e in chain)[-rs.max_hit_events :], time=now,
             name=m.name, source=m.source,
         )  # fmt: skip
@@ -1370,6 +1375,8 @@ class RuleSet:
         max_hit_events: int = 20,
         max_window_events: int = 10_000,
     ) -> None:
+        if min(max_groups, max_hit_events, max_window_events) < 1 or default_suppress < 0:
+            raise ValueError("RuleSet limits must be positive (and default_suppress not negative)")
         self.default_suppress = default_suppress
         self.max_groups = max_groups
         self.max_hit_events = max_hit_events
@@ -1428,7 +1435,7 @@ class RuleSet:
                     group[name] = None if not found else found[0] if len(found) == 1 else found
                 m = d.meta
                 hit = Hit(
-                    rule_id=m.rule_id, title=m.title, level=m.level, tags=m.tags, kind=m.kind, group=group,
+                    rule_id=m.rule_id, title=m.title, level=m.level, tags=list(m.tags), kind=m.kind, group=group,
                     events=[event], time=now, name=m.name, source=m.source,
                 )  # fmt: skip
                 self._emit(m, tuple(_hashable(v) for v in group.values()), hit, now, out)
@@ -1449,10 +1456,6 @@ class RuleSet:
                 break
             self._suppressed.popitem(last=False)
         return out
-
-    def alerts(self, event: ev.Event, now: float) -> list[ev.Event]:
-        """:meth:`process` as the pipeline's rules hook: hits as ``alert`` events."""
-        return [h.to_alert(time=event.time, netns=event.netns) for h in self.process(event, now)]
 
 
 # --- loading ----------------------------------------------------------------------------------------

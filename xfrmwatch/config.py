@@ -1,0 +1,215 @@
+"""The daemon's configuration: TOML (``/etc/xfrmwatch/config.toml``), validated
+with msgspec against the structs below.  Every problem is reported as
+``file:line: reason``.
+
+Example::
+
+    [watch]
+    netns = ["", "vpn"]        # "" is the daemon's own namespace
+    all_netns = false          # true: every namespace under /run/netns, as they come and go
+    aevents = false
+    acquire = "auto"           # "auto" | "on" | "off"
+
+    [rules]
+    paths = []                 # default: the shipped pack
+    overdue_share = 0.5
+
+    [metrics]
+    listen = "127.0.0.1:9873"
+
+    [[output]]
+    type = "journald"
+
+    [[output]]
+    type = "syslog"
+    url = "tcp://logs.example.net:6514"
+    select = "alerts"
+    min_level = "medium"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Union
+
+import msgspec
+
+from . import events as ev
+from .errors import UserError
+from .netlink.socket import DEFAULT_RCVBUF
+from .output.base import LEVELS, OutputConfig
+from .output.registry import OUTPUT_CONFIGS
+
+DEFAULT_PATH = "/etc/xfrmwatch/config.toml"
+
+_cfg = {"kw_only": True, "forbid_unknown_fields": True}
+
+
+class ConfigError(UserError):
+    """Configuration problems, one ``file:line: reason`` per line."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class WatchConfig(msgspec.Struct, **_cfg):
+    #: namespaces to watch: names under /run/netns, paths, or "" for our own
+    netns: list[str] = msgspec.field(default_factory=lambda: [""])
+    #: also every namespace under /run/netns, following additions and removals
+    all_netns: bool = False
+    #: how often /run/netns is rescanned (seconds)
+    scan_interval: float = 2.0
+    aevents: bool = False
+    acquire: str = "auto"
+    rcvbuf: int = DEFAULT_RCVBUF
+
+
+class RulesConfig(msgspec.Struct, **_cfg):
+    enabled: bool = True
+    #: rule files or directories (default: the shipped pack)
+    paths: list[str] = []
+    overdue_share: float = 0.5
+    #: default suppression period for repeated alerts (seconds)
+    suppress: float = 60.0
+
+
+class MetricsConfig(msgspec.Struct, **_cfg):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9873"
+
+
+class DaemonConfig(msgspec.Struct, **_cfg):
+    #: SIGTERM: how long outputs may take to drain their queues (seconds)
+    shutdown_timeout: float = 5.0
+
+
+AnyOutput: Any = Union[tuple(OUTPUT_CONFIGS.values())]  # noqa: UP007
+
+
+def _default_outputs() -> list[Any]:
+    return [OUTPUT_CONFIGS["stdout"]()]
+
+
+class Config(msgspec.Struct, **_cfg):
+    watch: WatchConfig = msgspec.field(default_factory=WatchConfig)
+    rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    output: list[AnyOutput] = msgspec.field(default_factory=_default_outputs)
+
+
+# --- locating errors -----------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*\[(\[)?\s*([A-Za-z0-9_.\-\"]+)\s*\]?\]\s*(#.*)?$")
+
+
+def locate(text: str, path: list[str | int]) -> int:
+    """The line (1-based) of a config path like ['output', 1, 'url'] in TOML text."""
+    lines = text.splitlines()
+    table: list[str | int] = []
+    counts: dict[str, int] = {}
+    best = 1
+    for n, line in enumerate(lines, 1):
+        m = _HEADER.match(line)
+        if m:
+            name = m.group(2).strip('"')
+            if m.group(1):  # [[array]]
+                idx = counts.get(name, -1) + 1
+                counts[name] = idx
+                table = [*name.split("."), idx]
+            else:
+                table = list(name.split("."))
+            if table == path[: len(table)]:
+                best = n
+            continue
+        key = line.split("=", 1)[0].strip().strip('"') if "=" in line else None
+        if key is None:
+            continue
+        full = [*table, *key.split(".")]
+        if full == path[: len(full)]:
+            return n
+    return best
+
+
+def _path(msg: str) -> list[str | int]:
+    m = re.search(r"at `\$(.*?)`", msg)
+    if not m:
+        return []
+    out: list[str | int] = []
+    for part in re.findall(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]", m.group(1)):
+        out.append(part[0] if part[0] else int(part[1]))
+    return out
+
+
+def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
+    """Checks beyond types."""
+    problems: list[tuple[list[str | int], str]] = []
+    if cfg.watch.acquire not in ("auto", "on", "off"):
+        problems.append((["watch", "acquire"], f"acquire must be auto, on or off, not {cfg.watch.acquire!r}"))
+    if not 0 < cfg.rules.overdue_share < 1:
+        problems.append((["rules", "overdue_share"], "overdue_share must be between 0 and 1"))
+    if cfg.watch.scan_interval <= 0:
+        problems.append((["watch", "scan_interval"], "scan_interval must be positive"))
+    host, _, port = cfg.metrics.listen.rpartition(":")
+    if not host or not port.isdigit():
+        problems.append((["metrics", "listen"], f"listen must be HOST:PORT, not {cfg.metrics.listen!r}"))
+    names: set[str] = set()
+    outputs: list[OutputConfig] = cfg.output
+    for i, o in enumerate(outputs):
+        if o.select not in ("all", "alerts", "events"):
+            problems.append((["output", i, "select"], "select must be all, alerts or events"))
+        if o.min_level not in LEVELS:
+            problems.append((["output", i, "min_level"], f"min_level must be one of {', '.join(LEVELS)}"))
+        if o.format not in ("json", "ecs", "ocsf"):
+            problems.append((["output", i, "format"], "format must be json, ecs or ocsf"))
+        for t in o.types:
+            if t not in ev.EVENT_TYPES:
+                problems.append((["output", i, "types"], f"unknown event type {t!r}"))
+        name = o.name or o.__struct_config__.tag
+        if name in names:
+            problems.append((["output", i, "name"], f"two outputs are named {name!r}: give each a distinct name"))
+        names.add(str(name))
+    return problems
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    """Parse and validate configuration text; raise ConfigError with file:line errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = m.group(1) if m else "1"
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError([f"{path}:{line}: {reason}"]) from None
+    try:
+        cfg = msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        where = _path(msg)
+        reason = re.sub(r"\s*- at `\$.*?`", "", msg)
+        unknown = re.search(r"unknown field `([^`]+)`", reason)
+        if unknown:
+            where = [*where, unknown.group(1)]
+        if where and where[-1] == "type" or "tag" in reason:
+            reason = reason.replace("Invalid value", "unknown output type") + f" (types: {', '.join(OUTPUT_CONFIGS)})"
+        raise ConfigError([f"{path}:{locate(text, where)}: {reason} (at {'.'.join(map(str, where)) or 'top level'})"]) from None
+    problems = _semantic(cfg)
+    if problems:
+        raise ConfigError([f"{path}:{locate(text, p)}: {reason}" for p, reason in problems])
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file (create it, or pass --config PATH)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    return parse(text, str(p))

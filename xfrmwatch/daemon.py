@@ -1,0 +1,356 @@
+"""`xfrmwatch run`: the headless daemon.
+
+One root nursery holds two: the outputs (each with its own bounded queue) and
+the pipelines (one per watched namespace, started and stopped as namespaces
+come and go) plus the metrics endpoint and the signal handler.
+
+* READY (sd_notify) once every pipeline has joined its groups and applied its
+  first dump, and every output is started.
+* SIGHUP: reload the configuration and rules atomically (a bad new file keeps
+  the old one running, and the log says why), apply namespace changes, swap
+  changed outputs, and reopen output files.
+* SIGTERM/SIGINT: stop the pipelines, let the outputs drain their queues
+  within ``daemon.shutdown_timeout``, exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from . import config as config_mod
+from . import events as ev
+from .config import Config
+from .decode import utc_precise
+from .detect.engine import RuleHook, load
+from .errors import CapabilityError, UserError
+from .netlink.netns import NETNS_RUN_DIR, entered
+from .netlink.proc import ProcFile, xfrm_stat
+from .output.base import Output, OutputConfig
+from .output.registry import create
+from .pipeline import PipelineConfig, start_pipeline
+
+log = structlog.get_logger("xfrmwatch.daemon")
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+
+
+class MetricsSink(Protocol):
+    def event(self, e: ev.Event) -> None: ...
+    def dropped(self, output: str, n: int = 1) -> None: ...
+    def queue(self, output: str, depth: int) -> None: ...
+
+
+class _NoMetrics:
+    def event(self, e: ev.Event) -> None:
+        pass
+
+    def dropped(self, output: str, n: int = 1) -> None:
+        pass
+
+    def queue(self, output: str, depth: int) -> None:
+        pass
+
+
+# --- systemd and capabilities -------------------------------------------------------------
+
+
+def sd_notify(state: str) -> bool:
+    """Send a notification to systemd (a datagram to $NOTIFY_SOCKET); False if none."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.sendto(state.encode(), addr)
+        except OSError as exc:
+            log.warning("sd_notify failed", error=exc.strerror)
+            return False
+    return True
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_capabilities(cfg: Config) -> None:
+    """One line if a needed capability is missing; a warning for unneeded ones."""
+    caps = effective_caps()
+    other_ns = cfg.watch.all_netns or any(n for n in cfg.watch.netns)
+    if not caps & (1 << CAP_NET_ADMIN):
+        raise CapabilityError(
+            "xfrmwatch run needs CAP_NET_ADMIN (XFRM netlink); run it with "
+            "AmbientCapabilities=CAP_NET_ADMIN (see contrib/systemd/xfrmwatch.service)"
+        )
+    if other_ns and not caps & (1 << CAP_SYS_ADMIN):
+        raise CapabilityError(
+            "watching other network namespaces needs CAP_SYS_ADMIN (setns); add it to "
+            "AmbientCapabilities, or watch only the service's own namespace"
+        )
+    needed = (1 << CAP_NET_ADMIN) | ((1 << CAP_SYS_ADMIN) if other_ns else 0)
+    extra = caps & ~needed
+    if extra:
+        log.warning(
+            "running with more capabilities than needed",
+            extra=bin(extra).count("1"),
+            needed="CAP_NET_ADMIN" + (", CAP_SYS_ADMIN" if other_ns else ""),
+        )
+
+
+# --- fan-out to outputs ----------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    output: Output
+    send: trio.MemorySendChannel[ev.Event]
+    config: OutputConfig
+    dropped: int = 0
+
+
+class FanOut:
+    """Publishes each event to every output that wants it, never blocking:
+    a full queue drops the event for that output only, and counts it."""
+
+    def __init__(self, nursery: trio.Nursery, metrics: MetricsSink) -> None:
+        self.nursery = nursery
+        self.metrics = metrics
+        self.outputs: dict[str, _Running] = {}
+
+    async def apply(self, configs: list[OutputConfig]) -> None:
+        """Start new outputs, stop removed or changed ones (their queues drain)."""
+        wanted = {(c.name or str(c.__struct_config__.tag)): c for c in configs}
+        for name, run in list(self.outputs.items()):
+            if wanted.get(name) != run.config:
+                run.send.close()
+                del self.outputs[name]
+                log.info("output stopped", output=name)
+        for name, c in wanted.items():
+            if name in self.outputs:
+                continue
+            out = create(c)
+            send, recv = trio.open_memory_channel[ev.Event](c.queue)
+            await self.nursery.start(self._supervise, out, recv)
+            self.outputs[name] = _Running(out, send, c)
+            log.info("output started", output=name, type=c.__struct_config__.tag)
+
+    async def _supervise(
+        self,
+        out: Output,
+        recv: trio.MemoryReceiveChannel[ev.Event],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await out.run(recv, task_status=task_status)
+        except Exception as exc:  # noqa: BLE001 - one output failing must not stop the others
+            log.error("output failed", output=out.name, error=f"{type(exc).__name__}: {exc}")
+
+    def publish(self, e: ev.Event) -> None:
+        self.metrics.event(e)
+        for name, run in self.outputs.items():
+            if not run.config.wants(e):
+                continue
+            try:
+                run.send.send_nowait(e)
+            except trio.WouldBlock:
+                run.dropped += 1
+                self.metrics.dropped(name)
+                if run.dropped in (1, 10, 100, 1000) or run.dropped % 10000 == 0:
+                    log.warning("output queue full: dropping", output=name, dropped=run.dropped)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    def report(self) -> None:
+        for name, run in self.outputs.items():
+            self.metrics.queue(name, run.send.statistics().current_buffer_used)
+
+    def reopen(self) -> None:
+        for run in self.outputs.values():
+            run.output.reopen()
+
+    def close_all(self) -> None:
+        for run in self.outputs.values():
+            run.send.close()
+        dropped = {n: r.dropped for n, r in self.outputs.items() if r.dropped}
+        if dropped:
+            log.warning("events dropped per output since start", **dropped)
+
+
+# --- pipelines per namespace -------------------------------------------------------------------
+
+
+@dataclass
+class _Pipe:
+    scope: trio.CancelScope
+    hook: RuleHook | None
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    path: str
+    metrics: MetricsSink = field(default_factory=_NoMetrics)
+    fan: FanOut | None = None
+    pipes: dict[str, _Pipe] = field(default_factory=dict)
+    mirrors: dict[str, Any] = field(default_factory=dict)
+    on_ready: Callable[[], None] | None = None
+
+    def wanted_netns(self) -> set[str]:
+        names = set(self.cfg.watch.netns)
+        if self.cfg.watch.all_netns:
+            try:
+                names |= set(os.listdir(NETNS_RUN_DIR))
+            except FileNotFoundError:
+                pass
+        return names
+
+    def _rules(self) -> RuleHook | None:
+        if not self.cfg.rules.enabled:
+            return None
+        return RuleHook(load(self.cfg.rules.paths or None, default_suppress=self.cfg.rules.suppress))
+
+    async def _pipeline(
+        self, netns: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        w = self.cfg.watch
+        pcfg = PipelineConfig(
+            netns=netns or None,
+            aevents=w.aevents,
+            acquire={"auto": None, "on": True, "off": False}[w.acquire],
+            rcvbuf=w.rcvbuf,
+            overdue_share=self.cfg.rules.overdue_share,
+        )
+        scope = trio.CancelScope()
+        hook = self._rules()
+        self.pipes[netns] = _Pipe(scope, hook)
+        started = False
+        try:
+            with scope:
+                async with trio.open_nursery() as n:
+                    recv, mirror, sub = await start_pipeline(n, pcfg, hook)
+                    self.mirrors[netns] = mirror
+                    log.info(
+                        "watching", netns=netns, groups=sorted(sub.groups), sas=len(mirror.sas),
+                        policies=len(mirror.policies),
+                    )  # fmt: skip
+                    task_status.started()
+                    started = True
+                    assert self.fan is not None
+                    async with recv:
+                        async for e in recv:
+                            self.fan.publish(e)
+        except UserError as exc:
+            log.error("cannot watch namespace", netns=netns, error=str(exc))
+            if not started:
+                task_status.started()
+        except Exception as exc:  # noqa: BLE001 - one namespace failing must not stop the others
+            log.error("pipeline failed", netns=netns, error=f"{type(exc).__name__}: {exc}")
+            if not started:
+                task_status.started()
+        finally:
+            self.pipes.pop(netns, None)
+            self.mirrors.pop(netns, None)
+
+    async def sync_netns(self, nursery: trio.Nursery) -> None:
+        wanted = self.wanted_netns()
+        for name in list(self.pipes):
+            if name not in wanted:
+                log.info("namespace gone: stop watching", netns=name)
+                self.pipes[name].scope.cancel()
+        for name in sorted(wanted - set(self.pipes)):
+            await nursery.start(self._pipeline, name)
+
+    async def _watch_netns(self, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.sleep(self.cfg.watch.scan_interval)
+            await self.sync_netns(nursery)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(5)
+            if self.fan is not None:
+                self.fan.report()
+            mirror_fn = getattr(self.metrics, "mirror", None)
+            stat_fn = getattr(self.metrics, "xfrm_stat", None)
+            for netns, mirror in list(self.mirrors.items()):
+                if mirror_fn is not None:
+                    mirror_fn(netns, mirror)
+                if stat_fn is not None:
+                    try:
+                        with entered(netns or None):
+                            pf = ProcFile("/proc/net/xfrm_stat")
+                        stat_fn(netns, xfrm_stat(pf.read()))
+                        pf.close()
+                    except UserError:
+                        pass
+
+    async def reload(self, nursery: trio.Nursery) -> None:
+        try:
+            new = config_mod.load(self.path)
+            hooks = {name: self._rules_for(new) for name in self.pipes}
+        except UserError as exc:
+            log.error("reload failed: keeping the running configuration", error=str(exc).replace("\n", "; "))
+            return
+        self.cfg = new
+        for name, pipe in self.pipes.items():
+            if pipe.hook is not None and hooks[name] is not None:
+                pipe.hook.rules = hooks[name].rules  # type: ignore[union-attr]
+        assert self.fan is not None
+        await self.fan.apply(new.output)
+        self.fan.reopen()
+        await self.sync_netns(nursery)
+        log.info("configuration reloaded", path=self.path)
+
+    def _rules_for(self, cfg: Config) -> RuleHook | None:
+        if not cfg.rules.enabled:
+            return None
+        return RuleHook(load(cfg.rules.paths or None, default_suppress=cfg.rules.suppress))
+
+    async def run(self) -> int:
+        check_capabilities(self.cfg)
+        self._rules()  # fail early on bad rules
+        async with trio.open_nursery() as outputs_n:
+            self.fan = FanOut(outputs_n, self.metrics)
+            await self.fan.apply(self.cfg.output)
+            async with trio.open_nursery() as pipes_n:
+                serve_metrics = getattr(self.metrics, "serve", None)
+                if self.cfg.metrics.enabled and serve_metrics is not None:
+                    await pipes_n.start(serve_metrics, self.cfg.metrics.listen)
+                await self.sync_netns(pipes_n)
+                pipes_n.start_soon(self._watch_netns, pipes_n)
+                pipes_n.start_soon(self._housekeeping)
+                sd_notify("READY=1\nSTATUS=watching " + ", ".join(repr(n) for n in sorted(self.pipes)))
+                log.info("ready", namespaces=sorted(self.pipes), outputs=sorted(self.fan.outputs))
+                if self.on_ready is not None:
+                    self.on_ready()
+                with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+                    async for sig in signals:
+                        if sig == signal.SIGHUP:
+                            sd_notify("RELOADING=1")
+                            await self.reload(pipes_n)
+                            sd_notify("READY=1")
+                        else:
+                            sd_notify("STOPPING=1")
+                            log.info("stopping", signal=signal.Signals(sig).name)
+                            break
+                pipes_n.cancel_scope.cancel()
+            # pipelines stopped: let the outputs drain, within the deadline
+            self.fan.close_all()
+            outputs_n.cancel_scope.deadline = trio.current_time() + self.cfg.daemon.shutdown_timeout
+        log.info("stopped", at=utc_precise(time.time()))
+        return 0
