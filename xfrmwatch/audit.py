@@ -113,6 +113,6 @@ async def snapshot(netns: str | None) -> list[ev.Event]:
         portid = sock.portid
     try:
         addrs = local_addresses(netns)
-    except Exception:  # noqa: BLE001 - direction is best effort
+    except Exception:
         addrs = frozenset()
     return build_states(netns or "", sas, pols, default, listeners_text, stat_text, addrs, portid)

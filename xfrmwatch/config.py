@@ -195,7 +195,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         unknown = re.search(r"unknown field `([^`]+)`", reason)
         if unknown:
             where = [*where, unknown.group(1)]
-        if where and where[-1] == "type" or "tag" in reason:
+        if (where and where[-1] == "type") or "tag" in reason:
             reason = reason.replace("Invalid value", "unknown output type") + f" (types: {', '.join(OUTPUT_CONFIGS)})"
         raise ConfigError([f"{path}:{locate(text, where)}: {reason} (at {'.'.join(map(str, where)) or 'top level'})"]) from None
     problems = _semantic(cfg)

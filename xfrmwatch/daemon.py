@@ -157,7 +157,7 @@ class FanOut:
     ) -> None:
         try:
             await out.run(recv, task_status=task_status)
-        except Exception as exc:  # noqa: BLE001 - one output failing must not stop the others
+        except Exception as exc:
             log.error("output failed", output=out.name, error=f"{type(exc).__name__}: {exc}")
 
     def publish(self, e: ev.Event) -> None:
@@ -258,7 +258,7 @@ class Daemon:
             log.error("cannot watch namespace", netns=netns, error=str(exc))
             if not started:
                 task_status.started()
-        except Exception as exc:  # noqa: BLE001 - one namespace failing must not stop the others
+        except Exception as exc:
             log.error("pipeline failed", netns=netns, error=f"{type(exc).__name__}: {exc}")
             if not started:
                 task_status.started()

@@ -1,8 +1,8 @@
 """The shipped rule pack: valid, and each rule proven by a positive and a negative case."""
 
+import tomllib
 from pathlib import Path
 
-import tomllib
 from support import ROOT, run_cli
 
 from xfrmwatch.detect.engine import run_cases, shipped_rules

@@ -59,7 +59,7 @@ class FileOutput(Output):
         d = os.path.dirname(self.path)
         if d:
             os.makedirs(d, exist_ok=True)
-        return open(self.path, "ab")  # noqa: SIM115 - held open, reopened on SIGHUP
+        return open(self.path, "ab")
 
     def reopen(self) -> None:
         self._reopen = True
