@@ -203,7 +203,7 @@ def normalized(dump: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def mirror_state(m: "Monitor", path: Path, timeout: float = 10) -> dict[str, Any]:
+def mirror_state(m: Monitor, path: Path, timeout: float = 10) -> dict[str, Any]:
     """Ask a running monitor (started with --state-file PATH) for its mirror."""
     import signal
 
