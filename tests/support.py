@@ -222,3 +222,18 @@ def kernel_dump(netns: str) -> dict[str, Any]:
     p = run_cli("dump", "--netns", netns, "--format", "json")
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def assert_same_state(kernel: dict[str, Any], mirror: dict[str, Any]) -> None:
+    """Mirror and kernel dump agree; on a difference, name the entries and fields."""
+    k, m = normalized(kernel), normalized(mirror)
+    problems = []
+    for part in ("sa", "policy"):
+        for key in k[part].keys() | m[part].keys():
+            a, b = k[part].get(key), m[part].get(key)
+            if a is None or b is None:
+                problems.append(f"{part} {key}: {'only in the mirror' if a is None else 'missing from the mirror'}")
+            elif a != b:
+                fields = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))
+                problems.append(f"{part} {key}: " + "; ".join(f"{f}: kernel {a.get(f)!r} mirror {b.get(f)!r}" for f in fields))
+    assert not problems, "\n".join(problems)

@@ -16,6 +16,8 @@ import datetime as _dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from . import events as ev
 
 #: An SA is identified by (dst, spi, proto, mark value, mark mask).
@@ -158,7 +160,9 @@ class Mirror:
                 known = self._entry(e.sa, e.mono, wall, None)
                 self.sas[k] = known
             else:
-                known.sa = e.sa
+                # EXPIRE carries no algorithm attributes: keep what NEWSA/UPDSA said,
+                # take the fresher counters
+                known.sa = msgspec.structs.replace(known.sa, current=e.sa.current, stats=e.sa.stats)
             if known.soft_expired is None:
                 known.soft_expired = e.mono
             return known

@@ -103,7 +103,11 @@ CASES: dict[str, list[ev.Event]] = {
     "no-hard-lifetime.pos": [sa_with(lifetime=NO_LIMITS)],
     "no-hard-lifetime.neg": [SA_EVENT, sa_with(lifetime=NO_LIMITS, spi="0x00000000")],
     "delete-by-unexpected-process.pos": [DELSA, R(DELSA, nlmsg_pid=4242, process="python3")],
-    "delete-by-unexpected-process.neg": [R(DELSA, nlmsg_pid=773, process="charon"), SA_EVENT],
+    "delete-by-unexpected-process.neg": [
+        R(DELSA, nlmsg_pid=773, process="charon"),
+        R(DELSA, nlmsg_pid=4242),  # a requester whose process cannot be named
+        SA_EVENT,
+    ],
     "policy-flush.pos": [FLUSHPOL],
     "policy-flush.neg": [POL],
     "sad-flush.pos": [FLUSHSA],

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Monitor
+from support import Monitor, assert_same_state, kernel_dump, mirror_state
 from swan import LEFT_OUTER, RIGHT_OUTER, have_strongswan, swan_pair
 
 Event = dict[str, Any]
@@ -163,7 +164,10 @@ def test_charon_rekey_sequence() -> None:
     with swan_pair(
         left_rekey=LEFT_REKEY, left_life=LEFT_LIFE, right_rekey=20, right_life=26, initiate=False
     ) as p:
-        with Monitor("--netns", p.left) as ml, Monitor("--netns", p.right) as mr:
+        state_l, state_r = Path(os.environ.get("TMPDIR", "/tmp")) / "l.json", Path(os.environ.get("TMPDIR", "/tmp")) / "r.json"
+        with Monitor("--netns", p.left, "--state-file", str(state_l)) as ml, Monitor(
+            "--netns", p.right, "--state-file", str(state_r)
+        ) as mr:
             p.initiate()
             t_up = time.monotonic()
             traffic = p.send_traffic(count=400, interval=0.1, duration=40)
@@ -177,6 +181,9 @@ def test_charon_rekey_sequence() -> None:
             mr.drain(0.5)
             t_done = time.monotonic()
             summary = traffic.stop()
+            # the mirror equals the kernel's dump on both sides once quiet
+            for m, ns, st in ((ml, p.left, state_l), (mr, p.right, state_r)):
+                assert_same_state(kernel_dump(ns), mirror_state(m, st))
         pid_l, pid_r = p.charon_pid("left"), p.charon_pid("right")
         assert p.charon_alive("left") and p.charon_alive("right")
         left_log, right_log = p.log("left"), p.log("right")
@@ -192,6 +199,21 @@ def test_charon_rekey_sequence() -> None:
         f"{summary['sent']} sent, {summary['replies']} replies, {summary['send_errors']} send errors"
     )
 
+    # rekey tracking: exactly one rekey_completed per rekey and side, and no alarm
+    for side, m, initiator in (("left", ml, True), ("right", mr, False)):
+        done = [e for e in m.events if e["type"] == "rekey_completed"]
+        rekeys_seen = len([e for e in m.events if e["type"] == "newsa"]) - 1  # one NEWSA (outbound) each
+        assert rekeys_seen >= REKEYS
+        assert rekeys_seen == len(done), f"{side}: {len(done)} rekey_completed\n{_seq(m.events)}"
+        assert all(e["initiator"] is initiator for e in done), side
+        assert all(len(e["old_spis"]) == 2 and len(e["new_spis"]) == 2 for e in done), side
+        alarms = [e for e in m.events if e["type"] == "alert" and e["rule"]["level"] in ("medium", "high", "critical")]
+        assert [] == alarms, f"{side}: {[a['rule']['title'] for a in alarms]}"
+        assert not [e for e in m.events if e["type"] in ("rekey_overdue", "sa_expired_unreplaced")], side
+        for e in done:
+            print(f"{side}: rekey_completed {e['old_spis']} -> {e['new_spis']} in {e['duration_seconds'] * 1000:.1f} ms")
+    soft = [e for e in ml.events if e["type"] == "expire" and not e["hard"]]
+    assert len(soft) == len([e for e in ml.events if e["type"] == "rekey_started"])
     # the responder never started a rekey: no EXPIRE at all there
     assert not [e for e in mr.events if e["type"] == "expire"]
     # the policies were updated in place (UPDPOLICY, charon's pid) on each rekey

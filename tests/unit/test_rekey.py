@@ -59,8 +59,10 @@ class Side:
             self.seen.append(obj)
 
     async def feed(self, e: ev.Event) -> None:
-        await self.send.send((e, self.mirror.apply(e)))
-        await trio.sleep(0.001)
+        applied = (e, self.mirror.apply(e))
+        await trio.sleep(0.0005)  # the detection stage sees it a little after receipt
+        await self.send.send(applied)
+        await trio.sleep(0.0005)
 
     async def new(self, s: ev.SA, upd: bool = False) -> None:
         cls = ev.UpdSA if upd else ev.NewSA

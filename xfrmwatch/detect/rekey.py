@@ -116,7 +116,7 @@ class RekeyTracker:
             else:
                 out += self._soft_expire(entry, now, wall)
         elif isinstance(e, ev.SaEvent) and entry is not None and not self._larval(e.sa):
-            out += self._new_sa(entry, now, wall)
+            out += self._new_sa(entry, e.mono, now, wall)
         elif isinstance(e, ev.DelSA) and entry is not None:
             pk = pair_key(entry.sa)
             p = self._pending.get(pk)
@@ -157,11 +157,11 @@ class RekeyTracker:
             )
         ]
 
-    def _new_sa(self, entry: SAEntry, now: float, wall: float) -> list[ev.Event]:
+    def _new_sa(self, entry: SAEntry, received: float, now: float, wall: float) -> list[ev.Event]:
         sa = entry.sa
         pk = pair_key(sa)
         self._blackholed.pop(pk, None)  # traffic for this reqid can flow again
-        if entry.first_seen != now:
+        if entry.first_seen != received:
             return []  # an update of an SA we already know
         older = [
             s

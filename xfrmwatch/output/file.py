@@ -23,13 +23,17 @@ def json_renderer(fmt: str) -> Callable[[ev.Event], bytes]:
     enc = msgspec.json.Encoder()
     if fmt == "json":
         return lambda e: enc.encode(e) + b"\n"
+    r: Any
     if fmt == "ecs":
-        from .ecs import EcsRenderer as Renderer  # type: ignore[import-not-found,unused-ignore]
+        from .ecs import EcsRenderer
+
+        r = EcsRenderer()
     elif fmt == "ocsf":
-        from .ocsf import OcsfRenderer as Renderer  # type: ignore[import-not-found,unused-ignore]
+        from .ocsf import OcsfRenderer
+
+        r = OcsfRenderer()
     else:
         raise ValueError(f"unknown format {fmt!r}")
-    r: Any = Renderer()
     return lambda e: enc.encode(r(e)) + b"\n"
 
 
