@@ -18,19 +18,22 @@ def test_peer_daemon_killed() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"strongSwan is needed in CI: {missing}")
         pytest.skip(missing)
-    with swan_pair(left_rekey=10, left_life=16, right_rekey=20, right_life=26, initiate=False) as p:
-        with Monitor("--netns", p.left) as ml, Monitor("--netns", p.right) as mr:
-            p.initiate()
-            t_up = time.monotonic()
-            traffic = p.send_traffic(count=600, interval=0.1, duration=60)
-            ml.of_type("rekey_completed", timeout=25)  # the first rekey, by left
-            p.kill("right")
-            t_kill = time.monotonic()
-            ml.of_type("sa_expired_unreplaced", timeout=30)
-            mr.of_type("sa_expired_unreplaced", timeout=30)
-            ml.drain(1.0)
-            mr.drain(0.5)
-            traffic.stop()
+    with (
+        swan_pair(left_rekey=10, left_life=16, right_rekey=20, right_life=26, initiate=False) as p,
+        Monitor("--netns", p.left) as ml,
+        Monitor("--netns", p.right) as mr,
+    ):
+        p.initiate()
+        t_up = time.monotonic()
+        traffic = p.send_traffic(count=600, interval=0.1, duration=60)
+        ml.of_type("rekey_completed", timeout=25)  # the first rekey, by left
+        p.kill("right")
+        t_kill = time.monotonic()
+        ml.of_type("sa_expired_unreplaced", timeout=30)
+        mr.of_type("sa_expired_unreplaced", timeout=30)
+        ml.drain(1.0)
+        mr.drain(0.5)
+        traffic.stop()
 
     for side, m in (("left (alive)", ml), ("right (daemon killed)", mr)):
         seq = [e["type"] for e in m.events if e["type"] in ("rekey_started", "rekey_overdue", "sa_expired_unreplaced")]
