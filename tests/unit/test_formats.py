@@ -208,7 +208,9 @@ def _native_from_ecs(d: dict[str, Any]) -> dict[str, Any]:
         n["nlmsg_pid"] = d["process"]["pid"]
     if "rule" in d:
         level = {1: "informational", 2: "low", 3: "medium", 4: "high", 5: "critical"}[d["event"]["severity"]]
-        n["rule"] = {"id": d["rule"]["id"], "title": d["rule"]["name"], "level": level, "tags": d.get("tags", [])}
+        n["rule"] = {"id": d["rule"]["id"], "title": d["rule"]["name"], "level": level}
+        if "tags" in d:  # RuleRef omits empty tags
+            n["rule"]["tags"] = d["tags"]
     return n
 
 
@@ -226,7 +228,9 @@ def _native_from_ocsf(d: dict[str, Any]) -> dict[str, Any]:
     if "finding_info" in d:
         fi = d["finding_info"]
         level = {1: "informational", 2: "low", 3: "medium", 4: "high", 5: "critical"}[d["severity_id"]]
-        n["rule"] = {"id": fi["analytic"]["uid"], "title": fi["title"], "level": level, "tags": fi.get("types", [])}
+        n["rule"] = {"id": fi["analytic"]["uid"], "title": fi["title"], "level": level}
+        if "types" in fi:
+            n["rule"]["tags"] = fi["types"]
     return n
 
 
