@@ -42,7 +42,19 @@ ENC = msgspec.json.Encoder()
 
 # ECS 8.11.0 event.category -> expected event.type values (schemas/event.yml)
 ECS_EXPECTED = {
-    "api": {"access", "admin", "allowed", "change", "creation", "deletion", "denied", "end", "info", "start", "user"},
+    "api": {
+        "access",
+        "admin",
+        "allowed",
+        "change",
+        "creation",
+        "deletion",
+        "denied",
+        "end",
+        "info",
+        "start",
+        "user",
+    },
     "authentication": {"start", "end", "info"},
     "configuration": {"access", "change", "creation", "deletion", "info"},
     "database": {"access", "change", "info", "error"},
@@ -116,53 +128,102 @@ NEWSA_BY_CHARON = ev.NewSA(**common(pid=773, process="charon"), sa=SA_ESP)
 def built() -> dict[str, ev.Event]:
     """One event of each type the decoder does not produce from the fixtures."""
     started = ev.RekeyStarted(
-        **common(), reqid=101, proto="esp", src="10.10.0.1", dst="10.10.0.2", spi="0x00001001", seconds_to_hard=600.0
+        **common(),
+        reqid=101,
+        proto="esp",
+        src="10.10.0.1",
+        dst="10.10.0.2",
+        spi="0x00001001",
+        seconds_to_hard=600.0,
     )
     unreplaced = ev.SaExpiredUnreplaced(
-        **common("2026-11-27T04:37:16Z"), reqid=101, proto="esp", src="10.10.0.1", dst="10.10.0.2",
-        spi="0x00001001", rekey_started=True, acquires=3,
-    )  # fmt: skip
-    rule = ev.RuleRef(id="5d0b2e5c-0000-4000-8000-000000000001", title="SA expired unreplaced", level="high",
-                      tags=["xfrm.rekey", "xfrm.lifetime"])  # fmt: skip
+        **common("2026-11-27T04:37:16Z"),
+        reqid=101,
+        proto="esp",
+        src="10.10.0.1",
+        dst="10.10.0.2",
+        spi="0x00001001",
+        rekey_started=True,
+        acquires=3,
+    )
+    rule = ev.RuleRef(
+        id="5d0b2e5c-0000-4000-8000-000000000001",
+        title="SA expired unreplaced",
+        level="high",
+        tags=["xfrm.rekey", "xfrm.lifetime"],
+    )
     return {
         "newsa_by_charon": NEWSA_BY_CHARON,
         "rekey_started": started,
         "rekey_completed": ev.RekeyCompleted(
-            **common(), reqid=102, proto="esp", endpoints=["192.0.2.1", "192.0.2.2"],
-            old_spis=["0x00001002", "0x00001012"], new_spis=["0x00001022", "0x00001032"],
-            initiator=True, duration_seconds=1.234567,
-        ),  # fmt: skip
+            **common(),
+            reqid=102,
+            proto="esp",
+            endpoints=["192.0.2.1", "192.0.2.2"],
+            old_spis=["0x00001002", "0x00001012"],
+            new_spis=["0x00001022", "0x00001032"],
+            initiator=True,
+            duration_seconds=1.234567,
+        ),
         "rekey_overdue": ev.RekeyOverdue(
-            **common(), reqid=101, proto="esp", src="10.10.0.1", dst="10.10.0.2", spi="0x00001001",
-            seconds_since_soft=300.0, seconds_to_hard=None,
-        ),  # fmt: skip
+            **common(),
+            reqid=101,
+            proto="esp",
+            src="10.10.0.1",
+            dst="10.10.0.2",
+            spi="0x00001001",
+            seconds_since_soft=300.0,
+            seconds_to_hard=None,
+        ),
         "sa_expired_unreplaced": unreplaced,
         "resync": ev.Resync(**common(), missing=["sa esp 0x1001"], stale=[], sas=6, policies=4),
-        "overrun": ev.Overrun(**common(), detail="netlink receive buffer overrun (ENOBUFS): events were lost"),
+        "overrun": ev.Overrun(
+            **common(), detail="netlink receive buffer overrun (ENOBUFS): events were lost"
+        ),
         "malformed": ev.Malformed(**common(), reason="truncated xfrm_usersa_info", msg_type=16, length=40),
         "report": ev.Report(
-            **common(), proto="route2",
-            sel=msgspec.structs.replace(POLICY_IN.sel, family="inet6", src="2001:db8::5/128", dst="2001:db8::6/128"),
+            **common(),
+            proto="route2",
+            sel=msgspec.structs.replace(
+                POLICY_IN.sel, family="inet6", src="2001:db8::5/128", dst="2001:db8::6/128"
+            ),
             coaddr="2001:db8::99",
-        ),  # fmt: skip
+        ),
         "sa_state": ev.SaState(**common(), sa=SA_ESP, direction="out", policy_matched=True),
         "policy_state": ev.PolicyState(
-            **common(), policy=POLICY_IN, protects=True, prefix_min=24, tmpl_without_sa=True, key_manager=False
+            **common(),
+            policy=POLICY_IN,
+            protects=True,
+            prefix_min=24,
+            tmpl_without_sa=True,
+            key_manager=False,
         ),
         "netns_state": ev.NetnsState(
-            **common(), default_in="accept", default_fwd="accept", default_out="accept", key_manager=False,
-            key_manager_groups=[], xfrm_stat={"XfrmInNoStates": 3, "XfrmInError": 0}, xfrm_stat_errors=3,
+            **common(),
+            default_in="accept",
+            default_fwd="accept",
+            default_out="accept",
+            key_manager=False,
+            key_manager_groups=[],
+            xfrm_stat={"XfrmInNoStates": 3, "XfrmInError": 0},
+            xfrm_stat_errors=3,
             xfrm_stat_nonzero=["XfrmInNoStates"],
-        ),  # fmt: skip
+        ),
         "alert": ev.Alert(
-            **common("2026-11-27T04:37:17Z"), rule=rule, group={"reqid": "101"}, suppressed=2,
+            **common("2026-11-27T04:37:17Z"),
+            rule=rule,
+            group={"reqid": "101"},
+            suppressed=2,
             events=[started, unreplaced],
-        ),  # fmt: skip
+        ),
         "alert_policy": ev.Alert(
-            **common(), rule=ev.RuleRef(id="policy-flush", title="SPD flushed", level="critical"),
+            **common(),
+            rule=ev.RuleRef(id="policy-flush", title="SPD flushed", level="critical"),
             events=[one("host/policy/0012-FLUSHPOLICY.bin")],  # type: ignore[list-item]
-        ),  # fmt: skip
-        "alert_empty": ev.Alert(**common(), rule=ev.RuleRef(id="r", title="no triggers", level="informational")),
+        ),
+        "alert_empty": ev.Alert(
+            **common(), rule=ev.RuleRef(id="r", title="no triggers", level="informational")
+        ),
     }
 
 
@@ -261,8 +322,10 @@ def test_common_fields() -> None:
     assert T0 == d["@timestamp"]
     assert {"hostname": HOST, "name": HOST} == d["host"]
     assert ("xfrmwatch", "xfrmwatch.events", "xfrm-rekey-started") == (
-        d["event"]["module"], d["event"]["dataset"], d["event"]["action"],
-    )  # fmt: skip
+        d["event"]["module"],
+        d["event"]["dataset"],
+        d["event"]["action"],
+    )
     assert OCSF_VERSION == "1.3.0" == o["metadata"]["version"]
     assert T0_MS == o["time"]
     assert {"name": "xfrmwatch", "vendor_name": "xfrmwatch"} == {
@@ -278,15 +341,24 @@ def test_common_fields() -> None:
 def test_newsa_esp_transport() -> None:
     """sa/0001: esp 0x1001 10.10.0.1 -> 10.10.0.2: a tunnel opens; endpoints, ESP (50)."""
     d, o = both("uml/sa/0001-NEWSA.bin")
-    assert (["configuration", "network"], ["creation", "start"]) == (d["event"]["category"], d["event"]["type"])
+    assert (["configuration", "network"], ["creation", "start"]) == (
+        d["event"]["category"],
+        d["event"]["type"],
+    )
     assert ("event", "xfrm-newsa") == (d["event"]["kind"], d["event"]["action"])
     assert ({"ip": "10.10.0.1"}, {"ip": "10.10.0.2"}) == (d["source"], d["destination"])
-    assert ("esp", "50", "ipv4") == (d["network"]["transport"], d["network"]["iana_number"], d["network"]["type"])
+    assert ("esp", "50", "ipv4") == (
+        d["network"]["transport"],
+        d["network"]["iana_number"],
+        d["network"]["type"],
+    )
     assert ["10.10.0.1", "10.10.0.2"] == d["related"]["ip"]
     assert (4014, 4, 1, 401401) == (o["class_uid"], o["category_uid"], o["activity_id"], o["type_uid"])
     assert ("Tunnel Activity: Open", "Open") == (o["type_name"], o["activity_name"])
     assert ({"ip": "10.10.0.1"}, {"ip": "10.10.0.2"}) == (o["src_endpoint"], o["dst_endpoint"])
-    assert (50, "esp", 4) == tuple(o["connection_info"][k] for k in ("protocol_num", "protocol_name", "protocol_ver_id"))
+    assert (50, "esp", 4) == tuple(
+        o["connection_info"][k] for k in ("protocol_num", "protocol_name", "protocol_ver_id")
+    )
     assert ({"uid": "0x00001001"}, "IPsec") == (o["session"], o["protocol_name"])
     assert 101 == o["unmapped"]["sa"]["reqid"] == d["xfrm"]["sa"]["reqid"]
     assert "cbc(aes)" == d["xfrm"]["sa"]["enc"]["name"]
@@ -295,29 +367,44 @@ def test_newsa_esp_transport() -> None:
 def test_newsa_espinudp_ports() -> None:
     """sa/0003: ESP-in-UDP 4500 -> 4500: the encapsulation ports are the endpoint ports."""
     d, o = both("uml/sa/0003-NEWSA.bin")
-    assert ({"ip": "192.0.2.1", "port": 4500}, {"ip": "192.0.2.3", "port": 4500}) == (d["source"], d["destination"])
     assert ({"ip": "192.0.2.1", "port": 4500}, {"ip": "192.0.2.3", "port": 4500}) == (
-        o["src_endpoint"], o["dst_endpoint"],
-    )  # fmt: skip
+        d["source"],
+        d["destination"],
+    )
+    assert ({"ip": "192.0.2.1", "port": 4500}, {"ip": "192.0.2.3", "port": 4500}) == (
+        o["src_endpoint"],
+        o["dst_endpoint"],
+    )
     assert "50" == d["network"]["iana_number"]
 
 
 @pytest.mark.parametrize(
     ("path", "transport", "number"),
-    [("uml/sa/0004-NEWSA.bin", "ah", 51), ("uml/sa/0005-NEWSA.bin", "ipcomp", 108), ("uml/sa/0002-NEWSA.bin", "esp", 50)],
+    [
+        ("uml/sa/0004-NEWSA.bin", "ah", 51),
+        ("uml/sa/0005-NEWSA.bin", "ipcomp", 108),
+        ("uml/sa/0002-NEWSA.bin", "esp", 50),
+    ],
 )
 def test_newsa_protocols(path: str, transport: str, number: int) -> None:
     """sa/0004 AH, sa/0005 IPComp, sa/0002 ESP: the IANA keyword and number."""
     d, o = both(path)
     assert (transport, str(number)) == (d["network"]["transport"], d["network"]["iana_number"])
-    assert (number, transport) == (o["connection_info"]["protocol_num"], o["connection_info"]["protocol_name"])
+    assert (number, transport) == (
+        o["connection_info"]["protocol_num"],
+        o["connection_info"]["protocol_name"],
+    )
     assert 401401 == o["type_uid"]
 
 
 def test_newsa_ipv6() -> None:
     """sa/0006: 2001:db8::1 -> 2001:db8::2."""
     d, o = both("uml/sa/0006-NEWSA.bin")
-    assert ("2001:db8::1", "2001:db8::2", "ipv6") == (d["source"]["ip"], d["destination"]["ip"], d["network"]["type"])
+    assert ("2001:db8::1", "2001:db8::2", "ipv6") == (
+        d["source"]["ip"],
+        d["destination"]["ip"],
+        d["network"]["type"],
+    )
     assert ("2001:db8::1", 6) == (o["src_endpoint"]["ip"], o["connection_info"]["protocol_ver_id"])
 
 
@@ -325,10 +412,19 @@ def test_updsa_delsa_flushsa() -> None:
     """sa/0007 UPDSA (Other: Update), 0008 DELSA of AH 0x1004 (Close), 0009 FLUSHSA proto 50, 0010 proto any."""
     d, o = both("uml/sa/0007-UPDSA.bin")
     assert ["change"] == d["event"]["type"]
-    assert (4014, 99, 401499, "Update") == (o["class_uid"], o["activity_id"], o["type_uid"], o["activity_name"])
+    assert (4014, 99, 401499, "Update") == (
+        o["class_uid"],
+        o["activity_id"],
+        o["type_uid"],
+        o["activity_name"],
+    )
     d, o = both("uml/sa/0008-DELSA.bin")
     assert (["configuration", "network"], ["deletion", "end"]) == (d["event"]["category"], d["event"]["type"])
-    assert ("10.10.0.1", "10.10.0.2", "51") == (d["source"]["ip"], d["destination"]["ip"], d["network"]["iana_number"])
+    assert ("10.10.0.1", "10.10.0.2", "51") == (
+        d["source"]["ip"],
+        d["destination"]["ip"],
+        d["network"]["iana_number"],
+    )
     assert (2, 401402, "0x00001004") == (o["activity_id"], o["type_uid"], o["session"]["uid"])
     d, o = both("uml/sa/0009-FLUSHSA.bin")
     assert ("esp", "50") == (d["network"]["transport"], d["network"]["iana_number"])
@@ -366,7 +462,11 @@ def test_mapping_new_nat_source() -> None:
     d, o = both(str(path.relative_to(FIX)))
     assert ({"ip": "10.20.0.1", "port": 4501}, {"ip": "10.20.0.2"}) == (d["source"], d["destination"])
     assert ("ingress", "50") == (d["network"]["direction"], d["network"]["iana_number"])
-    assert (401499, "NAT Mapping Change", 1) == (o["type_uid"], o["activity_name"], o["connection_info"]["direction_id"])
+    assert (401499, "NAT Mapping Change", 1) == (
+        o["type_uid"],
+        o["activity_name"],
+        o["connection_info"]["direction_id"],
+    )
     assert 4500 == o["unmapped"]["old_sport"]
 
 
@@ -377,8 +477,15 @@ def test_newpolicy_single_hosts() -> None:
     """policy/0001: 10.1.0.1/32:4000 -> 10.1.0.2/32:5000 udp dir out: the selector is the endpoint pair."""
     d, o = both("host/policy/0001-NEWPOLICY.bin")
     assert (["configuration"], ["creation"]) == (d["event"]["category"], d["event"]["type"])
-    assert ({"ip": "10.1.0.1", "port": 4000}, {"ip": "10.1.0.2", "port": 5000}) == (d["source"], d["destination"])
-    assert ("udp", "17", "egress") == (d["network"]["transport"], d["network"]["iana_number"], d["network"]["direction"])
+    assert ({"ip": "10.1.0.1", "port": 4000}, {"ip": "10.1.0.2", "port": 5000}) == (
+        d["source"],
+        d["destination"],
+    )
+    assert ("udp", "17", "egress") == (
+        d["network"]["transport"],
+        d["network"]["iana_number"],
+        d["network"]["direction"],
+    )
     assert (5019, 5, 1, 501901) == (o["class_uid"], o["category_uid"], o["activity_id"], o["type_uid"])
     assert (2, "Enabled") == (o["state_id"], o["state"])
     assert "src_endpoint" not in o
@@ -413,7 +520,12 @@ def test_policy_changes(path: str, etype: list[str], state: tuple[int, str]) -> 
     """Policy changes: ECS configuration/<type>; OCSF Device Config State Change, Log, state."""
     d, o = both(path)
     assert (["configuration"], etype) == (d["event"]["category"], d["event"]["type"])
-    assert (5019, 1, 501901, state) == (o["class_uid"], o["activity_id"], o["type_uid"], (o["state_id"], o["state"]))
+    assert (5019, 1, 501901, state) == (
+        o["class_uid"],
+        o["activity_id"],
+        o["type_uid"],
+        (o["state_id"], o["state"]),
+    )
 
 
 def test_default_policy_fields() -> None:
@@ -426,8 +538,17 @@ def test_default_policy_fields() -> None:
 def test_acquire() -> None:
     """acquire/0002: ESP SA 10.5.0.1 -> 10.5.0.2 asked for, policy 0x3001 (dir out)."""
     d, o = both("host/acquire/0002-ACQUIRE.bin")
-    assert ({"ip": "10.5.0.1"}, {"ip": "10.5.0.2"}, "50") == (d["source"], d["destination"], d["network"]["iana_number"])
-    assert (4014, 99, 401499, "Acquire") == (o["class_uid"], o["activity_id"], o["type_uid"], o["activity_name"])
+    assert ({"ip": "10.5.0.1"}, {"ip": "10.5.0.2"}, "50") == (
+        d["source"],
+        d["destination"],
+        d["network"]["iana_number"],
+    )
+    assert (4014, 99, 401499, "Acquire") == (
+        o["class_uid"],
+        o["activity_id"],
+        o["type_uid"],
+        o["activity_name"],
+    )
     assert 2 == o["connection_info"]["direction_id"] and "session" not in o  # SPI 0: none yet
     assert 0x3001 == o["unmapped"]["policy"]["index"]
 
@@ -473,8 +594,12 @@ def test_rekey_events() -> None:
     d, o = render("ecs", BUILT["sa_expired_unreplaced"]), render("ocsf", BUILT["sa_expired_unreplaced"])
     assert ("failure", ["end"], 4) == (d["event"]["outcome"], d["event"]["type"], d["event"]["severity"])
     assert (401403, 2, "Failure", 4, "High") == (
-        o["type_uid"], o["status_id"], o["status"], o["severity_id"], o["severity"],
-    )  # fmt: skip
+        o["type_uid"],
+        o["status_id"],
+        o["status"],
+        o["severity_id"],
+        o["severity"],
+    )
 
 
 def test_losses_and_report_are_base_events() -> None:
@@ -483,8 +608,12 @@ def test_losses_and_report_are_base_events() -> None:
         d, o = render("ecs", BUILT[name]), render("ocsf", BUILT[name])
         assert ("failure", detail) == (d["event"]["outcome"], d["event"]["reason"])
         assert (0, 0, 99, 99, name.capitalize()) == (
-            o["class_uid"], o["category_uid"], o["activity_id"], o["type_uid"], o["activity_name"],
-        )  # fmt: skip
+            o["class_uid"],
+            o["category_uid"],
+            o["activity_id"],
+            o["type_uid"],
+            o["activity_name"],
+        )
         assert (2, detail, HOST) == (o["status_id"], o["status_detail"], o["unmapped"]["hostname"])
         assert "device" not in o
     assert 4 == render("ocsf", BUILT["overrun"])["severity_id"]
@@ -498,24 +627,41 @@ def test_state_records() -> None:
     """Audit records: ECS kind state (dataset xfrmwatch.state); OCSF Device Config State, Collect."""
     for name in ("sa_state", "policy_state", "netns_state"):
         d, o = render("ecs", BUILT[name]), render("ocsf", BUILT[name])
-        assert ("state", "xfrmwatch.state", ["info"]) == (d["event"]["kind"], d["event"]["dataset"], d["event"]["type"])
+        assert ("state", "xfrmwatch.state", ["info"]) == (
+            d["event"]["kind"],
+            d["event"]["dataset"],
+            d["event"]["type"],
+        )
         assert (5002, 2, 500202, "xfrmwatch.state") == (
-            o["class_uid"], o["activity_id"], o["type_uid"], o["metadata"]["log_name"],
-        )  # fmt: skip
+            o["class_uid"],
+            o["activity_id"],
+            o["type_uid"],
+            o["metadata"]["log_name"],
+        )
     assert ("10.10.0.1", "esp") == (
-        render("ecs", BUILT["sa_state"])["source"]["ip"], render("ecs", BUILT["sa_state"])["network"]["transport"],
-    )  # fmt: skip
+        render("ecs", BUILT["sa_state"])["source"]["ip"],
+        render("ecs", BUILT["sa_state"])["network"]["transport"],
+    )
 
 
 def test_alert() -> None:
     """An alert: ECS kind alert with rule.*, categories of its triggers; OCSF Detection Finding."""
     a = BUILT["alert"]
     d, o = render("ecs", a), render("ocsf", a)
-    assert ("alert", "xfrmwatch.alerts", 4) == (d["event"]["kind"], d["event"]["dataset"], d["event"]["severity"])
+    assert ("alert", "xfrmwatch.alerts", 4) == (
+        d["event"]["kind"],
+        d["event"]["dataset"],
+        d["event"]["severity"],
+    )
     assert (["intrusion_detection", "configuration", "network"], ["info"]) == (
-        d["event"]["category"], d["event"]["type"],
-    )  # fmt: skip
-    assert {"id": "5d0b2e5c-0000-4000-8000-000000000001", "name": "SA expired unreplaced", "category": "xfrm.rekey"} == d["rule"]
+        d["event"]["category"],
+        d["event"]["type"],
+    )
+    assert {
+        "id": "5d0b2e5c-0000-4000-8000-000000000001",
+        "name": "SA expired unreplaced",
+        "category": "xfrm.rekey",
+    } == d["rule"]
     assert ["xfrm.rekey", "xfrm.lifetime"] == d["tags"]
     assert (T0, "2026-11-27T04:37:16Z") == (d["event"]["start"], d["event"]["end"])
     assert ("10.10.0.1", "10.10.0.2") == (d["source"]["ip"], d["destination"]["ip"])
@@ -524,7 +670,12 @@ def test_alert() -> None:
     assert (4, "High", 1, "New") == (o["severity_id"], o["severity"], o["status_id"], o["status"])
     fi = o["finding_info"]
     assert ("SA expired unreplaced", d["event"]["id"]) == (fi["title"], fi["uid"])
-    assert {"uid": "5d0b2e5c-0000-4000-8000-000000000001", "name": "SA expired unreplaced", "type_id": 1, "type": "Rule"} == fi["analytic"]
+    assert {
+        "uid": "5d0b2e5c-0000-4000-8000-000000000001",
+        "name": "SA expired unreplaced",
+        "type_id": 1,
+        "type": "Rule",
+    } == fi["analytic"]
     assert (T0_MS, T0_MS + 600_000 - 250) == (fi["first_seen_time"], fi["last_seen_time"])
     assert (o["start_time"], o["end_time"]) == (fi["first_seen_time"], fi["last_seen_time"])
     assert [{"ip": "10.10.0.1"}] == [ev_["src_endpoint"] for ev_ in o["evidences"]]
@@ -556,22 +707,29 @@ def test_alert_levels_and_odd_alerts() -> None:
 def test_schemas_enforce_the_spec_values() -> None:
     """The schemas reject what the specs do not allow (guards against a too-lax schema)."""
     d = render("ecs", one("host/policy/0001-NEWPOLICY.bin"))
-    for path, bad in (
-        (("event", "kind"), "incident"),
-        (("event", "category"), ["ipsec"]),
-        (("event", "type"), ["connection"]),  # not expected for configuration
-        (("source", "ip"), "10.1.0.300"),
-        (("network", "direction"), "out"),
-        (("ecs", "version"), "1.6.0"),
-    ):
-        bad_doc = json.loads(json.dumps(d))
-        bad_doc[path[0]][path[1]] = bad
-        assert not validator("ecs").is_valid(bad_doc), path
+    ecs_cases: list[tuple[str, str, Any]] = [
+        ("event", "kind", "incident"),
+        ("event", "category", ["ipsec"]),
+        ("event", "type", ["connection"]),  # not expected for configuration
+        ("source", "ip", "10.1.0.300"),
+        ("network", "direction", "out"),
+        ("ecs", "version", "1.6.0"),
+    ]
+    for field_set, field, bad in ecs_cases:
+        doc = json.loads(json.dumps(d))
+        doc[field_set][field] = bad
+        assert not validator("ecs").is_valid(doc), (field_set, field)
     o = render("ocsf", one("host/policy/0001-NEWPOLICY.bin"))
-    for key, bad in (("type_uid", 501902), ("class_uid", 4001), ("severity", "High"), ("src_endpoint", {"ip": "1.2.3.4"})):
-        bad_doc = json.loads(json.dumps(o))
-        bad_doc[key] = bad
-        assert not validator("ocsf").is_valid(bad_doc), key
-    bad_doc = json.loads(json.dumps(o))
-    del bad_doc["device"]
-    assert not validator("ocsf").is_valid(bad_doc)
+    ocsf_cases: list[tuple[str, Any]] = [
+        ("type_uid", 501902),
+        ("class_uid", 4001),
+        ("severity", "High"),
+        ("src_endpoint", {"ip": "1.2.3.4"}),  # not an attribute of Device Config State Change
+    ]
+    for key, bad in ocsf_cases:
+        doc = json.loads(json.dumps(o))
+        doc[key] = bad
+        assert not validator("ocsf").is_valid(doc), key
+    doc = json.loads(json.dumps(o))
+    del doc["device"]  # required by the class
+    assert not validator("ocsf").is_valid(doc)

@@ -191,9 +191,17 @@ def _family(family: str, addr: str | None) -> str | None:
 def _sa_net(sa: ev.SA) -> Net:
     enc = sa.encap
     return Net(
-        _ip(sa.src), _ip(sa.dst), enc.sport if enc else None, enc.dport if enc else None, sa.proto,
-        _family(sa.family, sa.dst), sa.dir, sa.spi, sa.current.bytes, sa.current.packets,
-    )  # fmt: skip
+        _ip(sa.src),
+        _ip(sa.dst),
+        enc.sport if enc else None,
+        enc.dport if enc else None,
+        sa.proto,
+        _family(sa.family, sa.dst),
+        sa.dir,
+        sa.spi,
+        sa.current.bytes,
+        sa.current.packets,
+    )
 
 
 def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
@@ -211,7 +219,9 @@ def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
     )
 
 
-def _simple(src: str | None, dst: str | None, proto: str, spi: str | None, direction: str | None = None) -> Net:
+def _simple(
+    src: str | None, dst: str | None, proto: str, spi: str | None, direction: str | None = None
+) -> Net:
     return Net(_ip(src), _ip(dst), None, None, proto, _family("", dst or src), direction, spi, None, None)
 
 
@@ -222,7 +232,18 @@ def _net_sa(e: Any) -> Net:
 def _net_delsa(e: ev.DelSA) -> Net:
     if e.sa is not None:
         return _sa_net(e.sa)
-    return Net(None, _ip(e.id.dst), None, None, e.id.proto, _family(e.id.family, e.id.dst), None, e.id.spi, None, None)
+    return Net(
+        None,
+        _ip(e.id.dst),
+        None,
+        None,
+        e.id.proto,
+        _family(e.id.family, e.id.dst),
+        None,
+        e.id.spi,
+        None,
+        None,
+    )
 
 
 def _net_policy(e: Any) -> Net:
@@ -246,17 +267,33 @@ def _net_newae(e: ev.NewAE) -> Net:
     a = e.ae
     cur = a.current
     return Net(
-        _ip(a.src), _ip(a.dst), None, None, a.proto, _family(a.family, a.dst), None, a.spi,
-        cur.bytes if cur else None, cur.packets if cur else None,
-    )  # fmt: skip
+        _ip(a.src),
+        _ip(a.dst),
+        None,
+        None,
+        a.proto,
+        _family(a.family, a.dst),
+        None,
+        a.spi,
+        cur.bytes if cur else None,
+        cur.packets if cur else None,
+    )
 
 
 def _net_mapping(e: ev.Mapping) -> Net:
     # the peer's NAT mapping of an inbound ESP-in-UDP SA: the new source address and port
     return Net(
-        _ip(e.new_src), _ip(e.id.dst), e.new_sport, None, e.id.proto, _family(e.id.family, e.id.dst),
-        "in", e.id.spi, None, None,
-    )  # fmt: skip
+        _ip(e.new_src),
+        _ip(e.id.dst),
+        e.new_sport,
+        None,
+        e.id.proto,
+        _family(e.id.family, e.id.dst),
+        "in",
+        e.id.spi,
+        None,
+        None,
+    )
 
 
 def _net_migrate(e: ev.Migrate) -> Net | None:
@@ -273,7 +310,18 @@ def _net_rekey(e: Any) -> Net:
 
 def _net_completed(e: ev.RekeyCompleted) -> Net:
     # the endpoint pair is unordered: no source/destination, only the protocol
-    return Net(None, None, None, None, e.proto, _family("", e.endpoints[0] if e.endpoints else None), None, None, None, None)
+    return Net(
+        None,
+        None,
+        None,
+        None,
+        e.proto,
+        _family("", e.endpoints[0] if e.endpoints else None),
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _net_flushsa(e: ev.FlushSA) -> Net | None:
@@ -355,15 +403,24 @@ def addresses(e: ev.Event, prefix: str = "") -> list[tuple[str, str]]:
     elif isinstance(e, ev.NewAE):
         out += ((prefix + "ae.src", e.ae.src), (prefix + "ae.dst", e.ae.dst))
     elif isinstance(e, ev.Mapping):
-        out += ((prefix + "old_src", e.old_src), (prefix + "new_src", e.new_src), (prefix + "id.dst", e.id.dst))
+        out += (
+            (prefix + "old_src", e.old_src),
+            (prefix + "new_src", e.new_src),
+            (prefix + "id.dst", e.id.dst),
+        )
     elif isinstance(e, ev.Migrate):
         for m in e.migrate:
             out += (
-                (prefix + "migrate.old_src", m.old_src), (prefix + "migrate.old_dst", m.old_dst),
-                (prefix + "migrate.new_src", m.new_src), (prefix + "migrate.new_dst", m.new_dst),
-            )  # fmt: skip
+                (prefix + "migrate.old_src", m.old_src),
+                (prefix + "migrate.old_dst", m.old_dst),
+                (prefix + "migrate.new_src", m.new_src),
+                (prefix + "migrate.new_dst", m.new_dst),
+            )
         if e.kmaddress is not None:
-            out += ((prefix + "kmaddress.local", e.kmaddress.local), (prefix + "kmaddress.remote", e.kmaddress.remote))
+            out += (
+                (prefix + "kmaddress.local", e.kmaddress.local),
+                (prefix + "kmaddress.remote", e.kmaddress.remote),
+            )
     elif isinstance(e, (ev.RekeyStarted, ev.RekeyOverdue, ev.SaExpiredUnreplaced)):
         out += ((prefix + "src", e.src), (prefix + "dst", e.dst))
     elif isinstance(e, ev.RekeyCompleted):

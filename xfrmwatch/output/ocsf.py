@@ -58,10 +58,30 @@ BASE = 0
 
 #: class_uid -> (class_name, category_uid, category_name, {activity_id: activity caption})
 CLASSES: dict[int, tuple[str, int, str, dict[int, str]]] = {
-    TUNNEL: ("Tunnel Activity", 4, "Network Activity", {0: "Unknown", 1: "Open", 2: "Close", 3: "Renew", 99: "Other"}),
-    CONFIG_CHANGE: ("Device Config State Change", 5, "Discovery", {0: "Unknown", 1: "Log", 2: "Collect", 99: "Other"}),
-    CONFIG_STATE: ("Device Config State", 5, "Discovery", {0: "Unknown", 1: "Log", 2: "Collect", 99: "Other"}),
-    DETECTION: ("Detection Finding", 2, "Findings", {0: "Unknown", 1: "Create", 2: "Update", 3: "Close", 99: "Other"}),
+    TUNNEL: (
+        "Tunnel Activity",
+        4,
+        "Network Activity",
+        {0: "Unknown", 1: "Open", 2: "Close", 3: "Renew", 99: "Other"},
+    ),
+    CONFIG_CHANGE: (
+        "Device Config State Change",
+        5,
+        "Discovery",
+        {0: "Unknown", 1: "Log", 2: "Collect", 99: "Other"},
+    ),
+    CONFIG_STATE: (
+        "Device Config State",
+        5,
+        "Discovery",
+        {0: "Unknown", 1: "Log", 2: "Collect", 99: "Other"},
+    ),
+    DETECTION: (
+        "Detection Finding",
+        2,
+        "Findings",
+        {0: "Unknown", 1: "Create", 2: "Update", 3: "Close", 99: "Other"},
+    ),
     BASE: ("Base Event", 0, "Uncategorized", {0: "Unknown", 99: "Other"}),
 }
 
