@@ -582,15 +582,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
     cfg, path = _load_config(args.config)
-    metrics: Any = None
-    try:
-        from .output.metrics import Metrics  # type: ignore[import-not-found,unused-ignore]
+    from .output.metrics import Metrics
 
-        metrics = Metrics()
-    except ImportError:
-        pass
-    d = Daemon(cfg, path) if metrics is None else Daemon(cfg, path, metrics=metrics)
-    return await d.run()
+    return await Daemon(cfg, path, metrics=Metrics(expiry_top=cfg.metrics.expiry_top)).run()
 
 
 async def cmd_config_check(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from . import events as ev
 from .errors import UserError
 from .netlink.socket import DEFAULT_RCVBUF
 from .output.base import LEVELS, OutputConfig
+from .output.metrics import MetricsConfig, parse_listen
 from .output.registry import OUTPUT_CONFIGS
 
 DEFAULT_PATH = "/etc/xfrmwatch/config.toml"
@@ -76,11 +77,6 @@ class RulesConfig(msgspec.Struct, **_cfg):
     overdue_share: float = 0.5
     #: default suppression period for repeated alerts (seconds)
     suppress: float = 60.0
-
-
-class MetricsConfig(msgspec.Struct, **_cfg):
-    enabled: bool = True
-    listen: str = "127.0.0.1:9873"
 
 
 class DaemonConfig(msgspec.Struct, **_cfg):
@@ -155,9 +151,10 @@ def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
         problems.append((["rules", "overdue_share"], "overdue_share must be between 0 and 1"))
     if cfg.watch.scan_interval <= 0:
         problems.append((["watch", "scan_interval"], "scan_interval must be positive"))
-    host, _, port = cfg.metrics.listen.rpartition(":")
-    if not host or not port.isdigit():
-        problems.append((["metrics", "listen"], f"listen must be HOST:PORT, not {cfg.metrics.listen!r}"))
+    try:
+        parse_listen(cfg.metrics.listen)
+    except (ValueError, UserError) as exc:
+        problems.append((["metrics", "listen"], str(exc).removeprefix("metrics: ")))
     names: set[str] = set()
     outputs: list[OutputConfig] = cfg.output
     for i, o in enumerate(outputs):

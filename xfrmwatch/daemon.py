@@ -143,6 +143,8 @@ class FanOut:
             if name in self.outputs:
                 continue
             out = create(c)
+            if hasattr(out, "on_drop"):
+                out.on_drop = self._dropped_inside
             send, recv = trio.open_memory_channel[ev.Event](c.queue)
             await self.nursery.start(self._supervise, out, recv)
             self.outputs[name] = _Running(out, send, c)
@@ -159,6 +161,12 @@ class FanOut:
             await out.run(recv, task_status=task_status)
         except Exception as exc:
             log.error("output failed", output=out.name, error=f"{type(exc).__name__}: {exc}")
+
+    def _dropped_inside(self, name: str, n: int) -> None:
+        """An output gave up on events it had taken (e.g. retries exhausted)."""
+        self.metrics.dropped(name, n)
+        if name in self.outputs:
+            self.outputs[name].dropped += n
 
     def publish(self, e: ev.Event) -> None:
         self.metrics.event(e)
@@ -265,6 +273,9 @@ class Daemon:
         finally:
             self.pipes.pop(netns, None)
             self.mirrors.pop(netns, None)
+            forget = getattr(self.metrics, "forget", None)
+            if forget is not None:
+                forget(netns)
 
     async def sync_netns(self, nursery: trio.Nursery) -> None:
         wanted = self.wanted_netns()

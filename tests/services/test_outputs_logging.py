@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -917,3 +918,16 @@ def test_sd_escaping_and_names() -> None:
 def test_syslog_config_errors(bad: dict[str, Any]) -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"type": "syslog", **bad}, SyslogConfig)
+
+
+def test_syslog_message_formats() -> None:
+    ns = f"xw-{uuid.uuid4().hex[:8]}"
+    newsa, *_ = syslog_events(ns)
+    as_json = SyslogOutput(SyslogConfig(url="tcp://127.0.0.1:9", message="json")).render(newsa)
+    head, _, body = as_json.partition(b"] ")
+    assert head.startswith(b"<30>1 ") and msgspec.json.decode(body, type=ev.AnyEvent) == newsa
+    local = SyslogOutput(SyslogConfig(url="unix:///dev/log")).render(newsa).decode()
+    # <PRI>Mmm dd hh:mm:ss TAG[PID]: MSG, as syslog(3) sends it
+    assert re.fullmatch(
+        rf"<30>[A-Z][a-z]{{2}} [ 123]\d \d\d:\d\d:\d\d xfrmwatch\[{os.getpid()}\]: newsa: .*\]", local
+    )

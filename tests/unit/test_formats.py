@@ -561,6 +561,16 @@ def test_migrate() -> None:
     assert (401499, "Migrate", "192.0.2.21") == (o["type_uid"], o["activity_name"], o["dst_endpoint"]["ip"])
 
 
+def test_forward_direction() -> None:
+    """A migration of a forward policy: OCSF direction Other (Forward); ECS has no host-based value."""
+    e = one("host/migrate/0002-MIGRATE.bin")
+    assert isinstance(e, ev.Migrate)
+    fwd = msgspec.structs.replace(e, policy_id=msgspec.structs.replace(e.policy_id, dir="fwd"))
+    d, o = render("ecs", fwd), render("ocsf", fwd)
+    assert "direction" not in d["network"]
+    assert (99, "Forward") == (o["connection_info"]["direction_id"], o["connection_info"]["direction"])
+
+
 def test_info_replies() -> None:
     """req-sainfo / req-spdinfo: Device Config State, Collect."""
     for path in ("host/req-sainfo/0001-NEWSADINFO.bin", "host/req-spdinfo/0001-NEWSPDINFO.bin"):

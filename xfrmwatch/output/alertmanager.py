@@ -37,6 +37,7 @@ endsAt passes).
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ RESOLVED_BY: dict[str, tuple[type[ev.Event], ...]] = {
     "sa_expired_unreplaced": (ev.NewSA, ev.UpdSA),
 }
 _RESOLVERS = (ev.RekeyCompleted, ev.NewSA, ev.UpdSA)
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class AlertmanagerConfig(OutputConfig, tag="alertmanager", kw_only=True):
@@ -98,6 +100,11 @@ class AlertmanagerConfig(OutputConfig, tag="alertmanager", kw_only=True):
             raise ValueError(f"url must be http:// or https://, not {self.url!r}")
         if self.resolve_timeout <= 0 or self.timeout <= 0 or self.retry_initial <= 0 or self.max_alerts < 1:
             raise ValueError("resolve_timeout, timeout, retry_initial and max_alerts must be positive")
+        bad = [k for k in self.labels if not _LABEL_NAME.fullmatch(k)]
+        if bad:
+            raise ValueError(
+                f"invalid label names {bad}: use letters, digits and _, not starting with a digit"
+            )
 
     def api_url(self) -> str:
         u = self.url.rstrip("/")

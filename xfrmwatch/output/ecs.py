@@ -168,22 +168,25 @@ def host_of(cidr: str) -> str | None:
 class Net(NamedTuple):
     """The network view of an event: the SA's outer endpoints, or a policy's selector."""
 
-    src: str | None
-    dst: str | None
-    sport: int | None
-    dport: int | None
     proto: str  # a protocol name of the event model ("esp", "udp", "any", ...)
-    family: str | None  # "inet" / "inet6"
-    dir: str | None  # "in" / "out" / "fwd"
-    spi: str | None
-    bytes: int | None
-    packets: int | None
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    family: str | None = None  # "inet" / "inet6"
+    dir: str | None = None  # "in" / "out" / "fwd"
+    spi: str | None = None
+    bytes: int | None = None
+    packets: int | None = None
+
+    def flow(self) -> tuple[str | None, str | None, int | None, int | None, str]:
+        return self.src, self.dst, self.sport, self.dport, self.proto
 
 
 def _family(family: str, addr: str | None) -> str | None:
     if family in ("inet", "inet6"):
         return family
-    if addr is None:
+    if addr is None or addr in _UNSPECIFIED:
         return None
     return "inet6" if ":" in addr else "inet"
 
@@ -191,38 +194,29 @@ def _family(family: str, addr: str | None) -> str | None:
 def _sa_net(sa: ev.SA) -> Net:
     enc = sa.encap
     return Net(
-        _ip(sa.src),
-        _ip(sa.dst),
-        enc.sport if enc else None,
-        enc.dport if enc else None,
         sa.proto,
-        _family(sa.family, sa.dst),
-        sa.dir,
-        sa.spi,
-        sa.current.bytes,
-        sa.current.packets,
+        src=_ip(sa.src),
+        dst=_ip(sa.dst),
+        sport=enc.sport if enc else None,
+        dport=enc.dport if enc else None,
+        family=_family(sa.family, sa.dst),
+        dir=sa.dir,
+        spi=sa.spi,
+        bytes=sa.current.bytes,
+        packets=sa.current.packets,
     )
 
 
 def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
     return Net(
-        host_of(sel.src),
-        host_of(sel.dst),
-        sel.sport if sel.sport_mask == 0xFFFF else None,
-        sel.dport if sel.dport_mask == 0xFFFF else None,
         sel.proto,
-        _family(sel.family, sel.src.partition("/")[0]),
-        direction,
-        None,
-        None,
-        None,
+        src=host_of(sel.src),
+        dst=host_of(sel.dst),
+        sport=sel.sport if sel.sport_mask == 0xFFFF else None,
+        dport=sel.dport if sel.dport_mask == 0xFFFF else None,
+        family=_family(sel.family, sel.src.partition("/")[0]),
+        dir=direction,
     )
-
-
-def _simple(
-    src: str | None, dst: str | None, proto: str, spi: str | None, direction: str | None = None
-) -> Net:
-    return Net(_ip(src), _ip(dst), None, None, proto, _family("", dst or src), direction, spi, None, None)
 
 
 def _net_sa(e: Any) -> Net:
@@ -232,18 +226,8 @@ def _net_sa(e: Any) -> Net:
 def _net_delsa(e: ev.DelSA) -> Net:
     if e.sa is not None:
         return _sa_net(e.sa)
-    return Net(
-        None,
-        _ip(e.id.dst),
-        None,
-        None,
-        e.id.proto,
-        _family(e.id.family, e.id.dst),
-        None,
-        e.id.spi,
-        None,
-        None,
-    )
+    i = e.id
+    return Net(i.proto, dst=_ip(i.dst), family=_family(i.family, i.dst), spi=i.spi)
 
 
 def _net_policy(e: Any) -> Net:
@@ -258,41 +242,41 @@ def _net_delpolicy(e: ev.DelPolicy) -> Net:
 
 def _net_acquire(e: ev.AcquireEvent) -> Net:
     a = e.acquire
-    spi = None if a.spi == "0x00000000" else a.spi
-    n = _simple(a.src, a.dst, a.proto, spi, e.policy.dir)
-    return n._replace(family=_family(a.family, a.dst))
+    return Net(
+        a.proto,
+        src=_ip(a.src),
+        dst=_ip(a.dst),
+        family=_family(a.family, a.dst),
+        dir=e.policy.dir,
+        spi=None if a.spi == "0x00000000" else a.spi,  # none allocated yet
+    )
 
 
 def _net_newae(e: ev.NewAE) -> Net:
     a = e.ae
     cur = a.current
     return Net(
-        _ip(a.src),
-        _ip(a.dst),
-        None,
-        None,
         a.proto,
-        _family(a.family, a.dst),
-        None,
-        a.spi,
-        cur.bytes if cur else None,
-        cur.packets if cur else None,
+        src=_ip(a.src),
+        dst=_ip(a.dst),
+        family=_family(a.family, a.dst),
+        spi=a.spi,
+        bytes=cur.bytes if cur else None,
+        packets=cur.packets if cur else None,
     )
 
 
 def _net_mapping(e: ev.Mapping) -> Net:
-    # the peer's NAT mapping of an inbound ESP-in-UDP SA: the new source address and port
+    # the peer's new NAT mapping of an inbound ESP-in-UDP SA: the new source address and port
+    i = e.id
     return Net(
-        _ip(e.new_src),
-        _ip(e.id.dst),
-        e.new_sport,
-        None,
-        e.id.proto,
-        _family(e.id.family, e.id.dst),
-        "in",
-        e.id.spi,
-        None,
-        None,
+        i.proto,
+        src=_ip(e.new_src),
+        dst=_ip(i.dst),
+        sport=e.new_sport,
+        family=_family(i.family, i.dst),
+        dir="in",
+        spi=i.spi,
     )
 
 
@@ -300,32 +284,26 @@ def _net_migrate(e: ev.Migrate) -> Net | None:
     if not e.migrate:
         return None
     m = e.migrate[0]
-    n = _simple(m.new_src, m.new_dst, m.proto, None, e.policy_id.dir)
-    return n._replace(family=_family(m.new_family, m.new_dst))
+    return Net(
+        m.proto,
+        src=_ip(m.new_src),
+        dst=_ip(m.new_dst),
+        family=_family(m.new_family, m.new_dst),
+        dir=e.policy_id.dir,
+    )
 
 
 def _net_rekey(e: Any) -> Net:
-    return _simple(e.src, e.dst, e.proto, e.spi)
+    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=e.spi)
 
 
 def _net_completed(e: ev.RekeyCompleted) -> Net:
     # the endpoint pair is unordered: no source/destination, only the protocol
-    return Net(
-        None,
-        None,
-        None,
-        None,
-        e.proto,
-        _family("", e.endpoints[0] if e.endpoints else None),
-        None,
-        None,
-        None,
-        None,
-    )
+    return Net(e.proto, family=_family("", e.endpoints[0] if e.endpoints else None))
 
 
 def _net_flushsa(e: ev.FlushSA) -> Net | None:
-    return None if e.proto == "any" else Net(None, None, None, None, e.proto, None, None, None, None, None)
+    return None if e.proto == "any" else Net(e.proto)
 
 
 def _net_report(e: ev.Report) -> Net:
@@ -368,73 +346,123 @@ def net(e: ev.Event) -> Net | None:
     return f(e) if f is not None else None
 
 
-def _policy_addrs(prefix: str, sel: ev.Selector, p: ev.Policy | None, out: list[tuple[str, str]]) -> None:
+Addrs = list[tuple[str, str]]
+
+
+def _sel_addrs(prefix: str, sel: ev.Selector, out: Addrs) -> None:
     for k, cidr in (("src", sel.src), ("dst", sel.dst)):
         h = host_of(cidr)
         if h:
-            out.append((f"{prefix}.sel.{k}", h))
-    if p is not None:
-        for t in p.tmpl:
-            out += ((f"{prefix}.tmpl.src", t.src), (f"{prefix}.tmpl.dst", t.dst))
+            out.append((f"{prefix}sel.{k}", h))
 
 
-def addresses(e: ev.Event, prefix: str = "") -> list[tuple[str, str]]:
+def _policy_addrs(prefix: str, p: ev.Policy, out: Addrs) -> None:
+    _sel_addrs(prefix, p.sel, out)
+    for t in p.tmpl:
+        out += ((f"{prefix}tmpl.src", t.src), (f"{prefix}tmpl.dst", t.dst))
+
+
+def _a_sa(e: Any, pre: str, out: Addrs) -> None:
+    out += ((pre + "sa.src", e.sa.src), (pre + "sa.dst", e.sa.dst))
+
+
+def _a_delsa(e: ev.DelSA, pre: str, out: Addrs) -> None:
+    if e.sa is not None:
+        _a_sa(e, pre, out)
+    else:
+        out.append((pre + "id.dst", e.id.dst))
+
+
+def _a_policy(e: Any, pre: str, out: Addrs) -> None:
+    _policy_addrs(pre + "policy.", e.policy, out)
+
+
+def _a_delpolicy(e: ev.DelPolicy, pre: str, out: Addrs) -> None:
+    if e.policy is not None:
+        _policy_addrs(pre + "policy.", e.policy, out)
+    else:
+        _sel_addrs(pre + "policy_id.", e.policy_id.sel, out)
+
+
+def _a_acquire(e: ev.AcquireEvent, pre: str, out: Addrs) -> None:
+    out += ((pre + "acquire.src", e.acquire.src), (pre + "acquire.dst", e.acquire.dst))
+    _policy_addrs(pre + "policy.", e.policy, out)
+
+
+def _a_newae(e: ev.NewAE, pre: str, out: Addrs) -> None:
+    out += ((pre + "ae.src", e.ae.src), (pre + "ae.dst", e.ae.dst))
+
+
+def _a_mapping(e: ev.Mapping, pre: str, out: Addrs) -> None:
+    out += ((pre + "old_src", e.old_src), (pre + "new_src", e.new_src), (pre + "id.dst", e.id.dst))
+
+
+def _a_migrate(e: ev.Migrate, pre: str, out: Addrs) -> None:
+    for m in e.migrate:
+        out += (
+            (pre + "migrate.old_src", m.old_src),
+            (pre + "migrate.old_dst", m.old_dst),
+            (pre + "migrate.new_src", m.new_src),
+            (pre + "migrate.new_dst", m.new_dst),
+        )
+    if e.kmaddress is not None:
+        out += ((pre + "kmaddress.local", e.kmaddress.local), (pre + "kmaddress.remote", e.kmaddress.remote))
+
+
+def _a_rekey(e: Any, pre: str, out: Addrs) -> None:
+    out += ((pre + "src", e.src), (pre + "dst", e.dst))
+
+
+def _a_completed(e: ev.RekeyCompleted, pre: str, out: Addrs) -> None:
+    out += ((pre + "endpoints", a) for a in e.endpoints)
+
+
+def _a_report(e: ev.Report, pre: str, out: Addrs) -> None:
+    _sel_addrs(pre, e.sel, out)
+    if e.coaddr:
+        out.append((pre + "coaddr", e.coaddr))
+
+
+def _a_alert(e: ev.Alert, pre: str, out: Addrs) -> None:
+    for t in e.events:
+        f = _ADDRS.get(type(t))
+        if f is not None:
+            f(t, "events.", out)
+
+
+_ADDRS: dict[type, Callable[[Any, str, Addrs], None]] = {
+    ev.NewSA: _a_sa,
+    ev.UpdSA: _a_sa,
+    ev.Expire: _a_sa,
+    ev.SaState: _a_sa,
+    ev.DelSA: _a_delsa,
+    ev.NewPolicy: _a_policy,
+    ev.UpdPolicy: _a_policy,
+    ev.PolExpire: _a_policy,
+    ev.PolicyState: _a_policy,
+    ev.DelPolicy: _a_delpolicy,
+    ev.AcquireEvent: _a_acquire,
+    ev.NewAE: _a_newae,
+    ev.Mapping: _a_mapping,
+    ev.Migrate: _a_migrate,
+    ev.RekeyStarted: _a_rekey,
+    ev.RekeyOverdue: _a_rekey,
+    ev.SaExpiredUnreplaced: _a_rekey,
+    ev.RekeyCompleted: _a_completed,
+    ev.Report: _a_report,
+    ev.Alert: _a_alert,
+}
+
+
+def addresses(e: ev.Event) -> Addrs:
     """Every specified address the event names, as (native field path, address): SA and
     template endpoints, single-host selectors, ACQUIRE/MAPPING/MIGRATE addresses.
     An alert's are those of its triggering events (paths ``events.*``)."""
-    out: list[tuple[str, str]] = []
-    if isinstance(e, (ev.SaEvent, ev.Expire, ev.SaState)):
-        out += ((prefix + "sa.src", e.sa.src), (prefix + "sa.dst", e.sa.dst))
-    elif isinstance(e, ev.DelSA):
-        if e.sa is not None:
-            out += ((prefix + "sa.src", e.sa.src), (prefix + "sa.dst", e.sa.dst))
-        else:
-            out.append((prefix + "id.dst", e.id.dst))
-    elif isinstance(e, (ev.PolicyEvent, ev.PolExpire, ev.PolicyState)):
-        _policy_addrs(prefix + "policy", e.policy.sel, e.policy, out)
-    elif isinstance(e, ev.DelPolicy):
-        if e.policy is not None:
-            _policy_addrs(prefix + "policy", e.policy.sel, e.policy, out)
-        else:
-            _policy_addrs(prefix + "policy_id", e.policy_id.sel, None, out)
-    elif isinstance(e, ev.AcquireEvent):
-        out += ((prefix + "acquire.src", e.acquire.src), (prefix + "acquire.dst", e.acquire.dst))
-        _policy_addrs(prefix + "policy", e.policy.sel, e.policy, out)
-    elif isinstance(e, ev.NewAE):
-        out += ((prefix + "ae.src", e.ae.src), (prefix + "ae.dst", e.ae.dst))
-    elif isinstance(e, ev.Mapping):
-        out += (
-            (prefix + "old_src", e.old_src),
-            (prefix + "new_src", e.new_src),
-            (prefix + "id.dst", e.id.dst),
-        )
-    elif isinstance(e, ev.Migrate):
-        for m in e.migrate:
-            out += (
-                (prefix + "migrate.old_src", m.old_src),
-                (prefix + "migrate.old_dst", m.old_dst),
-                (prefix + "migrate.new_src", m.new_src),
-                (prefix + "migrate.new_dst", m.new_dst),
-            )
-        if e.kmaddress is not None:
-            out += (
-                (prefix + "kmaddress.local", e.kmaddress.local),
-                (prefix + "kmaddress.remote", e.kmaddress.remote),
-            )
-    elif isinstance(e, (ev.RekeyStarted, ev.RekeyOverdue, ev.SaExpiredUnreplaced)):
-        out += ((prefix + "src", e.src), (prefix + "dst", e.dst))
-    elif isinstance(e, ev.RekeyCompleted):
-        out += ((prefix + "endpoints", a) for a in e.endpoints)
-    elif isinstance(e, ev.Report):
-        for k, cidr in (("src", e.sel.src), ("dst", e.sel.dst)):
-            h = host_of(cidr)
-            if h:
-                out.append((f"{prefix}sel.{k}", h))
-        if e.coaddr:
-            out.append((prefix + "coaddr", e.coaddr))
-    elif isinstance(e, ev.Alert):
-        for t in e.events:
-            out += addresses(t, "events.")
+    f = _ADDRS.get(type(e))
+    if f is None:
+        return []
+    out: Addrs = []
+    f(e, "", out)
     return [pa for pa in dict.fromkeys(out) if pa[1] not in _UNSPECIFIED]
 
 

@@ -293,9 +293,9 @@ class OcsfRenderer:
         seen: set[tuple[Any, ...]] = set()
         for trig in a.events:
             n = net(trig)
-            if n is None or not (n.src or n.dst) or n[:5] in seen:
+            if n is None or not (n.src or n.dst) or n.flow() in seen:
                 continue
-            seen.add(n[:5])
+            seen.add(n.flow())
             evidence: dict[str, Any] = {"connection_info": connection_info(n)}
             _endpoints(n, evidence)
             evidences.append(evidence)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from .alertmanager import AlertmanagerConfig, AlertmanagerOutput
 from .base import Output, OutputConfig
+from .exec_hook import ExecConfig, ExecOutput
 from .file import FileConfig, FileOutput, StdoutConfig, StdoutOutput
+from .journald import JournaldConfig, JournaldOutput
+from .syslog import SyslogConfig, SyslogOutput
+from .webhook import WebhookConfig, WebhookOutput
 
-#: type name -> config struct (a tagged msgspec.Struct)
-OUTPUT_CONFIGS: dict[str, type[OutputConfig]] = {
-    "stdout": StdoutConfig,
-    "file": FileConfig,
+#: type name -> (config struct (a tagged msgspec.Struct), Output class)
+_TYPES: dict[str, tuple[type[OutputConfig], type[Output]]] = {
+    "stdout": (StdoutConfig, StdoutOutput),
+    "file": (FileConfig, FileOutput),
+    "journald": (JournaldConfig, JournaldOutput),
+    "syslog": (SyslogConfig, SyslogOutput),
+    "webhook": (WebhookConfig, WebhookOutput),
+    "exec": (ExecConfig, ExecOutput),
+    "alertmanager": (AlertmanagerConfig, AlertmanagerOutput),
 }
-#: type name -> Output class
-OUTPUTS: dict[str, type[Output]] = {
-    "stdout": StdoutOutput,
-    "file": FileOutput,
-}
+OUTPUT_CONFIGS: dict[str, type[OutputConfig]] = {k: v[0] for k, v in _TYPES.items()}
+OUTPUTS: dict[str, type[Output]] = {k: v[1] for k, v in _TYPES.items()}
 
 
 def create(config: OutputConfig) -> Output:
-    return OUTPUTS[config.__struct_config__.tag](config)  # type: ignore[index]
+    return OUTPUTS[str(config.__struct_config__.tag)](config)
