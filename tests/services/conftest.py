@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import IS_ROOT
@@ -22,6 +25,7 @@ PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
+    "rsyslogd": "rsyslog",
 }
 
 
@@ -57,3 +61,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/services/" in str(item.fspath):
             item.add_marker(pytest.mark.skip(reason="services tier needs root"))
+
+
+@pytest.fixture
+def rsyslogd_bin() -> str:
+    """rsyslogd, for the tests that run their own instance."""
+    return need("rsyslogd")
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path (unix socket paths are limited to 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="xw-log-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

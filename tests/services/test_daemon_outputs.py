@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 from support import ROOT, XFRMWATCH, fresh_netns, sh, validate_event
-from test_outputs_logging import free_port, rsyslog, rsyslogd_bin, short_tmp, tcp_accepts, wait_until  # noqa: F401 - fixtures
+from test_outputs_logging import free_port, rsyslog, tcp_accepts, wait_until
 
 
 def _events(path: Path) -> list[dict]:
@@ -39,11 +39,11 @@ async def test_dead_syslog_relay_delays_nothing_and_catches_up(rsyslogd_bin: str
         )
         log = short_tmp / "daemon.log"
         async with rsyslog(rsyslogd_bin, short_tmp, inputs, lambda: tcp_accepts(port)) as r:
-            with open(log, "wb") as logf:
-                daemon = subprocess.Popen(
-                    [*XFRMWATCH, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=logf,
-                    cwd=ROOT, env=dict(os.environ),
-                )  # fmt: skip
+            logf = await trio.open_file(log, "wb")
+            daemon = await trio.lowlevel.open_process(
+                [*XFRMWATCH, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=logf.wrapped.fileno(),
+                cwd=ROOT, env=dict(os.environ),
+            )  # fmt: skip
             try:
                 await wait_until(lambda: '"ready"' in log.read_text(), "the daemon's READY", limit=30)
 
@@ -70,4 +70,6 @@ async def test_dead_syslog_relay_delays_nothing_and_catches_up(rsyslogd_bin: str
                       "the relay caught up after its restart")  # fmt: skip
             finally:
                 daemon.send_signal(signal.SIGTERM)
-                assert 0 == daemon.wait(timeout=20), log.read_text()
+                with trio.fail_after(20):
+                    assert 0 == await daemon.wait(), log.read_text()
+                await logf.aclose()

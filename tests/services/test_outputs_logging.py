@@ -25,10 +25,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -76,11 +75,6 @@ def journald_tools() -> None:
 
 
 @pytest.fixture
-def rsyslogd_bin() -> str:
-    return _need_bin("rsyslogd", "rsyslog")
-
-
-@pytest.fixture
 def rsyslog_tls(rsyslogd_bin: str) -> str:
     if not any(RSYSLOG_MODULES.glob("lmnsd_gtls.so")) and not list(
         Path("/usr/lib").rglob("rsyslog/lmnsd_gtls.so")
@@ -88,16 +82,6 @@ def rsyslog_tls(rsyslogd_bin: str) -> str:
         _missing("rsyslog's gtls driver", "rsyslog-gnutls")
     _need_bin("openssl", "openssl")
     return rsyslogd_bin
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A temporary directory with a short path (unix socket paths are limited to 107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="xw-log-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # --- events -----------------------------------------------------------------------------------
