@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from typing import Any
 
 import trio
 
@@ -152,24 +153,25 @@ async def get_policy(
     raise NotFoundError(f"{what}: no such policy")
 
 
-async def sad_info(sock: XfrmSocket, decoder: Decoder) -> ev.SadInfo:
+async def _info(sock: XfrmSocket, decoder: Decoder, msg_type: int, cls: type[ev.Event]) -> Any:
     msg = x.info_flags_msg()
     msg["flags"] = 0xFFFFFFFF
-    events = _decode_all(decoder, await sock.request(msg, x.XFRM_MSG_GETSADINFO))
-    for e in events:
-        if isinstance(e, ev.SadInfo):
+    for e in _decode_all(decoder, await sock.request(msg, msg_type)):
+        if isinstance(e, cls):
             return e
-    raise KernelError("GETSADINFO: no reply")
+    raise KernelError(f"{x.MSG_NAMES[msg_type]}: no reply")
+
+
+async def sad_info(sock: XfrmSocket, decoder: Decoder) -> ev.SadInfo:
+    """GETSAINFO: SA count and hash sizes."""
+    info: ev.SadInfo = await _info(sock, decoder, x.XFRM_MSG_GETSADINFO, ev.SadInfo)
+    return info
 
 
 async def spd_info(sock: XfrmSocket, decoder: Decoder) -> ev.SpdInfo:
-    msg = x.info_flags_msg()
-    msg["flags"] = 0xFFFFFFFF
-    events = _decode_all(decoder, await sock.request(msg, x.XFRM_MSG_GETSPDINFO))
-    for e in events:
-        if isinstance(e, ev.SpdInfo):
-            return e
-    raise KernelError("GETSPDINFO: no reply")
+    """GETSPDINFO: policy counts and hash information."""
+    info: ev.SpdInfo = await _info(sock, decoder, x.XFRM_MSG_GETSPDINFO, ev.SpdInfo)
+    return info
 
 
 async def default_policy(sock: XfrmSocket, decoder: Decoder) -> ev.DefaultPolicy | None:

@@ -161,7 +161,8 @@ def summary(e: Any) -> str:
     if isinstance(e, ev.SadInfo):
         return f"count {e.count}"
     if isinstance(e, ev.SpdInfo):
-        return f"counts {e.counts}"
+        c = e.counts
+        return "" if c is None else f"policies in {c.in_} out {c.out} fwd {c.fwd}"
     return ""
 
 
