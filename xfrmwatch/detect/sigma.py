@@ -274,6 +274,11 @@ def _struct_names(cls: type[msgspec.Struct]) -> tuple[dict[str, str], str | None
 
 def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, msgspec.Struct):
+        # fast path: most encoded names are the attribute names (field paths are
+        # validated against the schema at load time, so no other attribute is asked for)
+        value = getattr(obj, name, _MISSING)
+        if value is not _MISSING and name in obj.__struct_fields__:
+            return value
         names, tag_field, tag = _struct_names(type(obj))
         attr = names.get(name)
         if attr is not None:
@@ -526,6 +531,70 @@ def _compile_rule(rule: SigmaRule) -> Matcher:
     return _any(matchers)
 
 
+# --- which event types a rule can match (a pre-filter, never a change of meaning) ----------------
+
+Types = frozenset[str] | None  # None: any type
+
+
+def _and_types(sets: list[Types]) -> Types:
+    known = [t for t in sets if t is not None]
+    if not known:
+        return None
+    out = known[0]
+    for t in known[1:]:
+        out &= t
+    return out
+
+
+def _or_types(sets: list[Types]) -> Types:
+    if any(t is None for t in sets):
+        return None
+    return frozenset().union(*[t for t in sets if t is not None])
+
+
+def _detection_types(d: SigmaDetection) -> Types:
+    subs: list[Types] = []
+    for x in d.detection_items:
+        if isinstance(x, SigmaDetection):
+            subs.append(_detection_types(x))
+        elif (
+            x.field == "type"
+            and not x.modifiers
+            and not x.negated
+            and x.value
+            and all(isinstance(v, SigmaString) and not v.contains_special() for v in x.value)
+            and x.value_linking is not ConditionAND
+        ):
+            subs.append(frozenset(str(v).lower() for v in x.value))
+        else:
+            subs.append(None)
+    return _and_types(subs) if d.item_linking is ConditionAND else _or_types(subs)
+
+
+def _condition_types(node: Any, dets: SigmaDetections) -> Types:
+    node = unwrap_parse_result_operand(node)
+    if isinstance(node, ConditionSelector):
+        sets = [_detection_types(dets.detections[c.identifier]) for c in node.resolve_referenced_detections(dets)]
+        return _and_types(sets) if node.cond_class is ConditionAND else _or_types(sets)
+    if isinstance(node, ConditionIdentifier):
+        return _detection_types(dets.detections[node.identifier])
+    if isinstance(node, ConditionAND):
+        return _and_types([_condition_types(a, dets) for a in node.args])
+    if isinstance(node, ConditionOR):
+        return _or_types([_condition_types(a, dets) for a in node.args])
+    return None  # NOT and anything else: no restriction known
+
+
+def _rule_types(rule: SigmaRule) -> Types:
+    """The event types a detection rule can match, when its condition requires a
+    ``type`` value (ANDed at the top); None when it could match any type."""
+    try:
+        trees = [c.parse(postprocess=False) for c in rule.detection.parsed_condition]
+        return _or_types([_condition_types(t, rule.detection) for t in trees])
+    except Exception:  # noqa: BLE001 - any doubt: evaluate the rule on every event
+        return None
+
+
 # --- YAML documents with line numbers -------------------------------------------------------------
 
 Keys = tuple[Any, ...]
@@ -551,6 +620,7 @@ class _Doc:
     problems: list[tuple[Keys, str]] = field(default_factory=list)
     rule: SigmaRule | SigmaCorrelationRule | None = None
     matcher: Matcher | None = None
+    types: Types = None
 
     def err(self, keys: Keys, reason: str) -> None:
         self.problems.append((keys, reason))
@@ -1030,6 +1100,7 @@ def _parse_doc(doc: _Doc, fields: _Fields) -> None:
     if isinstance(rule, SigmaRule):
         try:
             doc.matcher = _compile_rule(rule)
+            doc.types = _rule_types(rule)
         except _ConditionProblem as p:
             cond = doc.data["detection"]["condition"]
             doc.err(
@@ -1213,6 +1284,7 @@ class _Detection:
     meta: _Meta
     match: Matcher
     suppress_by: tuple[tuple[str, tuple[str, ...]], ...]
+    types: Types = None  # event types it can match (None: any)
 
 
 @dataclass
@@ -1382,6 +1454,7 @@ class RuleSet:
         self.max_hit_events = max_hit_events
         self.max_window_events = max_window_events
         self._detections: list[_Detection] = []
+        self._by_type: dict[str | None, list[_Detection]] = {}
         self._correlations: list[_Correlation] = []
         self._info: list[RuleInfo] = []
         self._seq = 0
@@ -1418,13 +1491,24 @@ class RuleSet:
             self._suppressed.popitem(last=False)
         out.append(msgspec.structs.replace(hit, suppressed=held) if held else hit)
 
+    def _for_type(self, event: Any) -> list[_Detection]:
+        """The detection rules that can match this event's type (rules that require
+        another ``type`` are skipped: the same answer, without evaluating them)."""
+        t = _get(event, "type")
+        key = t.lower() if isinstance(t, str) else None
+        found = self._by_type.get(key)
+        if found is None:
+            found = [d for d in self._detections if d.types is None or (key is not None and key in d.types)]
+            self._by_type[key] = found
+        return found
+
     def process(self, event: Any, now: float) -> list[Hit]:
         """Evaluate every rule on ``event`` at time ``now`` (seconds, monotonic); the hits to report."""
         self._seq += 1
         seq = self._seq
         out: list[Hit] = []
         occurred: dict[int, list[Any]] = {}
-        for d in self._detections:
+        for d in self._for_type(event):
             if not d.match(event):
                 continue
             occurred[d.meta.index] = [event]
@@ -1572,7 +1656,7 @@ def load_rules(
             assert doc.matcher is not None
             opts = doc.data.get("xfrmwatch") or {}
             by = tuple((n, tuple(n.split("."))) for n in _as_flat(opts.get("suppress_by") or []))
-            rs._detections.append(_Detection(meta, doc.matcher, by))
+            rs._detections.append(_Detection(meta, doc.matcher, by, doc.types))
         else:
             targets = [r.rule for r in rule.referenced_rules]
             refs = [index[id(t)] for t in targets]
