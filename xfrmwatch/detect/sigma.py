@@ -591,7 +591,7 @@ def _rule_types(rule: SigmaRule) -> Types:
     try:
         trees = [c.parse(postprocess=False) for c in rule.detection.parsed_condition]
         return _or_types([_condition_types(t, rule.detection) for t in trees])
-    except Exception:  # noqa: BLE001 - any doubt: evaluate the rule on every event
+    except Exception:
         return None
 
 
