@@ -90,6 +90,40 @@ class Mirror:
     default: tuple[str, str, str] | None = None  # in, fwd, out
     local_addrs: frozenset[str] = frozenset()
     _generations: dict[tuple[int, str, str, str], int] = field(default_factory=dict)
+    _pairs: dict[PairKey, dict[SAKey, SAEntry]] = field(default_factory=dict)
+
+    # --- the SA table and its index by CHILD_SA pair ------------------------------
+
+    def _put(self, k: SAKey, entry: SAEntry) -> None:
+        old = self.sas.get(k)
+        if old is not None and old is not entry:
+            self._unindex(k, old)
+        self.sas[k] = entry
+        self._pairs.setdefault(pair_key(entry.sa), {})[k] = entry
+
+    def _pop(self, k: SAKey) -> SAEntry | None:
+        entry = self.sas.pop(k, None)
+        if entry is not None:
+            self._unindex(k, entry)
+        return entry
+
+    def _unindex(self, k: SAKey, entry: SAEntry) -> None:
+        pk = pair_key(entry.sa)
+        members = self._pairs.get(pk)
+        if members is not None:
+            members.pop(k, None)
+            if not members:
+                del self._pairs[pk]
+        gkey = (entry.sa.reqid, entry.sa.proto, entry.sa.src, entry.sa.dst)
+        if not any(
+            (s.sa.src, s.sa.dst) == (entry.sa.src, entry.sa.dst) for s in (members or {}).values()
+        ):
+            self._generations.pop(gkey, None)  # no SA of that reqid and direction is left
+
+    def _reindex(self) -> None:
+        self._pairs = {}
+        for k, entry in self.sas.items():
+            self._pairs.setdefault(pair_key(entry.sa), {})[k] = entry
 
     # --- building ------------------------------------------------------------
 
@@ -111,8 +145,9 @@ class Mirror:
             # Announced as it was added: our clock is more precise than the
             # kernel's add_time (whole seconds).
             age = 0.0
-        if previous is not None and previous.sa.spi == sa.spi:
+        if previous is not None and previous.sa.reqid == sa.reqid:
             # UPDSA of a known SA: keep its identity, clock and soft-expiry mark
+            # (a reserved SPI filled in with a reqid is a new SA, with a new generation)
             previous.sa = sa
             previous.direction = self._direction(sa)
             return previous
@@ -134,10 +169,12 @@ class Mirror:
         """Replace the contents with a dump."""
         old = self.sas
         self.sas = {}
+        self._generations = {}
         # oldest first, so generations within a reqid follow the kernel's add times
         for sa in sorted(sas, key=lambda s: _epoch(s.current.add_time) or 0.0):
             k = sa_key(sa)
             self.sas[k] = self._entry(sa, mono, wall, old.get(k))
+        self._reindex()
         self.policies = {policy_key(p): p for p in policies}
         self.default = default
 
@@ -149,16 +186,16 @@ class Mirror:
         if isinstance(e, ev.SaEvent):
             k = sa_key(e.sa)
             entry = self._entry(e.sa, e.mono, wall, self.sas.get(k), fresh=True)
-            self.sas[k] = entry
+            self._put(k, entry)
             return entry
         if isinstance(e, ev.Expire):
             k = sa_key(e.sa)
             if e.hard:
-                return self.sas.pop(k, None)
+                return self._pop(k)
             known = self.sas.get(k)
             if known is None:
                 known = self._entry(e.sa, e.mono, wall, None)
-                self.sas[k] = known
+                self._put(k, known)
             else:
                 # EXPIRE carries no algorithm attributes: keep what NEWSA/UPDSA said,
                 # take the fresher counters
@@ -168,9 +205,11 @@ class Mirror:
             return known
         if isinstance(e, ev.DelSA):
             mark = e.sa.mark if e.sa is not None else None
-            return self.sas.pop(sa_id_key(e.id, mark), None)
+            return self._pop(sa_id_key(e.id, mark))
         if isinstance(e, ev.FlushSA):
-            self.sas = {k: v for k, v in self.sas.items() if e.proto != "any" and v.sa.proto != e.proto}
+            for k, v in list(self.sas.items()):
+                if e.proto == "any" or v.sa.proto == e.proto:
+                    self._pop(k)
             return None
         if isinstance(e, ev.PolicyEvent):
             self.policies[policy_key(e.policy)] = e.policy
@@ -198,11 +237,11 @@ class Mirror:
     # --- queries ------------------------------------------------------------------
 
     def pair_sas(self, pk: PairKey) -> list[SAEntry]:
-        return [s for s in self.sas.values() if pair_key(s.sa) == pk]
+        return list(self._pairs.get(pk, {}).values())
 
     def replacement(self, entry: SAEntry) -> SAEntry | None:
         """A live, newer SA for the same reqid, protocol and direction, if any."""
-        for s in self.sas.values():
+        for s in self._pairs.get(pair_key(entry.sa), {}).values():
             sa = s.sa
             if (
                 s is not entry

@@ -203,3 +203,36 @@ async def test_peer_dead_dead_side(autojump_clock: trio.abc.Clock) -> None:
     d = right.derived()
     assert ["rekey_completed", "rekey_started", "rekey_overdue", "sa_expired_unreplaced"] == [e["type"] for e in d]
     assert all(e["spi"] == "0x00000901" for e in d[1:])
+
+
+async def test_soft_expired_sa_deleted_not_rekeyed(autojump_clock: trio.abc.Clock) -> None:
+    """A CHILD_SA closed after its soft expiry (not rekeyed) is no overdue rekey, and leaves no state."""
+    async with trio.open_nursery() as n:
+        left = Side(n)
+        in1, out1 = sa(0xB00, R, L), sa(0xC00, L, R)
+        await install(left, in1, out1)
+        await trio.sleep(10)
+        await left.expire(in1, hard=False)
+        await trio.sleep(0.5)
+        await left.delete(out1)
+        await left.delete(in1)
+        await trio.sleep(10)
+        n.cancel_scope.cancel()
+    assert ["rekey_started"] == [e["type"] for e in left.derived()]
+    assert left.tracker.next_deadline() is None
+    assert {} == left.mirror.sas and {} == left.mirror._pairs and {} == left.mirror._generations
+
+
+async def test_flush_forgets_pending_rekeys(autojump_clock: trio.abc.Clock) -> None:
+    """FLUSHSA after a soft expiry: no rekey_overdue later."""
+    async with trio.open_nursery() as n:
+        left = Side(n)
+        in1, out1 = sa(0xD00, R, L), sa(0xE00, L, R)
+        await install(left, in1, out1)
+        await trio.sleep(10)
+        await left.expire(in1, hard=False)
+        await left.feed(ev.FlushSA(**common(), proto="any"))
+        await trio.sleep(10)
+        n.cancel_scope.cancel()
+    assert ["rekey_started"] == [e["type"] for e in left.derived()]
+    assert {} == left.mirror.sas

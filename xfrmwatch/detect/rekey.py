@@ -52,6 +52,9 @@ class _Blackhole:
 class RekeyTracker:
     """Feed it every event with the mirror entry it touched; it returns derived events."""
 
+    #: CHILD_SAs remembered as blackholed (for attaching ACQUIREs); the oldest are forgotten
+    MAX_BLACKHOLED = 10_000
+
     def __init__(
         self, mirror: Mirror, *, overdue_share: float = 0.5, settle_seconds: float = 2.0
     ) -> None:
@@ -122,6 +125,14 @@ class RekeyTracker:
             p = self._pending.get(pk)
             if p is not None and p.new and entry.sa.spi in p.old:
                 out.append(self._complete(pk, p, now, wall))
+            elif p is not None and not p.new:
+                # deleted, not rekeyed (IKE_SA closed, reauthentication): nothing is overdue
+                p.old.pop(entry.sa.spi, None)
+                if entry.sa.spi == p.soft_spi or not p.old:
+                    del self._pending[pk]
+        elif isinstance(e, ev.FlushSA):
+            for pk in [pk for pk in self._pending if e.proto in ("any", pk[1])]:
+                del self._pending[pk]
         elif isinstance(e, ev.AcquireEvent):
             return out, self._attach_acquire(e)
         return out, False
@@ -194,6 +205,8 @@ class RekeyTracker:
         if pk in self._blackholed:
             return []  # the other direction of the same CHILD_SA
         self._blackholed[pk] = _Blackhole(spi=entry.sa.spi)
+        while len(self._blackholed) > self.MAX_BLACKHOLED:  # oldest first
+            del self._blackholed[next(iter(self._blackholed))]
         sa = entry.sa
         return [
             ev.SaExpiredUnreplaced(
