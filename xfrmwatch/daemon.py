@@ -15,6 +15,7 @@ come and go) plus the metrics endpoint and the signal handler.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -122,9 +123,25 @@ class _Running:
     dropped: int = 0
 
 
+class OutputStartError(UserError):
+    """An output could not start (bad path, unreachable file system...)."""
+
+    exit_code = 2
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class FanOut:
     """Publishes each event to every output that wants it, never blocking:
-    a full queue drops the event for that output only, and counts it."""
+    a full queue drops the event for that output only, and counts it.
+
+    Each output runs under a supervisor: if it fails after it started, it is
+    restarted with backoff (what was in its queue then is counted as dropped).
+    """
 
     def __init__(self, nursery: trio.Nursery, metrics: MetricsSink) -> None:
         self.nursery = nursery
@@ -132,41 +149,77 @@ class FanOut:
         self.outputs: dict[str, _Running] = {}
 
     async def apply(self, configs: list[OutputConfig]) -> None:
-        """Start new outputs, stop removed or changed ones (their queues drain)."""
+        """Start new and changed outputs first; only once all started, stop the removed
+        and replaced ones (their queues drain).  If one cannot start, the running set
+        is left as it was and :class:`OutputStartError` says why."""
         wanted = {(c.name or str(c.__struct_config__.tag)): c for c in configs}
-        for name, run in list(self.outputs.items()):
-            if wanted.get(name) != run.config:
+        before = dict(self.outputs)
+        changed = [n for n, c in wanted.items() if n not in before or before[n].config != c]
+        started: list[tuple[str, trio.CancelScope]] = []
+        try:
+            for name in changed:
+                scope = await self.nursery.start(self._supervise, name, wanted[name])
+                started.append((name, scope))
+        except BaseException:
+            for name, scope in started:
+                scope.cancel()
+                if name in before:
+                    self.outputs[name] = before[name]
+                else:
+                    self.outputs.pop(name, None)
+            raise
+        for name, run in before.items():
+            if name not in wanted or name in changed:
                 run.send.close()
-                del self.outputs[name]
+                if name not in wanted:
+                    del self.outputs[name]
                 log.info("output stopped", output=name)
-        for name, c in wanted.items():
-            if name in self.outputs:
-                continue
-            out = create(c)
-            if hasattr(out, "on_drop"):
-                out.on_drop = self._dropped_inside
-            send, recv = trio.open_memory_channel[ev.Event](c.queue)
-            await self.nursery.start(self._supervise, out, recv)
-            self.outputs[name] = _Running(out, send, c)
-            log.info("output started", output=name, type=c.__struct_config__.tag)
+        for name in changed:
+            log.info("output started", output=name, type=str(wanted[name].__struct_config__.tag))
 
     async def _supervise(
         self,
-        out: Output,
-        recv: trio.MemoryReceiveChannel[ev.Event],
+        name: str,
+        config: OutputConfig,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        try:
-            await out.run(recv, task_status=task_status)
-        except Exception as exc:
-            log.error("output failed", output=out.name, error=f"{type(exc).__name__}: {exc}")
+        delay = 1.0
+        first = True
+        with trio.CancelScope() as scope:
+            while True:
+                try:
+                    out = create(config)
+                    if hasattr(out, "on_drop"):
+                        out.on_drop = self._dropped_inside
+                    send, recv = trio.open_memory_channel[ev.Event](config.queue)
+                    run = _Running(out, send, config, dropped=self.outputs[name].dropped if name in self.outputs else 0)
+                    async with trio.open_nursery() as n:
+                        await n.start(out.run, recv)
+                        self.outputs[name] = run
+                        if first:
+                            first = False
+                            task_status.started(scope)
+                    return  # its queue was closed and drained: done
+                except Exception as exc:
+                    reason = f"{type(_leaf(exc)).__name__}: {_leaf(exc)}"
+                    if first:
+                        raise OutputStartError(f"output {name!r} cannot start: {reason}") from None
+                    lost = send.statistics().current_buffer_used
+                    if lost:
+                        self._dropped_inside(name, lost)
+                    log.error("output failed: restarting", output=name, error=reason, retry_in=delay, lost=lost)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _dropped_inside(self, name: str, n: int) -> None:
-        """An output gave up on events it had taken (e.g. retries exhausted)."""
+        """Events an output could not deliver (full queue, retries exhausted, a crash)."""
         self.metrics.dropped(name, n)
-        if name in self.outputs:
-            self.outputs[name].dropped += n
+        run = self.outputs.get(name)
+        if run is not None:
+            run.dropped += n
+            if run.dropped in (n, 10, 100, 1000) or run.dropped % 10000 < n:
+                log.warning("output dropping events", output=name, dropped=run.dropped)
 
     def publish(self, e: ev.Event) -> None:
         self.metrics.event(e)
@@ -175,13 +228,8 @@ class FanOut:
                 continue
             try:
                 run.send.send_nowait(e)
-            except trio.WouldBlock:
-                run.dropped += 1
-                self.metrics.dropped(name)
-                if run.dropped in (1, 10, 100, 1000) or run.dropped % 10000 == 0:
-                    log.warning("output queue full: dropping", output=name, dropped=run.dropped)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._dropped_inside(name, 1)
 
     def report(self) -> None:
         for name, run in self.outputs.items():
@@ -206,6 +254,8 @@ class FanOut:
 class _Pipe:
     scope: trio.CancelScope
     hook: RuleHook | None
+    config: Any = None
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
@@ -227,10 +277,17 @@ class Daemon:
                 pass
         return names
 
-    def _rules(self) -> RuleHook | None:
-        if not self.cfg.rules.enabled:
+    _pack: Any = None  # the rule set as loaded for the current config (its state never used)
+
+    @staticmethod
+    def _load_pack(cfg: Config) -> Any:
+        if not cfg.rules.enabled:
             return None
-        return RuleHook(load(self.cfg.rules.paths or None, default_suppress=self.cfg.rules.suppress))
+        return load(cfg.rules.paths or None, default_suppress=cfg.rules.suppress)
+
+    def _rules(self) -> RuleHook | None:
+        """A fresh rule state for one namespace, from the rules loaded with the config."""
+        return None if self._pack is None else RuleHook(copy.deepcopy(self._pack))
 
     async def _pipeline(
         self, netns: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -245,7 +302,7 @@ class Daemon:
         )
         scope = trio.CancelScope()
         hook = self._rules()
-        self.pipes[netns] = _Pipe(scope, hook)
+        self.pipes[netns] = _Pipe(scope, hook, pcfg)
         started = False
         try:
             with scope:
@@ -271,7 +328,9 @@ class Daemon:
             if not started:
                 task_status.started()
         finally:
-            self.pipes.pop(netns, None)
+            pipe = self.pipes.pop(netns, None)
+            if pipe is not None:
+                pipe.done.set()
             self.mirrors.pop(netns, None)
             forget = getattr(self.metrics, "forget", None)
             if forget is not None:
@@ -311,30 +370,35 @@ class Daemon:
                         pass
 
     async def reload(self, nursery: trio.Nursery) -> None:
+        """Apply a new configuration atomically, or keep the running one and say why."""
         try:
             new = config_mod.load(self.path)
-            hooks = {name: self._rules_for(new) for name in self.pipes}
+            pack = self._load_pack(new)
+            assert self.fan is not None
+            await self.fan.apply(new.output)
         except UserError as exc:
             log.error("reload failed: keeping the running configuration", error=str(exc).replace("\n", "; "))
             return
-        self.cfg = new
-        for name, pipe in self.pipes.items():
-            if pipe.hook is not None and hooks[name] is not None:
-                pipe.hook.rules = hooks[name].rules  # type: ignore[union-attr]
-        assert self.fan is not None
-        await self.fan.apply(new.output)
+        old_watch, old_rules = self.cfg.watch, self.cfg.rules
+        self.cfg, self._pack = new, pack
         self.fan.reopen()
+        restart = new.watch != old_watch or new.rules.overdue_share != old_rules.overdue_share
+        stopping: list[_Pipe] = []
+        for pipe in list(self.pipes.values()):
+            if restart or (pipe.hook is None) != (pack is None):
+                pipe.scope.cancel()  # restarted below with the new settings (a fresh dump)
+                stopping.append(pipe)
+            elif pipe.hook is not None:
+                pipe.hook.rules = copy.deepcopy(pack)
+        with trio.move_on_after(10):
+            for pipe in stopping:
+                await pipe.done.wait()
         await self.sync_netns(nursery)
-        log.info("configuration reloaded", path=self.path)
-
-    def _rules_for(self, cfg: Config) -> RuleHook | None:
-        if not cfg.rules.enabled:
-            return None
-        return RuleHook(load(cfg.rules.paths or None, default_suppress=cfg.rules.suppress))
+        log.info("configuration reloaded", path=self.path, pipelines_restarted=restart)
 
     async def run(self) -> int:
         check_capabilities(self.cfg)
-        self._rules()  # fail early on bad rules
+        self._pack = self._load_pack(self.cfg)  # bad rules: fail now, with file:line
         async with trio.open_nursery() as outputs_n:
             self.fan = FanOut(outputs_n, self.metrics)
             await self.fan.apply(self.cfg.output)

@@ -194,3 +194,29 @@ def test_run_without_cap_net_admin(tmp_path: Path) -> None:
     )  # fmt: skip
     assert 3 == p.returncode
     assert "CAP_NET_ADMIN" in p.stderr.strip().splitlines()[-1]
+
+
+def test_output_that_cannot_start(netns: str, tmp_path: Path) -> None:
+    """At start: one line naming the output, exit 2.  On reload: refused, the old outputs keep working."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[metrics]\nenabled = false\n[[output]]\ntype = "file"\npath = "{blocker}/events.jsonl"\n')
+    p = subprocess.run([*XFRMWATCH, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert 2 == p.returncode, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("xfrmwatch: output 'file' cannot start:") and "Traceback" not in p.stderr
+
+    ev_file = tmp_path / "events.jsonl"
+    good = f'[watch]\nnetns = ["{netns}"]\n[metrics]\nenabled = false\n[[output]]\ntype = "file"\npath = "{ev_file}"\n'
+    cfg.write_text(good)
+    d = Daemon(cfg)
+    try:
+        cfg.write_text(good + f'[[output]]\ntype = "file"\nname = "second"\npath = "{blocker}/x.jsonl"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        bad = d.wait_log(lambda r: r.get("event", "").startswith("reload failed"))
+        assert "output 'second' cannot start" in bad["error"]
+        sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
+        wait_events(ev_file, lambda e: e["type"] == "newpolicy")
+    finally:
+        assert 0 == d.stop()

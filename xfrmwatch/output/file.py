@@ -12,10 +12,13 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import msgspec
+import structlog
 import trio
 
 from .. import events as ev
 from .base import Output, OutputConfig
+
+log = structlog.get_logger("xfrmwatch.output.file")
 
 
 def json_renderer(fmt: str) -> Callable[[ev.Event], bytes]:
@@ -74,22 +77,42 @@ class FileOutput(Output):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        f = self._open()
+        """Write in batches, in a worker thread: a slow disk or a stalled stdout
+        pipe delays this output only, never the event loop."""
+        f = await trio.to_thread.run_sync(self._open)
         task_status.started()
         try:
             async with recv:
-                async for e in recv:
+                while True:
+                    try:
+                        batch = [await recv.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    while len(batch) < 1000:
+                        try:
+                            batch.append(recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    data = []
+                    for e in batch:
+                        try:
+                            data.append(self.render(e))
+                        except Exception as exc:  # one event that cannot be rendered is skipped, and said
+                            log.error("cannot render event", output=self.name, type=type(e).__name__, error=type(exc).__name__)
                     if self._reopen and self.path is not None:
                         self._reopen = False
-                        f.close()
-                        f = self._open()
-                    f.write(self.render(e))
-                    if recv.statistics().current_buffer_used == 0:
-                        f.flush()
+                        await trio.to_thread.run_sync(f.close)
+                        f = await trio.to_thread.run_sync(self._open)
+                    await trio.to_thread.run_sync(_write, f, b"".join(data))
         finally:
-            f.flush()
-            if self.path is not None:
-                f.close()
+            if self.path is not None and not f.closed:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(f.close)
+
+
+def _write(f: IO[bytes], data: bytes) -> None:
+    f.write(data)
+    f.flush()
 
 
 class StdoutOutput(FileOutput):
