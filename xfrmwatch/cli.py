@@ -368,8 +368,21 @@ def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
 # --- commands ----------------------------------------------------------------------------
 
 
+def _check_monitor_args(args: argparse.Namespace) -> None:
+    """Argument mistakes, before anything is opened."""
+    if not 0 < args.overdue_share < 1:
+        raise UsageError("--overdue-share must be between 0 and 1 (e.g. 0.5)")
+    if args.rcvbuf < 65536:
+        raise UsageError("--rcvbuf must be at least 65536 bytes (default 32 MiB)")
+    if args.count < 0:
+        raise UsageError("--count must be 0 (no limit) or more")
+    if args.state_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
+        raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
+
+
 async def cmd_monitor(args: argparse.Namespace) -> int:
     flt = build_filter(args)
+    _check_monitor_args(args)
     out = sys.stdout.buffer
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
@@ -419,11 +432,18 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _write_state(mirror: Mirror, path: str) -> None:
-    """Write the mirror (the dump shape) atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.json.encode(mirror.snapshot()) + b"\n")
-    os.replace(tmp, path)
+    """Write the mirror (the dump shape) atomically: a new file in the same directory,
+    renamed over ``path`` (never following a link planted at a fixed temporary name)."""
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".xfrmwatch-state-", dir=d)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(mirror.snapshot()) + b"\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        structlog.get_logger("xfrmwatch").error("cannot write the state file", path=path, error=exc.strerror)
 
 
 async def _write_state_on_signal(mirror: Mirror, path: str) -> None:
@@ -629,6 +649,8 @@ async def cmd_rules_check(args: argparse.Namespace) -> int:
 
     rules = load(args.paths)
     where = ", ".join(args.paths) if args.paths else str(shipped_rules())
+    if len(rules) == 0:
+        raise UsageError(f"no rules found in {where} (rule files end in .yml or .yaml)")
     print(f"{len(rules)} rules OK in {where}")
     return 0
 
@@ -723,8 +745,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Exception messages never carry key bytes (the decoder copies none), but
         # the type alone is enough here; XFRMWATCH_DEBUG=1 shows the traceback.
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
         print(
-            f"xfrmwatch: internal error ({type(exc).__name__}); "
+            f"xfrmwatch: internal error ({type(leaf).__name__}); "
             "rerun with XFRMWATCH_DEBUG=1 for a traceback and report it",
             file=sys.stderr,
         )

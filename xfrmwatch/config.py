@@ -110,7 +110,11 @@ def locate(text: str, path: list[str | int]) -> int:
     table: list[str | int] = []
     counts: dict[str, int] = {}
     best = 1
+    depth = 0  # inside a multi-line array value: its lines are not keys
     for n, line in enumerate(lines, 1):
+        if depth > 0:
+            depth += _brackets(line)
+            continue
         m = _HEADER.match(line)
         if m:
             name = m.group(2).strip('"')
@@ -127,9 +131,29 @@ def locate(text: str, path: list[str | int]) -> int:
         if key is None:
             continue
         full = [*table, *key.split(".")]
+        depth = max(0, _brackets(line.split("=", 1)[1]))
         if full == path[: len(full)]:
             return n
     return best
+
+
+def _brackets(text: str) -> int:
+    """Net count of [ minus ] outside strings and comments (for multi-line arrays)."""
+    n = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        elif ch == "[":
+            n += 1
+        elif ch == "]":
+            n -= 1
+    return n
 
 
 def _path(msg: str) -> list[str | int]:
@@ -151,6 +175,12 @@ def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
         problems.append((["rules", "overdue_share"], "overdue_share must be between 0 and 1"))
     if cfg.watch.scan_interval <= 0:
         problems.append((["watch", "scan_interval"], "scan_interval must be positive"))
+    if cfg.watch.rcvbuf < 65536:
+        problems.append((["watch", "rcvbuf"], "rcvbuf must be at least 65536 bytes"))
+    if cfg.rules.suppress < 0:
+        problems.append((["rules", "suppress"], "suppress must be 0 (off) or more seconds"))
+    if cfg.daemon.shutdown_timeout <= 0:
+        problems.append((["daemon", "shutdown_timeout"], "shutdown_timeout must be positive"))
     try:
         parse_listen(cfg.metrics.listen)
     except (ValueError, UserError) as exc:
@@ -158,6 +188,8 @@ def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
     names: set[str] = set()
     outputs: list[OutputConfig] = cfg.output
     for i, o in enumerate(outputs):
+        if o.queue < 1:
+            problems.append((["output", i, "queue"], "queue must be at least 1"))
         if o.select not in ("all", "alerts", "events"):
             problems.append((["output", i, "select"], "select must be all, alerts or events"))
         if o.min_level not in LEVELS:

@@ -29,6 +29,7 @@ from . import query
 from .decode import Decoder, utc_precise
 from .detect.enrich import ProcessNames
 from .detect.rekey import RekeyTracker
+from .errors import UserError
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
@@ -93,9 +94,17 @@ async def serve_mirror(
         async for e in recv:
             if isinstance(e, ev.DefaultPolicy):
                 e = _with_switches(e, mirror.default)
-            await send.send((e, mirror.apply(e)))
-            if isinstance(e, ev.Overrun):
-                await send.send((await resync(mirror, req, decoder), None))
+            try:
+                entry = mirror.apply(e)
+            except Exception as exc:  # a bug must not stop the namespace: forward, then repair
+                log.error("mirror could not apply an event: resyncing", type=type(e).__name__, error=type(exc).__name__)
+                entry = None
+                e_resync = True
+            else:
+                e_resync = isinstance(e, ev.Overrun)
+            await send.send((e, entry))
+            if e_resync:
+                await send.send((await resync_until_done(mirror, req, decoder), None))
 
 
 def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> ev.DefaultPolicy:
@@ -104,6 +113,19 @@ def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> 
     new = (e.in_, e.fwd, e.out)
     switched = [d for d, o, n in zip(("in", "fwd", "out"), old, new, strict=True) if n == "accept" and o != "accept"]
     return msgspec.structs.replace(e, switched_to_accept=switched)
+
+
+async def resync_until_done(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync:
+    """Resync, retrying with backoff while the kernel is too busy to give a consistent dump
+    (events keep queueing in the subscriber's buffer meanwhile)."""
+    delay = 0.5
+    while True:
+        try:
+            return await resync(mirror, req, decoder)
+        except (UserError, trio.TooSlowError, OSError) as exc:
+            log.warning("resync failed: retrying", netns=mirror.netns, error=str(exc) or type(exc).__name__, retry_in=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync:
@@ -145,7 +167,12 @@ async def serve_detection(
     async def emit(e: ev.Event, to_rules: bool = True) -> None:
         await send.send(e)
         if rules is not None and to_rules:
-            for alert in rules(e, trio.current_time()):
+            try:
+                alerts = rules(e, trio.current_time())
+            except Exception as exc:  # a rule engine bug must not stop the namespace
+                log.error("rules failed on an event", type=type(e).__name__, error=type(exc).__name__)
+                alerts = []
+            for alert in alerts:
                 await send.send(alert)
 
     names = ProcessNames()
@@ -165,8 +192,12 @@ async def serve_detection(
                     await emit(d)
                 continue
             e, entry = item
-            e = names.enrich(e, now)
-            derived, attached = tracker.observe(e, entry, now, time.time())
+            try:
+                e = names.enrich(e, now)
+                derived, attached = tracker.observe(e, entry, now, time.time())
+            except Exception as exc:  # a bug must not stop the namespace: forward the event
+                log.error("rekey tracking failed on an event", type=type(e).__name__, error=type(exc).__name__)
+                derived, attached = [], False
             await emit(e, to_rules=not attached)
             for d in derived:
                 await emit(d)

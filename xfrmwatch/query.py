@@ -12,6 +12,7 @@ import socket
 import time
 from typing import Any
 
+import structlog
 import trio
 
 from . import events as ev
@@ -19,6 +20,8 @@ from .decode import FAMILY_NUMBERS, Decoder
 from .errors import KernelError, NotFoundError, UsageError
 from .netlink import xfrm as x
 from .netlink.socket import XfrmSocket
+
+log = structlog.get_logger("xfrmwatch.query")
 
 
 def _decode_all(decoder: Decoder, datagrams: list[bytes]) -> list[ev.Event]:
@@ -47,10 +50,17 @@ def addr_bytes(text: str) -> tuple[int, bytes]:
     return socket.AF_INET6, ip.packed
 
 
+def _skip_malformed(events: list[ev.Event], what: str) -> None:
+    """One undecodable entry must not hide the others: say so, keep the rest."""
+    for e in events:
+        if isinstance(e, ev.Malformed):
+            log.warning(f"{what}: skipped a malformed entry", reason=e.reason, msg_type=e.msg_type, length=e.length)
+
+
 async def dump_sas(sock: XfrmSocket, decoder: Decoder) -> list[ev.SA]:
     msg = x.usersa_id_msg()
     events = _decode_all(decoder, await sock.dump(msg, x.XFRM_MSG_GETSA, what="state dump (GETSA)"))
-    _raise_malformed(events, "state dump")
+    _skip_malformed(events, "state dump")
     return [e.sa for e in events if isinstance(e, ev.SaEvent)]
 
 
@@ -59,7 +69,7 @@ async def dump_policies(sock: XfrmSocket, decoder: Decoder) -> list[ev.Policy]:
     events = _decode_all(
         decoder, await sock.dump(msg, x.XFRM_MSG_GETPOLICY, what="policy dump (GETPOLICY)")
     )
-    _raise_malformed(events, "policy dump")
+    _skip_malformed(events, "policy dump")
     return [e.policy for e in events if isinstance(e, ev.PolicyEvent)]
 
 

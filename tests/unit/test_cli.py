@@ -40,3 +40,33 @@ def test_schema_command_prints_json_schema() -> None:
     p = run_cli("schema")
     assert p.returncode == 0
     assert json.loads(p.stdout)["$id"].startswith("urn:xfrmwatch:events:")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("monitor", "--overdue-share", "2"), "--overdue-share"),
+        (("monitor", "--rcvbuf", "-5"), "--rcvbuf"),
+        (("monitor", "--state-file", "/nonexistent-dir/state.json"), "--state-file"),
+    ],
+)
+def test_bad_monitor_options(args: tuple[str, ...], needle: str) -> None:
+    """Out-of-range options are refused before anything is opened: one line, exit 2."""
+    p = run_cli(*args)
+    assert 2 == p.returncode
+    (line,) = p.stderr.strip().splitlines()
+    assert needle in line and "Traceback" not in p.stderr
+
+
+def test_rules_check_on_an_empty_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No rules at all is an error, not "0 rules OK"."""
+    p = run_cli("rules", "check", str(tmp_path))
+    assert 2 == p.returncode and "no rules found" in p.stderr
+
+
+def test_config_error_line_inside_a_multiline_array(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A key-looking string inside a multi-line array is not taken for the key."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[output]]\ntype = "exec"\nargv = [\n  "/bin/x",\n  "timeout=5",\n]\ntimeout = "x"\n')
+    p = run_cli("config", "check", "--config", str(cfg))
+    assert 2 == p.returncode and f"{cfg}:7:" in p.stderr
