@@ -49,7 +49,7 @@ import trio
 
 from .. import events as ev
 from ..decode import utc_precise
-from .base import Output, OutputConfig
+from .base import Output, OutputConfig, redact_url
 from .webhook import USER_AGENT, DropHook, TokenFile, backoff_delays, retryable, subject_fields
 
 log = structlog.get_logger("xfrmwatch.output.alertmanager")
@@ -370,7 +370,7 @@ class AlertmanagerOutput(Output):
         try:
             r = await client.post(self.url, json=body, headers=await self.token.headers())
         except httpx.HTTPError as exc:
-            log.warning("alertmanager unreachable", output=self.name, url=self.url,
+            log.warning("alertmanager unreachable", output=self.name, url=redact_url(self.url),
                         error=f"{type(exc).__name__}: {exc}", pending=len(self._pending))  # fmt: skip
             return None
         if r.is_success:

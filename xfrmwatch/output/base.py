@@ -76,3 +76,17 @@ class Output(abc.ABC):
 
     def reopen(self) -> None:  # noqa: B027 - optional hook
         """SIGHUP: reopen files (logrotate).  Default: nothing."""
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: no user:password, no query (tokens live there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<unparsable url>"

@@ -1,0 +1,53 @@
+"""xfrmwatch never sends a request that changes the SAD or SPD."""
+
+import ast
+
+import pytest
+import trio
+from support import ROOT
+
+from xfrmwatch.netlink import xfrm as x
+from xfrmwatch.netlink.socket import READ_ONLY_REQUESTS, XfrmSocket
+
+WRITES = [
+    t for name, t in vars(x).items()
+    if name.startswith("XFRM_MSG_") and isinstance(t, int) and t not in READ_ONLY_REQUESTS
+]  # fmt: skip
+
+
+def test_only_get_requests_are_allowed() -> None:
+    """The allowed set is exactly the GET requests."""
+    assert {x.XFRM_MSG_GETSA, x.XFRM_MSG_GETPOLICY, x.XFRM_MSG_GETAE, x.XFRM_MSG_GETSADINFO,
+            x.XFRM_MSG_GETSPDINFO, x.XFRM_MSG_GETDEFAULT} == set(READ_ONLY_REQUESTS)  # fmt: skip
+    assert x.XFRM_MSG_NEWSA in WRITES and x.XFRM_MSG_SETDEFAULT in WRITES and x.XFRM_MSG_FLUSHPOLICY in WRITES
+
+
+@pytest.mark.parametrize("msg_type", WRITES)
+async def test_request_refuses_every_other_type(msg_type: int) -> None:
+    """request() raises before anything is sent, for every non-GET message type."""
+
+    class NoSend:
+        async def sendto(self, *a: object) -> None:
+            raise AssertionError("sent")
+
+    sock = XfrmSocket.__new__(XfrmSocket)
+    sock._sock = NoSend()  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="read-only"):
+        await sock.request(x.usersa_id_msg(), msg_type)
+    await trio.lowlevel.checkpoint()
+
+
+def test_request_is_the_only_place_that_sends_to_netlink() -> None:
+    """No other code in the package sends on a socket (sendto/sendmsg/send) to netlink."""
+    senders = []
+    for path in (ROOT / "xfrmwatch").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("sendto", "sendmsg"):
+                senders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    netlink = [s for s in senders if s.startswith("xfrmwatch/netlink/")]
+    assert ["xfrmwatch/netlink/socket.py"] == sorted({s.split(":")[0] for s in netlink})
+    others = {s.split(":")[0] for s in senders} - {"xfrmwatch/netlink/socket.py"}
+    # the outputs send to journald/syslog/notify sockets, never AF_NETLINK
+    for f in others:
+        assert "AF_NETLINK" not in (ROOT / f).read_text(), f
