@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mon.add_argument("--aevents", action="store_true", help="join the AEVENTS group (NEWAE)")
     mon.add_argument(
+        "--km-check", type=float, default=10.0, metavar="SECONDS",
+        help="without --acquire/--no-acquire: how often to re-check for a key manager on ACQUIRE "
+        "(joined once one listens, left when none does; default 10)",
+    )  # fmt: skip
+    mon.add_argument(
         "--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
         help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
     )  # fmt: skip
@@ -376,6 +381,8 @@ def _check_monitor_args(args: argparse.Namespace) -> None:
         raise UsageError("--rcvbuf must be at least 65536 bytes (default 32 MiB)")
     if args.count < 0:
         raise UsageError("--count must be 0 (no limit) or more")
+    if args.km_check <= 0:
+        raise UsageError("--km-check must be a positive number of seconds")
     if args.state_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
         raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
 
@@ -393,7 +400,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         console = Console(highlight=False, soft_wrap=True)
     cfg = PipelineConfig(
         netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
-        overdue_share=args.overdue_share,
+        overdue_share=args.overdue_share, km_check=args.km_check,
     )  # fmt: skip
     rules = load_rule_hook(args)
     async with trio.open_nursery() as nursery:

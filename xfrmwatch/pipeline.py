@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 
 import msgspec
@@ -33,7 +34,7 @@ from .errors import UserError
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
-from .source import open_subscriber, serve_events
+from .source import follow_key_manager, open_subscriber, serve_events
 
 log = structlog.get_logger("xfrmwatch.pipeline")
 
@@ -50,6 +51,8 @@ class PipelineConfig:
     rcvbuf: int = DEFAULT_RCVBUF
     overdue_share: float = 0.5
     channel_size: int = 4096
+    #: acquire auto: how often to look for a key manager on ACQUIRE (seconds)
+    km_check: float = 10.0
 
 
 def local_addresses(netns: str | None) -> frozenset[str]:
@@ -220,6 +223,8 @@ async def start_pipeline(
     s2, r2 = trio.open_memory_channel[Applied](cfg.channel_size)
     s3, r3 = trio.open_memory_channel[ev.Event](cfg.channel_size)
     await nursery.start(serve_events, sub, s1)
+    if cfg.acquire is None:
+        await nursery.start(partial(follow_key_manager, interval=cfg.km_check), sub, cfg.netns)
     await nursery.start(serve_mirror, mirror, req, r1, s2)
     tracker = RekeyTracker(mirror, overdue_share=cfg.overdue_share)
     await nursery.start(serve_detection, tracker, rules, r2, s3)

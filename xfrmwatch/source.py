@@ -94,6 +94,37 @@ def open_subscriber(
     return sock
 
 
+async def follow_key_manager(
+    sock: XfrmSocket,
+    netns: str | None,
+    *,
+    interval: float = 10.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``acquire = auto``: join the ACQUIRE group once a key manager listens on it (an IKE
+    daemon started after xfrmwatch), and leave it when none does any more, so that
+    xfrmwatch's own membership never makes the kernel behave as if one were there."""
+    with entered(netns):
+        listeners = ProcFile("/proc/net/netlink")
+    task_status.started()
+    try:
+        while True:
+            await trio.sleep(interval)
+            km = any(
+                li.portid != sock.portid and li.listens_on(x.XFRMNLGRP_ACQUIRE)
+                for li in xfrm_listeners(listeners.read())
+            )
+            joined = x.XFRMNLGRP_ACQUIRE in sock.groups
+            if km and not joined:
+                sock.join(x.XFRMNLGRP_ACQUIRE)
+                log.info("a key manager now listens on ACQUIRE: joined it", netns=netns or "")
+            elif joined and not km:
+                sock.leave(x.XFRMNLGRP_ACQUIRE)
+                log.info("no key manager listens on ACQUIRE any more: left it", netns=netns or "")
+    finally:
+        listeners.close()
+
+
 async def serve_events(
     sock: XfrmSocket,
     send: trio.MemorySendChannel[ev.Event],

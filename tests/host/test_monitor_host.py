@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -351,3 +352,35 @@ def test_migrate(netns: str) -> None:
     assert e["kmaddress"] == {"family": "inet", "local": "192.0.2.1", "remote": "203.0.113.9"}
     # and the kernel really moved the template
     assert "dst 203.0.113.9" in sh(f"ip -n {netns} xfrm policy").stdout
+
+
+def test_acquire_joined_when_a_key_manager_appears_and_left_when_it_goes(netns: str) -> None:
+    """acquire auto: a listener on ACQUIRE that appears later is followed, both ways."""
+    km_code = (
+        "import socket,time; s=socket.socket(16, 3, 6); s.bind((0, 0)); s.setsockopt(270, 1, 1); time.sleep(60)"
+    )
+    with Monitor("--netns", netns, "--km-check", "0.3") as m:
+        km = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", km_code])
+        try:
+            deadline = time.monotonic() + 10
+            while b"now listens on ACQUIRE: joined it" not in m.stderr_raw and time.monotonic() < deadline:
+                m.drain(0.2)
+                m.stderr_raw += _read_available(m)
+            assert b"joined it" in m.stderr_raw
+        finally:
+            km.kill()
+            km.wait()
+        deadline = time.monotonic() + 10
+        while b"left it" not in m.stderr_raw and time.monotonic() < deadline:
+            m.drain(0.2)
+            m.stderr_raw += _read_available(m)
+        assert b"no key manager listens on ACQUIRE any more: left it" in m.stderr_raw
+
+
+def _read_available(m: Monitor) -> bytes:
+    import os
+    import select
+
+    assert m.proc.stderr is not None
+    r, _, _ = select.select([m.proc.stderr], [], [], 0)
+    return os.read(m.proc.stderr.fileno(), 65536) if r else b""

@@ -128,6 +128,10 @@ class XfrmSocket:
             raise
         self.groups.add(group)
 
+    def leave(self, group: int) -> None:
+        self._raw.setsockopt(x.SOL_NETLINK, 2, group)  # NETLINK_DROP_MEMBERSHIP
+        self.groups.discard(group)
+
     async def receive(self) -> bytes:
         """Receive one datagram from the kernel.
 
