@@ -377,8 +377,8 @@ def _check_monitor_args(args: argparse.Namespace) -> None:
     """Argument mistakes, before anything is opened."""
     if not 0 < args.overdue_share < 1:
         raise UsageError("--overdue-share must be between 0 and 1 (e.g. 0.5)")
-    if args.rcvbuf < 65536:
-        raise UsageError("--rcvbuf must be at least 65536 bytes (default 32 MiB)")
+    if args.rcvbuf < 4096:
+        raise UsageError("--rcvbuf must be at least 4096 bytes (default 32 MiB)")
     if args.count < 0:
         raise UsageError("--count must be 0 (no limit) or more")
     if args.km_check <= 0:

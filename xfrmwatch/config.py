@@ -175,8 +175,8 @@ def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
         problems.append((["rules", "overdue_share"], "overdue_share must be between 0 and 1"))
     if cfg.watch.scan_interval <= 0:
         problems.append((["watch", "scan_interval"], "scan_interval must be positive"))
-    if cfg.watch.rcvbuf < 65536:
-        problems.append((["watch", "rcvbuf"], "rcvbuf must be at least 65536 bytes"))
+    if cfg.watch.rcvbuf < 4096:
+        problems.append((["watch", "rcvbuf"], "rcvbuf must be at least 4096 bytes"))
     if cfg.rules.suppress < 0:
         problems.append((["rules", "suppress"], "suppress must be 0 (off) or more seconds"))
     if cfg.daemon.shutdown_timeout <= 0:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 
 import msgspec
 import structlog
