@@ -90,3 +90,43 @@ def redact_url(url: str) -> str:
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
     except ValueError:
         return "<unparsable url>"
+
+
+def error_reason(exc: BaseException) -> str:
+    """A short, key-free reason for a delivery error, for a log line."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        return error_reason(exc.__cause__)
+    return str(exc) or type(exc).__name__
+
+
+class Reachability:
+    """Logs once when an output's peer becomes unreachable and once when it is back
+    (with how long it was down), instead of once per failed attempt."""
+
+    __slots__ = ("_down_since", "_log", "_what")
+
+    def __init__(self, log: object, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._down_since: float | None = None
+
+    def down(self, exc: BaseException, **context: object) -> None:
+        if self._down_since is None:
+            self._down_since = trio.current_time()
+            self._log.warning(  # type: ignore[attr-defined]
+                f"{self._what} unreachable: retrying with backoff", error=error_reason(exc), **context
+            )
+
+    def up(self, **context: object) -> bool:
+        """Note a success; True if the peer had been down (reset the backoff then)."""
+        if self._down_since is None:
+            return False
+        self._log.info(  # type: ignore[attr-defined]
+            f"{self._what} reachable again", after=round(trio.current_time() - self._down_since, 3), **context
+        )
+        self._down_since = None
+        return True

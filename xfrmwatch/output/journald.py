@@ -87,7 +87,7 @@ import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig
+from .base import Output, OutputConfig, Reachability
 from .render import event_type, summary
 
 log = structlog.get_logger("xfrmwatch.output.journald")
@@ -403,7 +403,7 @@ class JournaldOutput(Output):
         self.render = JournalRenderer(config.identifier, config.json_field)
         self.backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._sock: trio.socket.SocketType | None = None
-        self._down_since: float | None = None
+        self._reach = Reachability(log, "journald")
         self._drain_deadline: float | None = None
         #: entries sent, of those through a memfd, and entries given up
         self.sent = 0
@@ -491,23 +491,10 @@ class JournaldOutput(Output):
                 return
             except (OSError, trio.TooSlowError) as exc:
                 self._disconnect()
-                if self._down_since is None:
-                    self._down_since = trio.current_time()
-                    log.warning(
-                        "journald unreachable: retrying with backoff",
-                        output=self.name,
-                        socket=self.cfg.socket,
-                        error=_reason(exc),
-                    )
+                self._reach.down(exc, output=self.name, socket=self.cfg.socket)
             else:
                 self.sent += 1
-                if self._down_since is not None:
-                    log.info(
-                        "journald reachable again",
-                        output=self.name,
-                        after=round(trio.current_time() - self._down_since, 3),
-                    )
-                    self._down_since = None
+                if self._reach.up(output=self.name):
                     self.backoff.reset()
                 return
             if self._drain_deadline is None and recv.statistics().open_send_channels == 0:
@@ -515,12 +502,6 @@ class JournaldOutput(Output):
             await self.backoff.sleep()
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    return repr(exc)
 
 
 # --- the catalog ---------------------------------------------------------------------------------

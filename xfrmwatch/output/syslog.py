@@ -79,7 +79,7 @@ import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig
+from .base import Output, OutputConfig, Reachability
 from .journald import Backoff, attributes, event_label, priority
 from .render import event_type, summary
 
@@ -419,7 +419,7 @@ class SyslogOutput(Output):
         self.backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._conn: _Transport | None = None
         self._reconnect = False
-        self._down_since: float | None = None
+        self._reach = Reachability(log, "syslog receiver")
         self._drain_deadline: float | None = None
         #: messages sent, connections opened, messages given up
         self.sent = 0
@@ -505,24 +505,10 @@ class SyslogOutput(Output):
                     self.dropped += 1
                     return
                 await self._disconnect()
-                if self._down_since is None:
-                    self._down_since = trio.current_time()
-                    log.warning(
-                        "syslog receiver unreachable: retrying with backoff",
-                        output=self.name,
-                        target=self.target,
-                        error=_reason(exc),
-                    )
+                self._reach.down(exc, output=self.name, target=self.target)
             else:
                 self.sent += 1
-                if self._down_since is not None:
-                    log.info(
-                        "syslog receiver reachable again",
-                        output=self.name,
-                        target=self.target,
-                        after=round(trio.current_time() - self._down_since, 3),
-                    )
-                    self._down_since = None
+                if self._reach.up(output=self.name, target=self.target):
                     self.backoff.reset()
                 return
             if self._drain_deadline is None and recv.statistics().open_send_channels == 0:
@@ -530,14 +516,7 @@ class SyslogOutput(Output):
             await self.backoff.sleep()
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        return _reason(exc.__cause__)
-    return str(exc) or type(exc).__name__
+
 
 
 def _json_renderer(fmt: str) -> Callable[[ev.Event], bytes]:
