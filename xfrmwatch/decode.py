@@ -83,7 +83,6 @@ IP_PROTO_NAMES = {
     135: "mh",
     136: "udplite",
 }
-IP_PROTO_NUMBERS = {v: k for k, v in IP_PROTO_NAMES.items()}
 
 
 class MalformedError(Exception):

@@ -227,10 +227,6 @@ class Filter:
     dir: str | None = None
     types: frozenset[str] = field(default_factory=frozenset)
 
-    @property
-    def empty(self) -> bool:
-        return self == Filter()
-
     def match(self, e: ev.Event) -> bool:
         if isinstance(e, ALWAYS_SHOWN):
             return True

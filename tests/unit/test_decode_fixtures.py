@@ -303,7 +303,6 @@ def test_request_replies_uml() -> None:
     assert "0x00001002" == one("uml/req-getsa-mark/0001-NEWSA.bin")["sa"]["spi"]
 
 
-SA_CLASSES = [(p, x.MSG_CLASSES[x.XFRM_MSG_NEWSA]) for p in sorted(FIX.glob("uml/sa/*-NEWSA.bin"))]
 
 
 @pytest.mark.parametrize("path", sorted(FIX.glob("*/*/*-NEWSA.bin")) + sorted(FIX.glob("*/*/*-UPDSA.bin")), ids=str)

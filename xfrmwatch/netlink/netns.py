@@ -22,11 +22,6 @@ def resolve(netns: str) -> str:
     return path
 
 
-def label(netns: str | None) -> str:
-    """The name events carry for a namespace: its name, its path, or ``""`` for our own."""
-    return netns or ""
-
-
 @contextlib.contextmanager
 def entered(netns: str | None) -> Iterator[None]:
     """Run the body inside ``netns`` (the calling thread only), then come back.

@@ -58,10 +58,6 @@ class ProcFile:
         except OSError:
             self._f = None
 
-    @property
-    def available(self) -> bool:
-        return self._f is not None
-
     def read(self) -> str:
         if self._f is None:
             return ""

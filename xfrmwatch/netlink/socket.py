@@ -11,7 +11,6 @@ import errno
 import itertools
 import socket as _stdsocket
 import struct
-from dataclasses import dataclass
 
 import structlog
 import trio
@@ -40,13 +39,6 @@ READ_ONLY_REQUESTS = frozenset(
         x.XFRM_MSG_GETDEFAULT,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """What one receive returned: the bytes (all from the kernel)."""
-
-    data: bytes
 
 
 class Overrun(Exception):
