@@ -19,7 +19,8 @@ from pathlib import Path
 import msgspec
 
 from xfrmwatch.decode import Decoder
-from xfrmwatch.detect.engine import RuleHook, load
+from xfrmwatch.detect.alerting import Alerter
+from xfrmwatch.detect.pack import load
 from xfrmwatch.detect.rekey import RekeyTracker
 from xfrmwatch.mirror import Mirror
 
@@ -39,7 +40,7 @@ def main() -> int:
     def run(stage: int) -> float:
         mirror = Mirror(netns="bench")
         tracker = RekeyTracker(mirror)
-        hook = RuleHook(load(None))
+        alerter = Alerter(load(None))
         n = 0
         now = 0.0
         start = time.perf_counter()
@@ -53,7 +54,7 @@ def main() -> int:
                         if stage >= 3:
                             tracker.observe(e, entry, now, 1.8e9)
                         if stage >= 4:
-                            out = [e, *hook(e, now)]
+                            out = [e, *alerter(e, now)]
                             if stage >= 5:
                                 for o in out:
                                     enc.encode(o)

@@ -14,11 +14,12 @@ import trio
 
 from . import events as ev
 from . import query
-from .decode import Decoder, utc_precise
+from .decode import Decoder
 from .netlink import xfrm as x
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, xfrm_listeners, xfrm_stat
 from .netlink.socket import XfrmSocket
+from .timestamps import utc_precise
 
 KM_GROUPS = {x.XFRMNLGRP_ACQUIRE: "acquire", x.XFRMNLGRP_EXPIRE: "expire"}
 
@@ -96,7 +97,7 @@ def build_states(
     return out
 
 
-async def snapshot(netns: str | None) -> list[ev.Event]:
+async def read_state_records(netns: str | None) -> list[ev.Event]:
     """Read the namespace once and build its state records."""
     from .pipeline import local_addresses
 

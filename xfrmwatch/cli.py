@@ -16,9 +16,10 @@ import msgspec
 import structlog
 import trio
 
-from . import __version__, query
+from . import __version__, levels, query
 from . import events as ev
 from .decode import Decoder
+from .detect.alerting import Alerter
 from .errors import (
     EXIT_CAPABILITY,
     EXIT_FINDINGS,
@@ -39,7 +40,7 @@ from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .output import tables
 from .output.render import JsonRenderer, TextRenderer
-from .pipeline import PipelineConfig, RuleHook, start_pipeline
+from .pipeline import PipelineConfig, start_pipeline
 
 EXIT_CODES = f"""\
 exit codes:
@@ -402,7 +403,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
         overdue_share=args.overdue_share, km_check=args.km_check,
     )  # fmt: skip
-    rules = load_rule_hook(args)
+    rules = load_alerter(args)
     async with trio.open_nursery() as nursery:
         recv, mirror, sub = await start_pipeline(nursery, cfg, rules)
         structlog.get_logger("xfrmwatch").info(
@@ -447,7 +448,7 @@ def _write_state(mirror: Mirror, path: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=".xfrmwatch-state-", dir=d)
         with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(mirror.snapshot()) + b"\n")
+            f.write(msgspec.json.encode(mirror.as_dump()) + b"\n")
         os.replace(tmp, path)
     except OSError as exc:
         structlog.get_logger("xfrmwatch").error("cannot write the state file", path=path, error=exc.strerror)
@@ -459,13 +460,12 @@ async def _write_state_on_signal(mirror: Mirror, path: str) -> None:
             _write_state(mirror, path)
 
 
-def load_rule_hook(args: argparse.Namespace) -> RuleHook | None:
+def load_alerter(args: argparse.Namespace) -> Alerter | None:
     if args.no_rules:
         return None
-    from .detect.engine import RuleHook as Hook
-    from .detect.engine import load
+    from .detect.pack import load
 
-    return Hook(load(args.rules))
+    return Alerter(load(args.rules))
 
 
 async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decoder], Awaitable[int]]) -> int:
@@ -616,7 +616,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 async def cmd_config_check(args: argparse.Namespace) -> int:
     from .config import load
-    from .detect.engine import load as load_rules
+    from .detect.pack import load as load_rules
     from .output.registry import create
 
     cfg = load(args.config)
@@ -632,27 +632,25 @@ async def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import snapshot
-    from .detect.engine import RuleHook as Hook
-    from .detect.engine import level_at_least, load
+    from .audit import read_state_records
+    from .detect.pack import load
 
-    hook = Hook(load(args.rules, default_suppress=0.0))
+    alerter = Alerter(load(args.rules, default_suppress=0.0))
     findings: list[ev.Alert] = []
-    for state in await snapshot(args.netns):
-        findings += [a for a in hook(state, trio.current_time()) if isinstance(a, ev.Alert)]
-    order = ("critical", "high", "medium", "low", "informational")
-    findings.sort(key=lambda a: order.index(a.rule.level) if a.rule.level in order else 9)
+    for record in await read_state_records(args.netns):
+        findings += [a for a in alerter(record, trio.current_time()) if isinstance(a, ev.Alert)]
+    findings.sort(key=lambda a: -levels.rank(a.rule.level))
     if _table_wanted(args):
         tables.print_findings(findings, args.netns or "")
     else:
         _write_json_lines(findings)
-    if args.fail_on and any(level_at_least(a.rule.level, args.fail_on) for a in findings):
+    if args.fail_on and any(levels.at_least(a.rule.level, args.fail_on) for a in findings):
         return EXIT_FINDINGS
     return 0
 
 
 async def cmd_rules_check(args: argparse.Namespace) -> int:
-    from .detect.engine import load, shipped_rules
+    from .detect.pack import load, shipped_rules
 
     rules = load(args.paths)
     where = ", ".join(args.paths) if args.paths else str(shipped_rules())
@@ -665,7 +663,8 @@ async def cmd_rules_check(args: argparse.Namespace) -> int:
 async def cmd_rules_test(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .detect.engine import run_cases, shipped_rules
+    from .detect.cases import run_cases
+    from .detect.pack import shipped_rules
 
     cases = Path(args.cases) if args.cases else shipped_rules() / "tests"
     results = run_cases(args.rules, cases)

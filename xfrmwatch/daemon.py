@@ -15,14 +15,13 @@ come and go) plus the metrics endpoint and the signal handler.
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
@@ -30,14 +29,17 @@ import trio
 from . import config as config_mod
 from . import events as ev
 from .config import Config
-from .decode import utc_precise
-from .detect.engine import RuleHook, load
+from .detect.alerting import Alerter
 from .errors import CapabilityError, UserError
 from .netlink.netns import NETNS_RUN_DIR, entered
 from .netlink.proc import ProcFile, xfrm_stat
 from .output.base import Output, OutputConfig
 from .output.registry import create
 from .pipeline import PipelineConfig, start_pipeline
+from .timestamps import utc_precise
+
+if TYPE_CHECKING:
+    from .detect.sigma import RuleSet
 
 log = structlog.get_logger("xfrmwatch.daemon")
 
@@ -253,7 +255,7 @@ class FanOut:
 @dataclass
 class _Pipe:
     scope: trio.CancelScope
-    hook: RuleHook | None
+    alerter: Alerter | None
     config: Any = None
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -277,17 +279,20 @@ class Daemon:
                 pass
         return names
 
-    _pack: Any = None  # the rule set as loaded for the current config (its state never used)
+    #: the rules compiled for the current config: shared by every namespace (each has its own state)
+    ruleset: RuleSet | None = None
 
     @staticmethod
-    def _load_pack(cfg: Config) -> Any:
+    def _load_rules(cfg: Config) -> RuleSet | None:
         if not cfg.rules.enabled:
             return None
+        from .detect.pack import load
+
         return load(cfg.rules.paths or None, default_suppress=cfg.rules.suppress)
 
-    def _rules(self) -> RuleHook | None:
-        """A fresh rule state for one namespace, from the rules loaded with the config."""
-        return None if self._pack is None else RuleHook(copy.deepcopy(self._pack))
+    def _alerter(self) -> Alerter | None:
+        """The rules for one namespace: the shared rule set, a state of its own."""
+        return None if self.ruleset is None else Alerter(self.ruleset)
 
     async def _pipeline(
         self, netns: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -301,13 +306,13 @@ class Daemon:
             overdue_share=self.cfg.rules.overdue_share,
         )
         scope = trio.CancelScope()
-        hook = self._rules()
-        self.pipes[netns] = _Pipe(scope, hook, pcfg)
+        alerter = self._alerter()
+        self.pipes[netns] = _Pipe(scope, alerter, pcfg)
         started = False
         try:
             with scope:
                 async with trio.open_nursery() as n:
-                    recv, mirror, sub = await start_pipeline(n, pcfg, hook)
+                    recv, mirror, sub = await start_pipeline(n, pcfg, alerter)
                     self.mirrors[netns] = mirror
                     log.info(
                         "watching", netns=netns, groups=sorted(sub.groups), sas=len(mirror.sas),
@@ -373,23 +378,23 @@ class Daemon:
         """Apply a new configuration atomically, or keep the running one and say why."""
         try:
             new = config_mod.load(self.path)
-            pack = self._load_pack(new)
+            ruleset = self._load_rules(new)
             assert self.fan is not None
             await self.fan.apply(new.output)
         except UserError as exc:
             log.error("reload failed: keeping the running configuration", error=str(exc).replace("\n", "; "))
             return
         old_watch, old_rules = self.cfg.watch, self.cfg.rules
-        self.cfg, self._pack = new, pack
+        self.cfg, self.ruleset = new, ruleset
         self.fan.reopen()
         restart = new.watch != old_watch or new.rules.overdue_share != old_rules.overdue_share
         stopping: list[_Pipe] = []
         for pipe in list(self.pipes.values()):
-            if restart or (pipe.hook is None) != (pack is None):
+            if restart or (pipe.alerter is None) != (ruleset is None):
                 pipe.scope.cancel()  # restarted below with the new settings (a fresh dump)
                 stopping.append(pipe)
-            elif pipe.hook is not None:
-                pipe.hook.rules = copy.deepcopy(pack)
+            elif pipe.alerter is not None and ruleset is not None:
+                pipe.alerter.use(ruleset)
         with trio.move_on_after(10):
             for pipe in stopping:
                 await pipe.done.wait()
@@ -398,7 +403,7 @@ class Daemon:
 
     async def run(self) -> int:
         check_capabilities(self.cfg)
-        self._pack = self._load_pack(self.cfg)  # bad rules: fail now, with file:line
+        self.ruleset = self._load_rules(self.cfg)  # bad rules: fail now, with file:line
         async with trio.open_nursery() as outputs_n:
             self.fan = FanOut(outputs_n, self.metrics)
             await self.fan.apply(self.cfg.output)

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import events as ev
 from .netlink import xfrm as x
+from .timestamps import utc, utc_precise
 
 NLMSG_HDR = struct.Struct("=IHHII")
 NLA_HDR = struct.Struct("=HH")
@@ -128,23 +129,6 @@ def ip_proto(n: int) -> str:
 
 def spi_hex(spi: int) -> str:
     return f"0x{spi:08x}"
-
-
-def utc(seconds: float) -> str:
-    """ISO 8601 UTC, second resolution."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-_second_cache: list[Any] = [None, ""]
-
-
-def utc_precise(seconds: float) -> str:
-    """ISO 8601 UTC, microsecond resolution."""
-    whole = int(seconds)
-    if _second_cache[0] != whole:
-        _second_cache[0] = whole
-        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_cache[1]}.{int((seconds - whole) * 1e6):06d}Z"
 
 
 _time_cache: dict[int, str | None] = {}

@@ -44,6 +44,16 @@ class NotFoundError(UserError):
     exit_code = EXIT_NOT_FOUND
 
 
+class RuleError(UserError):
+    """Rule files that cannot be used; ``str()`` is one ``path:line: reason`` per line."""
+
+    exit_code = EXIT_RULES
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
 class KernelError(UserError):
     """The kernel refused a request (NLMSG_ERROR) for a reason other than the above."""
 

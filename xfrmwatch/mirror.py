@@ -255,7 +255,7 @@ class Mirror:
                 return s
         return None
 
-    def snapshot(self) -> dict[str, object]:
+    def as_dump(self) -> dict[str, object]:
         """The mirror as plain data (the same shape as `xfrmwatch dump --format json`)."""
         return {
             "netns": self.netns,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,7 +26,8 @@ import trio
 
 from . import events as ev
 from . import query
-from .decode import Decoder, utc_precise
+from .decode import Decoder
+from .detect.alerting import Alerter
 from .detect.enrich import ProcessNames
 from .detect.rekey import RekeyTracker
 from .errors import UserError
@@ -35,12 +35,11 @@ from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .source import follow_key_manager, open_subscriber, serve_events
+from .timestamps import utc_precise
 
 log = structlog.get_logger("xfrmwatch.pipeline")
 
 Applied = tuple[ev.Event, SAEntry | None]
-#: Rules hook: (event, now) -> alerts.  ``None`` disables rules.
-RuleHook = Callable[[ev.Event, float], list[ev.Event]]
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync
 
 async def serve_detection(
     tracker: RekeyTracker,
-    rules: RuleHook | None,
+    rules: Alerter | None,
     recv: trio.MemoryReceiveChannel[Applied],
     send: trio.MemorySendChannel[ev.Event],
     *,
@@ -209,7 +208,7 @@ async def serve_detection(
 async def start_pipeline(
     nursery: trio.Nursery,
     cfg: PipelineConfig,
-    rules: RuleHook | None = None,
+    rules: Alerter | None = None,
 ) -> tuple[trio.MemoryReceiveChannel[ev.Event], Mirror, XfrmSocket]:
     """Start every stage in ``nursery``; return the output channel once all are ready."""
     sub = open_subscriber(cfg.netns, aevents=cfg.aevents, acquire=cfg.acquire, rcvbuf=cfg.rcvbuf)

@@ -14,11 +14,12 @@ import structlog
 import trio
 
 from . import events as ev
-from .decode import Decoder, utc_precise
+from .decode import Decoder
 from .netlink import xfrm as x
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, xfrm_listeners
 from .netlink.socket import DEFAULT_RCVBUF, Overrun, XfrmSocket
+from .timestamps import utc_precise
 
 log = structlog.get_logger("xfrmwatch.source")
 

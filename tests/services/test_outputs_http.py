@@ -33,7 +33,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder, utc_precise
+from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
 from xfrmwatch.output import exec_hook
 from xfrmwatch.output.alertmanager import AlertmanagerConfig, AlertmanagerOutput
@@ -41,6 +41,7 @@ from xfrmwatch.output.base import Output, OutputConfig
 from xfrmwatch.output.exec_hook import ExecConfig, ExecOutput
 from xfrmwatch.output.metrics import Metrics, MetricsConfig, metric_names, serve_metrics
 from xfrmwatch.output.webhook import WebhookConfig, WebhookOutput
+from xfrmwatch.timestamps import utc_precise
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -38,10 +38,11 @@ import trio
 from support import IS_ROOT, ROOT
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder, utc_precise
-from xfrmwatch.detect.engine import shipped_rules
+from xfrmwatch.decode import Decoder
+from xfrmwatch.detect.pack import shipped_rules
 from xfrmwatch.output import journald as jd
 from xfrmwatch.output.syslog import FACILITIES, SD_ID, SyslogConfig, SyslogOutput, sd_escape, sd_name_ok
+from xfrmwatch.timestamps import utc_precise
 
 CI = bool(os.environ.get("CI"))
 TIMEOUT = 60  # seconds, for each test's I/O

@@ -11,10 +11,11 @@ import trio
 from support import ROOT, validate_event
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder, utc, utc_precise
+from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.rekey import RekeyTracker
 from xfrmwatch.mirror import Mirror
 from xfrmwatch.pipeline import Applied, serve_detection
+from xfrmwatch.timestamps import utc, utc_precise
 
 TEMPLATE: ev.SA = next(
     e.sa  # a real GCM tunnel SA recorded from the UML kernel

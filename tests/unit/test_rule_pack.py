@@ -5,7 +5,8 @@ from pathlib import Path
 
 from support import ROOT, run_cli
 
-from xfrmwatch.detect.engine import run_cases, shipped_rules
+from xfrmwatch.detect.cases import run_cases
+from xfrmwatch.detect.pack import shipped_rules
 
 RULES = ROOT / "rules"
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from xfrmwatch import events as ev
-from xfrmwatch.detect.sigma import SCHEMA_FIELDS, Hit, RuleError, RuleSet, load_rules
+from xfrmwatch.detect.sigma import SCHEMA_FIELDS, Hit, Limits, RuleError, RuleSet, RuleState, load_rules
 from xfrmwatch.errors import EXIT_RULES, UserError
 
 # --- events -------------------------------------------------------------------------------------
@@ -132,9 +132,10 @@ def write(tmp_path: Path, text: str, name: str = "r.yml") -> Path:
     return path
 
 
-def load(tmp_path: Path, text: str, **kw: Any) -> RuleSet:
+def load(tmp_path: Path, text: str, **kw: Any) -> RuleState:
+    """The rules in ``text``, loaded, with a fresh state to feed."""
     write(tmp_path, text)
-    return load_rules([tmp_path], **kw)
+    return load_rules([tmp_path], **kw).new_state()
 
 
 def detection(selections: str, condition: str = "sel") -> str:
@@ -198,7 +199,7 @@ def test_schema_fields_cover_nested_paths() -> None:
 def test_valid_fields_parameter_accepts_prefixes(tmp_path: Path) -> None:
     """`valid_fields` replaces the schema; an entry `prefix.*` accepts every path below it."""
     write(tmp_path, detection("sel:\n  fields.peer: gw1"))
-    rs = load_rules([tmp_path], valid_fields=SCHEMA_FIELDS | {"fields.*"})
+    rs = load_rules([tmp_path], valid_fields=SCHEMA_FIELDS | {"fields.*"}).new_state()
     assert [True, False] == [bool(rs.process({"fields": {"peer": g}}, 0.0)) for g in ("GW1", "gw2")]
 
 
@@ -458,6 +459,39 @@ def test_metadata_errors_name_their_keys(tmp_path: Path) -> None:
         f"r.yml:{line_of(text, 'status')}: 'shiny' is not a valid Sigma rule status",
         f"r.yml:{line_of(text, 'tags')}: Sigma tags fields must be a list",
     ] == error(tmp_path, text)
+
+
+def test_generic_pysigma_errors_are_placed_by_probing(tmp_path: Path) -> None:
+    """An error whose pySigma class names no key is placed at the optional key whose removal clears it."""
+    rule = detection("sel:\n  type: newsa") + "name: base\ntags: [nodot]\n"
+    corr = "---\ntitle: c\ncorrelation:\n  type: event_count\n  rules: base\n  generate: maybe\n  timespan: 1m\n  condition: {gte: 2}\n"
+    got = error(tmp_path, rule + corr)
+    assert [line_of(rule, "tags"), last_line_of(rule + corr, "generate")] == [
+        int(e.split(":")[1]) for e in got
+    ]
+
+
+def test_error_lines_do_not_depend_on_pysigma_wording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pySigma messages replaced by opaque text land on the same lines."""
+    import hashlib
+
+    import sigma.exceptions
+
+    rule = detection("sel:\n  type: newsa") + "name: base\nlevel: severe\ntags: [nodot]\n"
+    corr = "---\ntitle: c\ncorrelation:\n  type: event_count\n  rules: base\n  generate: maybe\n  timespan: 1m\n  condition: {gte: 2}\n"
+
+    def lines() -> list[str]:
+        return [e.split(": ", 1)[0] for e in error(tmp_path, rule + corr)]
+
+    before = lines()
+    original = sigma.exceptions.SigmaError.__init__
+
+    def reworded(self: Exception, *args: Any, **kw: Any) -> None:
+        original(self, *[hashlib.sha1(a.encode()).hexdigest() if isinstance(a, str) else a for a in args], **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sigma.exceptions.SigmaError, "__init__", reworded)
+    assert len(before) == 3
+    assert before == lines()
 
 
 def test_missing_title_names_the_rule(tmp_path: Path) -> None:
@@ -737,8 +771,9 @@ def event_count(extra: str = "", gte: int = 3, group_by: str = "[sa.dst]") -> st
     )
 
 
-def feed(rs: RuleSet, events: list[tuple[float, Any]]) -> list[tuple[float, Hit]]:
-    return [(t, h) for t, e in events for h in rs.process(e, t)]
+def feed(rules: RuleSet | RuleState, events: list[tuple[float, Any]]) -> list[tuple[float, Hit]]:
+    state = rules.new_state() if isinstance(rules, RuleSet) else rules
+    return [(t, h) for t, e in events for h in state.process(e, t)]
 
 
 def test_event_count_fires_within_the_timespan(tmp_path: Path) -> None:
@@ -927,7 +962,7 @@ def test_idle_groups_are_swept(tmp_path: Path) -> None:
     """Groups untouched for longer than the timespan are dropped."""
     rs = load(tmp_path, event_count(gte=2))
     feed(rs, [(0.0, newsa(dst="a")), (1.0, newsa(dst="b")), (40.0, newsa(dst="c"))])
-    assert [1] == [len(c.groups) for c in rs._correlations]
+    assert (1,) == rs.statistics().groups
 
 
 async def test_trio_clock_drives_the_window(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
@@ -990,6 +1025,19 @@ def test_suppress_zero_turns_it_off(tmp_path: Path) -> None:
 
 
 def test_limits_must_be_positive() -> None:
-    """A RuleSet refuses limits that would make it drop what it must keep."""
+    """Rule set limits that would make a state drop what it must keep are refused."""
     with pytest.raises(ValueError):
-        RuleSet(max_hit_events=0)
+        Limits(max_hit_events=0)
+    with pytest.raises(ValueError):
+        RuleSet(default_suppress=-1.0)
+
+
+def test_namespaces_share_rules_not_state(tmp_path: Path) -> None:
+    """Two states of one rule set count their windows apart; the rule set itself holds no state."""
+    write(tmp_path, event_count(gte=2))
+    rules = load_rules([tmp_path])
+    a, b = rules.new_state(), rules.new_state()
+    assert [] == feed(a, [(0.0, newsa())])
+    assert [] == feed(b, [(1.0, newsa())])
+    assert ["many"] == [h.name for _, h in feed(a, [(2.0, newsa())])]
+    assert (1,) == b.statistics().groups

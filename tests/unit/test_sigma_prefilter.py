@@ -27,7 +27,7 @@ RULES = {
 
 def _hits(rule: str, tmp: Path, events: list[ev.Event]) -> list[int]:
     (tmp / "r.yml").write_text(f"title: {rule}\n{HEAD}detection:\n    {RULES[rule]}\nlevel: low\n")
-    rs = load_rules([tmp / "r.yml"], default_suppress=0.0)
+    rs = load_rules([tmp / "r.yml"], default_suppress=0.0).new_state()
     return [i for i, e in enumerate(events) if rs.process(e, float(i))]
 
 

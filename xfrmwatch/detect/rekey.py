@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events as ev
-from ..decode import utc_precise
 from ..mirror import Mirror, PairKey, SAEntry, pair_key
+from ..timestamps import utc_precise
 
 
 @dataclass

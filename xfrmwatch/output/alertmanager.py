@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from .. import events as ev
-from ..decode import utc_precise
+from ..timestamps import utc_precise
 from .base import Output, OutputConfig, redact_url
 from .webhook import USER_AGENT, DropHook, TokenFile, backoff_delays, retryable, subject_fields
 

@@ -637,7 +637,7 @@ def read_rules(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the catalog for the shipped rule pack (or the given rule files/directories)."""
-    from ..detect.engine import shipped_rules
+    from ..detect.pack import shipped_rules
 
     args = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.write(catalog_text(read_rules(args or [shipped_rules()])))
