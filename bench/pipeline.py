@@ -21,8 +21,8 @@ import msgspec
 from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.alerting import Alerter
 from xfrmwatch.detect.pack import load
-from xfrmwatch.detect.rekey import RekeyTracker
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.tunnels import TunnelModel
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 KINDS = ("NEWSA", "UPDSA", "NEWPOLICY", "EXPIRE")
@@ -39,7 +39,7 @@ def main() -> int:
 
     def run(stage: int) -> float:
         mirror = Mirror(netns="bench")
-        tracker = RekeyTracker(mirror)
+        tracker = TunnelModel(mirror)
         alerter = Alerter(load(None))
         n = 0
         now = 0.0

@@ -21,7 +21,7 @@ these classes (``xfrmwatch schema``) and checked against them in the tests.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Literal, Union
 
 import msgspec
 from msgspec import Struct, field
@@ -489,62 +489,131 @@ class Resync(Event, tag="resync"):
     policies: int
 
 
-# --- events derived by the rekey tracker ---------------------------------------------
+# --- events derived by the tunnel model (xfrmwatch/tunnels.py) -------------------------
+
+#: What a tunnel (one IKE CHILD_SA, or one manually keyed SA pair) is doing now.
+TunnelState = Literal["establishing", "up", "rekeying", "overdue", "down"]
+#: Why a tunnel ended: the kernel's hard limit, a DELSA, a flush, or its policies
+#: removed, switched to a hold template (no SA: packets raise ACQUIREs) or to block;
+#: ``unknown`` when events were lost (overrun) and the resync found it gone.
+DownReason = Literal[
+    "hard_expire", "deleted", "flushed", "policy_removed", "policy_hold", "policy_block", "unknown"
+]
+#: What a rekey deadline was computed from: the kernel's time limits, the byte or
+#: packet limits projected at the observed rate, or the tunnel's own rekey history.
+DeadlineBasis = Literal["time", "bytes", "packets", "history"]
 
 
-class RekeyStarted(Event, tag="rekey_started"):
-    """An SA soft-expired and has no replacement yet: this side starts a rekey."""
+class TunnelEvent(Event, kw_only=True):
+    """Fields every tunnel event has.
 
+    A tunnel is one IKE CHILD_SA (or a manually keyed SA pair): the SAs of one
+    ``reqid`` and ``proto`` between two outer addresses, through all its
+    generations (rekeys).  ``src`` is the local outer address and ``dst`` the
+    remote one when the namespace's addresses tell (otherwise the lower and the
+    higher address); ``tunnel_id`` names the tunnel within its namespace.
+    ``spi_in``/``spi_out`` are the current generation's SPIs (null when absent).
+    """
+
+    tunnel_id: str
     reqid: int
     proto: str
     src: str
     dst: str
+    spi_in: str | None = None
+    spi_out: str | None = None
+
+
+class TunnelUp(TunnelEvent, tag="tunnel_up", kw_only=True):
+    """A tunnel's first generation of SAs was installed (both directions, or one
+    direction that stayed alone for the settle time)."""
+
+    mode: str
+
+
+class RekeyStarted(TunnelEvent, tag="rekey_started", kw_only=True):
+    """The current generation reached its soft limit (``basis``) and has no
+    replacement yet: this side starts the rekey.  ``spi`` is the SA that expired."""
+
     spi: str
+    basis: DeadlineBasis
     seconds_to_hard: float | None = None
 
 
-class RekeyCompleted(Event, tag="rekey_completed"):
-    """Replacement SAs (same reqid and endpoints, new SPIs) were installed.
+class RekeyCompleted(TunnelEvent, tag="rekey_completed", kw_only=True):
+    """A new generation (same reqid and endpoints, new SPIs) replaced the old one.
 
-    ``initiator`` is true on the side that saw the soft EXPIRE; ``duration_seconds``
-    runs from that EXPIRE (initiator) or from the first new SA (responder).
-    """
+    One per rekey and side: SAs of a rekey collision (both peers rekeying at
+    once) are folded into it (``collision``).  ``initiator`` is true when this
+    side saw the soft EXPIRE first, false when the old SAs were visibly short of
+    their soft limit, null when the kernel cannot tell (no lifetimes, as with
+    Libreswan).  ``duration_seconds`` runs from the soft EXPIRE (initiator) or
+    from the first new SA.  ``rekeys`` counts this tunnel's rekeys so far."""
 
-    reqid: int
-    proto: str
-    endpoints: list[str]
     old_spis: list[str]
     new_spis: list[str]
-    initiator: bool
+    initiator: bool | None
     duration_seconds: float
+    collision: bool = False
+    rekeys: int = 1
 
 
-class RekeyOverdue(Event, tag="rekey_overdue"):
-    """A soft-expired SA still has no replacement after the configured share of its remaining life."""
+class RekeyOverdue(TunnelEvent, tag="rekey_overdue", kw_only=True):
+    """The current generation should have been replaced by now and was not.
 
-    reqid: int
-    proto: str
-    src: str
-    dst: str
+    ``basis`` says how that is known: ``time`` (the configured share of the time
+    from the soft to the hard limit has passed), ``bytes``/``packets`` (the same,
+    projected from the observed rate), ``history`` (no limit in the kernel: the
+    SA outlived its predecessors' rekey interval, ``expected_seconds``, by the
+    configured factor).  ``seconds_to_hard`` is null when no hard limit is known."""
+
     spi: str
-    seconds_since_soft: float
-    seconds_to_hard: float | None
+    basis: DeadlineBasis
+    seconds_since_soft: float | None = None
+    seconds_to_hard: float | None = None
+    expected_seconds: float | None = None
 
 
-class SaExpiredUnreplaced(Event, tag="sa_expired_unreplaced"):
-    """An SA hard-expired with no live replacement: traffic for this reqid is now dropped.
+class TunnelDown(TunnelEvent, tag="tunnel_down", kw_only=True):
+    """The tunnel's last generation went away with no replacement.
 
-    ACQUIREs that follow for the same reqid are counted here (``acquires`` is the
-    count so far when the event is emitted) instead of being reported one by one.
-    """
+    ``reason`` says what removed it.  ``teardown`` is true when the whole CHILD_SA
+    was removed on purpose-looking terms (every SA and its policies deleted, or
+    the out policy left as a hold template) while no rekey was pending;
+    ``rekey_failed`` when it ended while a rekey was due (soft-expired, overdue,
+    past its learned interval, or with inbound traffic stalled).  ``partial`` when
+    SAs of the other direction remain (one direction deleted on its own).
+    ``spis`` lists the SAs that went away; ``acquires`` counts the ACQUIREs for
+    its selector that followed (attached here, not reported one by one)."""
 
-    reqid: int
-    proto: str
-    src: str
-    dst: str
-    spi: str
-    rekey_started: bool
+    reason: DownReason
+    teardown: bool
+    rekey_failed: bool
+    partial: bool = False
+    spis: list[str] = []
+    age_seconds: float | None = None
+    rekeys: int = 0
     acquires: int = 0
+
+
+class TrafficStalled(TunnelEvent, tag="traffic_stalled", kw_only=True):
+    """Inbound traffic stopped while outbound keeps sending (a dead peer or path),
+    for at least ``silent_seconds``; counters read every liveness interval."""
+
+    silent_seconds: float
+    out_bytes_since: int
+
+
+class TrafficResumed(TunnelEvent, tag="traffic_resumed", kw_only=True):
+    """Inbound traffic came back after a ``traffic_stalled``."""
+
+    silent_seconds: float
+
+
+#: every event the tunnel model derives
+TUNNEL_EVENTS: tuple[type[TunnelEvent], ...] = (
+    TunnelUp, RekeyStarted, RekeyCompleted, RekeyOverdue, TunnelDown, TrafficStalled, TrafficResumed,
+)  # fmt: skip
 
 
 # --- snapshot records for `xfrmwatch audit` (kind "state") ---------------------------
@@ -599,7 +668,8 @@ TriggerEvent = Union[
     "NewSA", "UpdSA", "DelSA", "Expire", "NewPolicy", "UpdPolicy", "DelPolicy", "PolExpire",
     "FlushSA", "FlushPolicy", "AcquireEvent", "NewAE", "Report", "Migrate", "Mapping",
     "DefaultPolicy", "SadInfo", "SpdInfo", "Overrun", "Malformed", "Resync", "RekeyStarted",
-    "RekeyCompleted", "RekeyOverdue", "SaExpiredUnreplaced", "SaState", "PolicyState", "NetnsState",
+    "RekeyCompleted", "RekeyOverdue", "TunnelUp", "TunnelDown", "TrafficStalled",
+    "TrafficResumed", "SaState", "PolicyState", "NetnsState",
 ]  # fmt: skip
 
 
@@ -640,7 +710,10 @@ AnyEvent = Union[  # noqa: UP007 - a runtime union object for msgspec and typing
     RekeyStarted,
     RekeyCompleted,
     RekeyOverdue,
-    SaExpiredUnreplaced,
+    TunnelUp,
+    TunnelDown,
+    TrafficStalled,
+    TrafficResumed,
     SaState,
     PolicyState,
     NetnsState,

@@ -6,7 +6,8 @@ the next by a typed memory channel:
 1. :func:`xfrmwatch.source.serve_events`: netlink subscriber and decoder;
 2. :func:`serve_mirror`: initial dump, applies events to the :class:`Mirror`,
    resyncs after an overrun;
-3. :func:`serve_detection`: rekey tracker and rules; derived events and alerts;
+3. :func:`serve_detection`: tunnel model (:mod:`xfrmwatch.tunnels`) and rules;
+   derived events and alerts;
 4. the caller's output stage reads the last channel.
 
 :func:`start_pipeline` returns once every stage is ready: groups joined and
@@ -29,13 +30,13 @@ from . import query
 from .decode import Decoder
 from .detect.alerting import Alerter
 from .detect.enrich import ProcessNames
-from .detect.rekey import RekeyTracker
 from .errors import UserError
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .source import follow_key_manager, open_subscriber, serve_events
 from .timestamps import utc_precise
+from .tunnels import TunnelModel, TunnelSettings
 
 log = structlog.get_logger("xfrmwatch.pipeline")
 
@@ -49,9 +50,19 @@ class PipelineConfig:
     acquire: bool | None = None
     rcvbuf: int = DEFAULT_RCVBUF
     overdue_share: float = 0.5
+    #: without kernel lifetimes, rekey_overdue at this multiple of the learned rekey interval
+    history_factor: float = 1.5
+    #: traffic_stalled after inbound is silent this long while outbound sends (seconds)
+    stall_after: float = 30.0
     channel_size: int = 4096
     #: acquire auto: how often to look for a key manager on ACQUIRE (seconds)
     km_check: float = 10.0
+
+
+    def tunnel_settings(self) -> TunnelSettings:
+        return TunnelSettings(
+            overdue_share=self.overdue_share, history_factor=self.history_factor, stall_after=self.stall_after
+        )
 
 
 def local_addresses(netns: str | None) -> frozenset[str]:
@@ -157,7 +168,7 @@ async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync
 
 
 async def serve_detection(
-    tracker: RekeyTracker,
+    tracker: TunnelModel,
     rules: Alerter | None,
     recv: trio.MemoryReceiveChannel[Applied],
     send: trio.MemorySendChannel[ev.Event],
@@ -225,6 +236,7 @@ async def start_pipeline(
     if cfg.acquire is None:
         await nursery.start(partial(follow_key_manager, interval=cfg.km_check), sub, cfg.netns)
     await nursery.start(serve_mirror, mirror, req, r1, s2)
-    tracker = RekeyTracker(mirror, overdue_share=cfg.overdue_share)
+    tracker = TunnelModel(mirror, cfg.tunnel_settings())
+    tracker.load(trio.current_time())
     await nursery.start(serve_detection, tracker, rules, r2, s3)
     return r3, mirror, sub

@@ -89,24 +89,33 @@ def newsa(sa: ev.SA, netns: str) -> ev.NewSA:
     return ev.NewSA(**common(netns), sa=sa)
 
 
+def _tunnel(netns: str, reqid: int) -> dict[str, Any]:
+    return {
+        **common(netns), "tunnel_id": f"esp/{reqid}/192.0.2.1/192.0.2.2", "reqid": reqid, "proto": "esp",
+        "src": "192.0.2.1", "dst": "192.0.2.2", "spi_out": f"0x{reqid:08x}",
+    }  # fmt: skip
+
+
 def overdue(netns: str, reqid: int) -> ev.RekeyOverdue:
     return ev.RekeyOverdue(
-        **common(netns), reqid=reqid, proto="esp", src="192.0.2.1", dst="192.0.2.2", spi=f"0x{reqid:08x}",
-        seconds_since_soft=3.0, seconds_to_hard=3.0,
-    )  # fmt: skip
+        **_tunnel(netns, reqid), spi=f"0x{reqid:08x}", basis="time", seconds_since_soft=3.0, seconds_to_hard=3.0
+    )
 
 
-def unreplaced(netns: str, reqid: int) -> ev.SaExpiredUnreplaced:
-    return ev.SaExpiredUnreplaced(
-        **common(netns), reqid=reqid, proto="esp", src="192.0.2.1", dst="192.0.2.2", spi=f"0x{reqid:08x}",
-        rekey_started=True,
-    )  # fmt: skip
+def unreplaced(netns: str, reqid: int) -> ev.TunnelDown:
+    return ev.TunnelDown(
+        **_tunnel(netns, reqid), reason="hard_expire", teardown=False, rekey_failed=True, spis=[f"0x{reqid:08x}"]
+    )
+
+
+def tunnel_up(netns: str, reqid: int) -> ev.TunnelUp:
+    return ev.TunnelUp(**_tunnel(netns, reqid), mode="tunnel")
 
 
 def completed(netns: str, reqid: int) -> ev.RekeyCompleted:
     return ev.RekeyCompleted(
-        **common(netns), reqid=reqid, proto="esp", endpoints=["192.0.2.1", "192.0.2.2"],
-        old_spis=[f"0x{reqid:08x}"], new_spis=["0x0000beef"], initiator=True, duration_seconds=1.5,
+        **_tunnel(netns, reqid), old_spis=[f"0x{reqid:08x}"], new_spis=["0x0000beef"], initiator=True,
+        duration_seconds=1.5,
     )  # fmt: skip
 
 
@@ -487,7 +496,7 @@ async def test_alertmanager_fires_and_resolves(tmp_path: Path, alertmanager_bin:
                 publish(alert(overdue("ns1", 7), "573d274c", "Rekey overdue", "high"))
                 publish(
                     alert(
-                        unreplaced("ns1", 8), "cef51bcb", "SA hard-expired without a replacement", "critical"
+                        unreplaced("ns1", 8), "f1f065cf", "Tunnel down without a replacement", "critical"
                     )
                 )
                 publish(newsa(make_sa(99, "10.0.0.1", "10.0.0.2", 0x999, None), "ns1"))  # resolves nothing
@@ -506,7 +515,7 @@ async def test_alertmanager_fires_and_resolves(tmp_path: Path, alertmanager_bin:
                 assert "rekey_overdue" in a["annotations"]["description"]
                 assert a["status"]["state"] == "active"
                 assert got["8"]["labels"]["severity"] == "critical"
-                assert got["8"]["labels"]["alertname"] == "SA hard-expired without a replacement"
+                assert got["8"]["labels"]["alertname"] == "Tunnel down without a replacement"
 
                 # the same reqid in another namespace resolves nothing; then the right one
                 publish(completed("other", 7))
@@ -517,15 +526,15 @@ async def test_alertmanager_fires_and_resolves(tmp_path: Path, alertmanager_bin:
                     return got if "7" not in got else {}
 
                 got = await until(seven_gone, "rekey_overdue to resolve after rekey_completed")
-                assert "8" in got, "sa_expired_unreplaced must stay active"
+                assert "8" in got, "tunnel_down must stay active"
 
-                publish(newsa(make_sa(8, "192.0.2.1", "192.0.2.2", 0x808, 3600), "other"))
-                publish(newsa(make_sa(8, "192.0.2.1", "192.0.2.2", 0x809, 3600), "ns1"))
+                publish(tunnel_up("other", 8))
+                publish(tunnel_up("ns1", 8))
 
                 async def all_gone() -> bool:
                     return not await am_alerts(base)
 
-                await until(all_gone, "sa_expired_unreplaced to resolve after a new SA")
+                await until(all_gone, "tunnel_down to resolve after the tunnel is up again")
                 assert not out.alerts, "resolved alerts are forgotten once delivered"
                 assert out.rejected == 0
 

@@ -276,9 +276,7 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
     ns = f"xw-{uuid.uuid4().hex[:8]}"
     spi1, spi2 = unique_spi(), unique_spi()
     newsa = ev.NewSA(**common(ns), sa=sa(spi1))
-    unreplaced = ev.SaExpiredUnreplaced(
-        **common(ns), reqid=7, proto="esp", src="192.0.2.1", dst="192.0.2.2", spi=spi2, rekey_started=True
-    )
+    unreplaced = tunnel_down(ns, 7, spi2)
     overrun = ev.Overrun(**common(ns), detail="receive buffer full")
     malformed = ev.Malformed(**common(ns), reason="short", msg_type=16, length=3)
     flush = ev.FlushSA(**common(ns), proto="esp")
@@ -313,7 +311,7 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
     assert field(e, "XFRM_KIND") == "event"
     assert msgspec.json.decode(field(e, "XFRM_JSON").encode(), type=ev.AnyEvent) == newsa
 
-    expected_prio = {"sa_expired_unreplaced": "3", "overrun": "3", "malformed": "4", "flushsa": "5"}
+    expected_prio = {"tunnel_down": "3", "overrun": "3", "malformed": "4", "flushsa": "5"}
     for t, prio in expected_prio.items():
         (e,) = by_type[t]
         assert field(e, "PRIORITY") == prio, t
@@ -335,7 +333,7 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
     assert jd.ALERT_PRIORITY == {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
 
     # a match on a repeated field finds the alert too
-    assert sorted(field(x, "XFRM_TYPE") for x in by_spi) == ["alert", "sa_expired_unreplaced"]
+    assert sorted(field(x, "XFRM_TYPE") for x in by_spi) == ["alert", "tunnel_down"]
 
 
 async def test_journald_large_entry_goes_through_memfd(journald: Journald) -> None:
@@ -638,12 +636,17 @@ def parse_sd(sd: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return out
 
 
-def syslog_events(ns: str) -> tuple[ev.NewSA, ev.SaExpiredUnreplaced, ev.Alert, list[ev.Event]]:
+def tunnel_down(ns: str, reqid: int, spi: str) -> ev.TunnelDown:
+    return ev.TunnelDown(
+        **common(ns), tunnel_id=f"esp/{reqid}/192.0.2.1/192.0.2.2", reqid=reqid, proto="esp", src="192.0.2.1",
+        dst="192.0.2.2", spi_out=spi, reason="hard_expire", teardown=False, rekey_failed=True, spis=[spi],
+    )  # fmt: skip
+
+
+def syslog_events(ns: str) -> tuple[ev.NewSA, ev.TunnelDown, ev.Alert, list[ev.Event]]:
     spi1, spi2 = unique_spi(), unique_spi()
     newsa = ev.NewSA(**common(ns), sa=sa(spi1))
-    unreplaced = ev.SaExpiredUnreplaced(
-        **common(ns), reqid=7, proto="esp", src="192.0.2.1", dst="192.0.2.2", spi=spi2, rekey_started=True
-    )
+    unreplaced = tunnel_down(ns, 7, spi2)
     alert = ev.Alert(**common(ns), rule=rule("critical", rid='rule "1" \\ ]x'), events=[newsa, unreplaced])
     return newsa, unreplaced, alert, [newsa, unreplaced, alert]
 

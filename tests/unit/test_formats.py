@@ -125,25 +125,28 @@ POLICY_IN = next(e.policy for e in decoded("host/policy/0002-NEWPOLICY.bin") if 
 NEWSA_BY_CHARON = ev.NewSA(**common(pid=773, process="charon"), sa=SA_ESP)
 
 
+TUNNEL_101: dict[str, Any] = {
+    "tunnel_id": "esp/101/10.10.0.1/10.10.0.2", "reqid": 101, "proto": "esp", "src": "10.10.0.1",
+    "dst": "10.10.0.2", "spi_in": "0x00002001", "spi_out": "0x00001001",
+}  # fmt: skip
+
+
 def built() -> dict[str, ev.Event]:
     """One event of each type the decoder does not produce from the fixtures."""
     started = ev.RekeyStarted(
         **common(),
-        reqid=101,
-        proto="esp",
-        src="10.10.0.1",
-        dst="10.10.0.2",
+        **TUNNEL_101,
         spi="0x00001001",
+        basis="time",
         seconds_to_hard=600.0,
     )
-    unreplaced = ev.SaExpiredUnreplaced(
+    down = ev.TunnelDown(
         **common("2026-11-27T04:37:16Z"),
-        reqid=101,
-        proto="esp",
-        src="10.10.0.1",
-        dst="10.10.0.2",
-        spi="0x00001001",
-        rekey_started=True,
+        **TUNNEL_101,
+        reason="hard_expire",
+        teardown=False,
+        rekey_failed=True,
+        spis=["0x00001001", "0x00002001"],
         acquires=3,
     )
     rule = ev.RuleRef(
@@ -157,9 +160,13 @@ def built() -> dict[str, ev.Event]:
         "rekey_started": started,
         "rekey_completed": ev.RekeyCompleted(
             **common(),
+            tunnel_id="esp/102/192.0.2.1/192.0.2.2",
             reqid=102,
             proto="esp",
-            endpoints=["192.0.2.1", "192.0.2.2"],
+            src="192.0.2.1",
+            dst="192.0.2.2",
+            spi_in="0x00001032",
+            spi_out="0x00001022",
             old_spis=["0x00001002", "0x00001012"],
             new_spis=["0x00001022", "0x00001032"],
             initiator=True,
@@ -167,15 +174,16 @@ def built() -> dict[str, ev.Event]:
         ),
         "rekey_overdue": ev.RekeyOverdue(
             **common(),
-            reqid=101,
-            proto="esp",
-            src="10.10.0.1",
-            dst="10.10.0.2",
+            **TUNNEL_101,
             spi="0x00001001",
+            basis="time",
             seconds_since_soft=300.0,
             seconds_to_hard=None,
         ),
-        "sa_expired_unreplaced": unreplaced,
+        "tunnel_down": down,
+        "tunnel_up": ev.TunnelUp(**common(), **TUNNEL_101, mode="tunnel"),
+        "traffic_stalled": ev.TrafficStalled(**common(), **TUNNEL_101, silent_seconds=30.0, out_bytes_since=4096),
+        "traffic_resumed": ev.TrafficResumed(**common(), **TUNNEL_101, silent_seconds=42.0),
         "resync": ev.Resync(**common(), missing=["sa esp 0x1001"], stale=[], sas=6, policies=4),
         "overrun": ev.Overrun(
             **common(), detail="netlink receive buffer overrun (ENOBUFS): events were lost"
@@ -214,7 +222,7 @@ def built() -> dict[str, ev.Event]:
             rule=rule,
             group={"reqid": "101"},
             suppressed=2,
-            events=[started, unreplaced],
+            events=[started, down],
         ),
         "alert_policy": ev.Alert(
             **common(),
@@ -332,7 +340,7 @@ def test_common_fields() -> None:
         k: v for k, v in o["metadata"]["product"].items() if k != "version"
     }
     assert HOST == o["device"]["hostname"]
-    assert d["message"] == o["message"] and d["message"].startswith("rekey_started esp spi 0x00001001")
+    assert d["message"] == o["message"] and d["message"].startswith("rekey_started esp reqid 101 10.10.0.1 <-> 10.10.0.2")
 
 
 # --- SAs (uml/sa, kernel 6.1) --------------------------------------------------------------
@@ -597,19 +605,17 @@ def test_rekey_events() -> None:
     assert ("10.10.0.1", "10.10.0.2") == (o["src_endpoint"]["ip"], d["destination"]["ip"])
     d, o = render("ecs", BUILT["rekey_completed"]), render("ocsf", BUILT["rekey_completed"])
     assert ("success", 1234567000) == (d["event"]["outcome"], d["event"]["duration"])
-    assert "source" not in d and ["192.0.2.1", "192.0.2.2"] == d["related"]["ip"]
+    assert "192.0.2.2" == d["destination"]["ip"] and ["192.0.2.1", "192.0.2.2"] == d["related"]["ip"]
     assert (401403, 1, 1235) == (o["type_uid"], o["status_id"], o["duration"])
     d, o = render("ecs", BUILT["rekey_overdue"]), render("ocsf", BUILT["rekey_overdue"])
     assert (3, 3, "Overdue") == (d["event"]["severity"], o["severity_id"], o["status"])
-    d, o = render("ecs", BUILT["sa_expired_unreplaced"]), render("ocsf", BUILT["sa_expired_unreplaced"])
-    assert ("failure", ["end"], 4) == (d["event"]["outcome"], d["event"]["type"], d["event"]["severity"])
-    assert (401403, 2, "Failure", 4, "High") == (
-        o["type_uid"],
-        o["status_id"],
-        o["status"],
-        o["severity_id"],
-        o["severity"],
-    )
+    d, o = render("ecs", BUILT["tunnel_down"]), render("ocsf", BUILT["tunnel_down"])
+    assert (["end"], 4) == (d["event"]["type"], d["event"]["severity"])
+    assert (401402, 4, "High") == (o["type_uid"], o["severity_id"], o["severity"])
+    d, o = render("ecs", BUILT["tunnel_up"]), render("ocsf", BUILT["tunnel_up"])
+    assert (["start"], "success", 401401) == (d["event"]["type"], d["event"]["outcome"], o["type_uid"])
+    d, o = render("ecs", BUILT["traffic_stalled"]), render("ocsf", BUILT["traffic_stalled"])
+    assert ("failure", 3, "Traffic Stalled") == (d["event"]["outcome"], d["event"]["severity"], o["activity_name"])
 
 
 def test_losses_and_report_are_base_events() -> None:

@@ -1,4 +1,6 @@
-"""Enrichment before detection: who made a change (nlmsg_pid -> process name)."""
+"""Enrichment before detection: who made a change (nlmsg_pid -> process name).
+
+A ``tunnel_down`` carries the nlmsg_pid of the request that removed the tunnel."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import msgspec
 from .. import events as ev
 
 #: Events whose nlmsg_pid names the requester (the kernel's own events carry 0).
-CHANGE_EVENTS = (ev.SaEvent, ev.DelSA, ev.PolicyEvent, ev.DelPolicy, ev.FlushSA, ev.FlushPolicy)
+CHANGE_EVENTS = (ev.SaEvent, ev.DelSA, ev.PolicyEvent, ev.DelPolicy, ev.FlushSA, ev.FlushPolicy, ev.TunnelDown)
 
 
 class ProcessNames:

@@ -65,9 +65,10 @@ ResolverKey = tuple[str, str, int]
 #: first-event type of an alert -> the event types that resolve it
 RESOLVED_BY: dict[str, tuple[type[ev.Event], ...]] = {
     "rekey_overdue": (ev.RekeyCompleted,),
-    "sa_expired_unreplaced": (ev.NewSA, ev.UpdSA),
+    "traffic_stalled": (ev.TrafficResumed, ev.RekeyCompleted),
+    "tunnel_down": (ev.TunnelUp,),
 }
-_RESOLVERS = (ev.RekeyCompleted, ev.NewSA, ev.UpdSA)
+_RESOLVERS = (ev.RekeyCompleted, ev.TrafficResumed, ev.TunnelUp)
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -244,13 +245,12 @@ class AlertmanagerOutput(Output):
 
     def resolve(self, e: ev.Event, now: float) -> int:
         """Resolve the alerts ``e`` ends; how many."""
-        if isinstance(e, ev.RekeyCompleted):
-            rk: ResolverKey = ("rekey_overdue", e.netns, e.reqid)
-        elif isinstance(e, ev.NewSA | ev.UpdSA):
-            rk = ("sa_expired_unreplaced", e.netns, e.sa.reqid)
-        else:
+        if not isinstance(e, _RESOLVERS):
             return 0
-        keys = self._by_resolver.pop(rk, set())
+        keys: set[AlertKey] = set()
+        for tag, resolvers in RESOLVED_BY.items():
+            if isinstance(e, resolvers):
+                keys |= self._by_resolver.pop((tag, e.netns, e.reqid), set())
         for key in keys:
             t = self.alerts[key]
             t.resolved = now

@@ -82,7 +82,8 @@ LEVEL_SEVERITY = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critica
 #: Events (not alerts) whose severity is not informational.
 TYPE_SEVERITY = {
     "overrun": 4,  # events were lost
-    "sa_expired_unreplaced": 4,  # traffic for the reqid is dropped
+    "tunnel_down": 4,  # the tunnel's traffic is dropped or unprotected
+    "traffic_stalled": 3,
     "malformed": 3,
     "rekey_overdue": 3,
 }
@@ -293,13 +294,9 @@ def _net_migrate(e: ev.Migrate) -> Net | None:
     )
 
 
-def _net_rekey(e: Any) -> Net:
-    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=e.spi)
-
-
-def _net_completed(e: ev.RekeyCompleted) -> Net:
-    # the endpoint pair is unordered: no source/destination, only the protocol
-    return Net(e.proto, family=_family("", e.endpoints[0] if e.endpoints else None))
+def _net_tunnel(e: ev.TunnelEvent) -> Net:
+    spi = getattr(e, "spi", None) or e.spi_out or e.spi_in
+    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=spi)
 
 
 def _net_flushsa(e: ev.FlushSA) -> Net | None:
@@ -325,10 +322,7 @@ _NET: dict[type, Callable[[Any], Net | None]] = {
     ev.NewAE: _net_newae,
     ev.Mapping: _net_mapping,
     ev.Migrate: _net_migrate,
-    ev.RekeyStarted: _net_rekey,
-    ev.RekeyOverdue: _net_rekey,
-    ev.SaExpiredUnreplaced: _net_rekey,
-    ev.RekeyCompleted: _net_completed,
+    **{cls: _net_tunnel for cls in ev.TUNNEL_EVENTS},
     ev.FlushSA: _net_flushsa,
     ev.Report: _net_report,
 }
@@ -409,12 +403,8 @@ def _a_migrate(e: ev.Migrate, pre: str, out: Addrs) -> None:
         out += ((pre + "kmaddress.local", e.kmaddress.local), (pre + "kmaddress.remote", e.kmaddress.remote))
 
 
-def _a_rekey(e: Any, pre: str, out: Addrs) -> None:
+def _a_tunnel(e: Any, pre: str, out: Addrs) -> None:
     out += ((pre + "src", e.src), (pre + "dst", e.dst))
-
-
-def _a_completed(e: ev.RekeyCompleted, pre: str, out: Addrs) -> None:
-    out += ((pre + "endpoints", a) for a in e.endpoints)
 
 
 def _a_report(e: ev.Report, pre: str, out: Addrs) -> None:
@@ -445,10 +435,7 @@ _ADDRS: dict[type, Callable[[Any, str, Addrs], None]] = {
     ev.NewAE: _a_newae,
     ev.Mapping: _a_mapping,
     ev.Migrate: _a_migrate,
-    ev.RekeyStarted: _a_rekey,
-    ev.RekeyOverdue: _a_rekey,
-    ev.SaExpiredUnreplaced: _a_rekey,
-    ev.RekeyCompleted: _a_completed,
+    **{cls: _a_tunnel for cls in ev.TUNNEL_EVENTS},
     ev.Report: _a_report,
     ev.Alert: _a_alert,
 }
@@ -517,7 +504,10 @@ ECS_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "rekey_started": (_CFG_NET, ("start",), None),
     "rekey_completed": (_CFG_NET, ("change",), "success"),
     "rekey_overdue": (_CFG_NET, ("info",), None),
-    "sa_expired_unreplaced": (_CFG_NET, ("end",), "failure"),
+    "tunnel_up": (_CFG_NET, ("start",), "success"),
+    "tunnel_down": (_CFG_NET, ("end",), None),
+    "traffic_stalled": (_CFG_NET, ("info",), "failure"),
+    "traffic_resumed": (_CFG_NET, ("info",), "success"),
     "sa_state": (_CFG_NET, ("info",), None),
     "policy_state": (_CFG, ("info",), None),
     "netns_state": (_CFG, ("info",), None),

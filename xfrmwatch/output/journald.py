@@ -101,7 +101,8 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("fcf7a3a5-3bbe-584b-81cf-9874f17446d4")
 ALERT_PRIORITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
 EVENT_PRIORITY = {
     "overrun": 3,
-    "sa_expired_unreplaced": 3,
+    "tunnel_down": 3,
+    "traffic_stalled": 4,
     "malformed": 4,
     "rekey_overdue": 4,
     "flushsa": 5,
@@ -242,19 +243,15 @@ class _Attrs:
                     self.add("dst", addr)
         elif isinstance(e, ev.FlushSA):
             self.add("proto", e.proto)
-        elif isinstance(e, (ev.RekeyStarted, ev.RekeyOverdue, ev.SaExpiredUnreplaced)):
-            self.add("spi", e.spi)
+        elif isinstance(e, ev.TunnelEvent):
+            for name in ("spi", "spi_in", "spi_out"):
+                if (spi := getattr(e, name, None)) is not None:
+                    self.add("spi", spi)
+            for spi in (*getattr(e, "old_spis", ()), *getattr(e, "new_spis", ()), *getattr(e, "spis", ())):
+                self.add("spi", spi)
             self.add("reqid", e.reqid)
             self.add("src", e.src)
             self.add("dst", e.dst)
-            self.add("proto", e.proto)
-        elif isinstance(e, ev.RekeyCompleted):
-            for spi in (*e.old_spis, *e.new_spis):
-                self.add("spi", spi)
-            self.add("reqid", e.reqid)
-            if len(e.endpoints) == 2:
-                self.add("src", e.endpoints[0])
-                self.add("dst", e.endpoints[1])
             self.add("proto", e.proto)
         elif isinstance(e, ev.Alert):
             for sub in e.events:
@@ -562,10 +559,17 @@ CATALOG_SUBJECTS: dict[str, tuple[str, str]] = {
         "IPsec SA rekey overdue",
         "Check the IKE daemon and the peer: when the hard lifetime ends, traffic is dropped.",
     ),
-    "sa_expired_unreplaced": (
-        "IPsec SA expired without replacement: traffic dropped",
-        "The rekey failed or never started. Check the IKE daemon's log and the peer.",
+    "tunnel_up": ("IPsec tunnel up", ""),
+    "tunnel_down": (
+        "IPsec tunnel down",
+        "The tunnel's SAs are gone with no replacement. Unless it was torn down on purpose, "
+        "check the IKE daemon's log and the peer.",
     ),
+    "traffic_stalled": (
+        "IPsec tunnel: inbound traffic stalled",
+        "Packets go out but none come back: the peer or the path may be dead.",
+    ),
+    "traffic_resumed": ("IPsec tunnel: inbound traffic resumed", ""),
     "sa_state": ("IPsec SA (audit snapshot)", ""),
     "policy_state": ("IPsec policy (audit snapshot)", ""),
     "netns_state": ("IPsec namespace state (audit snapshot)", ""),

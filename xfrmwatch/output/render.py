@@ -137,21 +137,8 @@ def summary(e: Any) -> str:
         more = f" (+{e.suppressed} suppressed)" if e.suppressed else ""
         first = summary(e.events[0]) if e.events else ""
         return f"[{e.rule.level}] {e.rule.title}{' ' + group if group else ''}{more}: {first}"
-    if isinstance(e, ev.RekeyStarted):
-        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst} hard in {e.seconds_to_hard}s"
-    if isinstance(e, ev.RekeyCompleted):
-        role = "initiator" if e.initiator else "responder"
-        return (
-            f"{e.proto} reqid {e.reqid} {e.endpoints[0]} <-> {e.endpoints[1]} "
-            f"{','.join(e.old_spis)} => {','.join(e.new_spis)} in {e.duration_seconds:.3f}s ({role})"
-        )
-    if isinstance(e, ev.RekeyOverdue):
-        return (
-            f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: {e.seconds_since_soft}s since soft, "
-            f"hard in {e.seconds_to_hard}s"
-        )
-    if isinstance(e, ev.SaExpiredUnreplaced):
-        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: traffic dropped"
+    if isinstance(e, ev.TunnelEvent):
+        return f"{tunnel_name(e)}: {tunnel_summary(e)}"
     if isinstance(e, ev.Resync):
         return f"{e.sas} SAs, {e.policies} policies; missing {len(e.missing)}, stale {len(e.stale)}"
     if isinstance(e, ev.SaState):
@@ -164,6 +151,46 @@ def summary(e: Any) -> str:
         c = e.counts
         return "" if c is None else f"policies in {c.in_} out {c.out} fwd {c.fwd}"
     return ""
+
+
+def _secs(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:g}s"
+
+
+def tunnel_name(e: ev.TunnelEvent) -> str:
+    return f"{e.proto} reqid {e.reqid} {e.src} <-> {e.dst}"
+
+
+def tunnel_summary(e: ev.TunnelEvent) -> str:
+    """The tunnel event's own part of a one-line summary."""
+    spis = f"in {e.spi_in or '-'} out {e.spi_out or '-'}"
+    if isinstance(e, ev.TunnelUp):
+        return f"up ({e.mode}), {spis}"
+    if isinstance(e, ev.RekeyStarted):
+        return f"rekey started: spi {e.spi} reached its soft {e.basis} limit, hard in {_secs(e.seconds_to_hard)}"
+    if isinstance(e, ev.RekeyCompleted):
+        role = {True: "initiator", False: "responder", None: "initiator unknown"}[e.initiator]
+        more = ", collision folded" if e.collision else ""
+        return (
+            f"rekeyed {','.join(e.old_spis)} => {','.join(e.new_spis)} in {e.duration_seconds:.3f}s "
+            f"({role}{more}; rekey #{e.rekeys})"
+        )
+    if isinstance(e, ev.RekeyOverdue):
+        if e.basis == "history":
+            why = f"no rekey after {_secs(e.expected_seconds)} (its usual interval, learned)"
+        else:
+            why = f"{_secs(e.seconds_since_soft)} since the soft {e.basis} limit"
+        hard = "no hard limit known" if e.seconds_to_hard is None else f"hard in {_secs(e.seconds_to_hard)}"
+        return f"rekey overdue: spi {e.spi}, {why}, {hard}"
+    if isinstance(e, ev.TunnelDown):
+        how = "torn down" if e.teardown else ("rekey failed" if e.rekey_failed else "broken")
+        part = ", one direction left" if e.partial else ""
+        return f"DOWN ({e.reason}, {how}{part}): {','.join(e.spis) or '-'} gone"
+    if isinstance(e, ev.TrafficStalled):
+        return f"inbound silent for {e.silent_seconds:g}s while {e.out_bytes_since} bytes went out"
+    if isinstance(e, ev.TrafficResumed):
+        return f"inbound traffic resumed after {e.silent_seconds:g}s"
+    return spis
 
 
 STYLES = {
@@ -184,7 +211,10 @@ STYLES = {
     "rekey_completed": "green",
     "rekey_started": "yellow",
     "rekey_overdue": "bold yellow",
-    "sa_expired_unreplaced": "bold white on red",
+    "tunnel_up": "bold green",
+    "tunnel_down": "bold white on red",
+    "traffic_stalled": "bold yellow",
+    "traffic_resumed": "green",
     "malformed": "bold white on red",
 }
 

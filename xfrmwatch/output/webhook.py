@@ -104,14 +104,11 @@ def subject_fields(e: ev.Event) -> dict[str, str]:
     sa = getattr(first, "sa", None)
     if isinstance(sa, ev.SA):
         out.update(spi=sa.spi, reqid=str(sa.reqid), src=sa.src, dst=sa.dst)
-    elif isinstance(first, ev.RekeyStarted | ev.RekeyOverdue | ev.SaExpiredUnreplaced):
-        out.update(spi=first.spi, reqid=str(first.reqid), src=first.src, dst=first.dst)
-    elif isinstance(first, ev.RekeyCompleted):
-        out["reqid"] = str(first.reqid)
-        if len(first.endpoints) == 2:
-            out.update(src=first.endpoints[0], dst=first.endpoints[1])
-        if first.new_spis:
-            out["spi"] = first.new_spis[0]
+    elif isinstance(first, ev.TunnelEvent):
+        out.update(reqid=str(first.reqid), src=first.src, dst=first.dst)
+        spi = getattr(first, "spi", None) or first.spi_in or first.spi_out
+        if spi:
+            out["spi"] = spi
     elif isinstance(first, ev.DelSA):
         out.update(spi=first.id.spi, dst=first.id.dst)
     elif isinstance(first, ev.NewAE):
