@@ -209,7 +209,8 @@ def test_charon_rekey_sequence() -> None:
         assert all(len(e["old_spis"]) == 2 and len(e["new_spis"]) == 2 for e in done), side
         alarms = [e for e in m.events if e["type"] == "alert" and e["rule"]["level"] in ("medium", "high", "critical")]
         assert [] == alarms, f"{side}: {[a['rule']['title'] for a in alarms]}"
-        assert not [e for e in m.events if e["type"] in ("rekey_overdue", "sa_expired_unreplaced")], side
+        assert not [e for e in m.events if e["type"] in ("rekey_overdue", "tunnel_down", "traffic_stalled")], side
+        assert 1 == len([e for e in m.events if e["type"] == "tunnel_up"]), side
         for e in done:
             print(f"{side}: rekey_completed {e['old_spis']} -> {e['new_spis']} in {e['duration_seconds'] * 1000:.1f} ms")
     soft = [e for e in ml.events if e["type"] == "expire" and not e["hard"]]
