@@ -22,10 +22,11 @@ for up to ``keep_active`` seconds after they last fired.  Resolution, by the
 alert's first event:
 
 * ``rekey_overdue``: resolved by a ``rekey_completed`` of the same netns and reqid;
-* ``sa_expired_unreplaced``: resolved by a ``newsa``/``updsa`` of the same netns and reqid;
+* ``tunnel_down``: resolved by a ``tunnel_up`` of the same netns and reqid;
+* ``traffic_stalled``: resolved by a ``traffic_resumed`` or ``rekey_completed`` of the same netns and reqid;
 
 then it is re-sent once with ``endsAt = now``.  (So this output also wants those
-events: its filter always lets ``rekey_completed``, ``newsa`` and ``updsa`` in.)
+events: its filter always lets ``rekey_completed``, ``traffic_resumed`` and ``tunnel_up`` in.)
 
 Delivery never blocks the queue: the consumer only updates the alert table;
 a sender task posts what changed in batches, retrying with exponential backoff

@@ -38,7 +38,7 @@ alert, level medium        4 (warning)
 alert, level low           5 (notice)
 alert, informational       6 (info)
 overrun                    3 (err): events were lost
-sa_expired_unreplaced      3 (err): traffic is being dropped
+tunnel_down                3 (err): the tunnel ended (see the rules for its level)
 malformed                  4 (warning): a message could not be decoded
 rekey_overdue              4 (warning)
 flushsa, flushpolicy       5 (notice): the whole SAD/SPD was flushed

@@ -24,7 +24,7 @@ A message (RFC 5424)::
 * PRI: ``facility * 8 + severity``.  The facility defaults to ``daemon`` (3):
   xfrmwatch is a system daemon, and ``local0``-``local7`` are left to the site.
   The severity is the journal output's PRIORITY table (alerts: critical 2,
-  high 3, medium 4, low 5, informational 6; overrun and sa_expired_unreplaced
+  high 3, medium 4, low 5, informational 6; overrun and tunnel_down
   3, malformed and rekey_overdue 4, flushes 5, other events 6).
 * TIMESTAMP: the event's ``time``; HOSTNAME: ``hostname`` or the host's name;
   APP-NAME ``xfrmwatch``; PROCID: our pid; MSGID: the event type.
