@@ -681,7 +681,7 @@ def check_rfc5424(
         if isinstance(e, ev.Alert):
             assert p["rule_id"] == [e.rule.id] and parsed["rule_id"] == e.rule.id
             assert p["level"] == ["critical"]
-            spis = [x.sa.spi if isinstance(x, ev.NewSA) else getattr(x, "spi", "") for x in e.events]
+            spis = [x.sa.spi if isinstance(x, ev.NewSA) else x.spi_out for x in e.events]
             assert sorted(p["spi"]) == sorted(spis)
         elif isinstance(e, ev.NewSA):
             assert p["spi"] == [e.sa.spi] and p["reqid"] == ["7"] and p["proto"] == ["esp"]
