@@ -17,7 +17,7 @@ from . import query
 from .decode import Decoder
 from .netlink import xfrm as x
 from .netlink.netns import entered
-from .netlink.proc import ProcFile, xfrm_listeners, xfrm_stat
+from .netlink.proc import ProcFile, key_managers, xfrm_listeners, xfrm_stat
 from .netlink.socket import XfrmSocket
 from .timestamps import utc_precise
 
@@ -55,10 +55,9 @@ def build_states(
     km_groups = sorted(
         {
             name
-            for li in xfrm_listeners(listeners_text)
-            if li.portid != own_portid
+            for k in key_managers(xfrm_listeners(listeners_text), own_portid=own_portid)
             for g, name in KM_GROUPS.items()
-            if li.listens_on(g)
+            if k.listener.listens_on(g)
         }
     )
     key_manager = bool(km_groups)

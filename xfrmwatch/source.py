@@ -17,7 +17,7 @@ from . import events as ev
 from .decode import Decoder
 from .netlink import xfrm as x
 from .netlink.netns import entered
-from .netlink.proc import ProcFile, xfrm_listeners
+from .netlink.proc import ProcFile, key_managers, xfrm_listeners
 from .netlink.socket import DEFAULT_RCVBUF, Overrun, XfrmSocket
 from .timestamps import utc_precise
 
@@ -50,14 +50,15 @@ def plan_groups(
     fast, and NEWAE is generated only while AEVENTS has listeners.  So
     AEVENTS is joined only when asked; ACQUIRE when asked (``acquire=True``),
     never when refused (``False``), and by default only if a key manager
-    already listens on it.
+    already listens on it (a passive listener such as ``ip xfrm monitor`` does not
+    count: :func:`xfrmwatch.netlink.proc.key_managers`).
     """
     groups = list(BASE_GROUPS)
     notes = []
     km = [
-        li
-        for li in xfrm_listeners(listeners_text)
-        if li.portid != own_portid and li.listens_on(x.XFRMNLGRP_ACQUIRE)
+        k
+        for k in key_managers(xfrm_listeners(listeners_text), own_portid=own_portid)
+        if k.listener.listens_on(x.XFRMNLGRP_ACQUIRE)
     ]
     if acquire is True or (acquire is None and km):
         groups.insert(0, x.XFRMNLGRP_ACQUIRE)
@@ -112,8 +113,8 @@ async def follow_key_manager(
         while True:
             await trio.sleep(interval)
             km = any(
-                li.portid != sock.portid and li.listens_on(x.XFRMNLGRP_ACQUIRE)
-                for li in xfrm_listeners(listeners.read())
+                k.listener.listens_on(x.XFRMNLGRP_ACQUIRE)
+                for k in key_managers(xfrm_listeners(listeners.read()), own_portid=sock.portid)
             )
             joined = x.XFRMNLGRP_ACQUIRE in sock.groups
             if km and not joined:

@@ -6,6 +6,7 @@ field against them (never against the decoder's own output).
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -384,3 +385,48 @@ def _read_available(m: Monitor) -> bytes:
     assert m.proc.stderr is not None
     r, _, _ = select.select([m.proc.stderr], [], [], 0)
     return os.read(m.proc.stderr.fileno(), 65536) if r else b""
+
+
+def _xfrm_listener_groups(netns: str) -> list[int]:
+    """Group masks of the XFRM netlink sockets in the namespace (/proc/net/netlink)."""
+    rows = sh(f"ip netns exec {netns} cat /proc/net/netlink").stdout.splitlines()[1:]
+    return [int(c[3], 16) for c in (r.split() for r in rows) if c[1] == "6" and int(c[3], 16)]
+
+
+def _netns_state(netns: str) -> dict[str, object]:
+    """The namespace record of an audit, from its findings (a fresh namespace's default
+    policy accepts, so there is always one about it)."""
+    out = run_cli("audit", "--netns", netns, "--format", "json").stdout.splitlines()
+    return next(e for a in map(json.loads, out) for e in a["events"] if e["type"] == "netns_state")
+
+
+def test_a_passive_listener_is_not_a_key_manager(netns: str) -> None:
+    """`ip xfrm monitor` listens on every group, ACQUIRE included, but it is no key manager:
+    monitor does not join ACQUIRE for it, and the audit says no key manager listens; a
+    listener on ACQUIRE and EXPIRE only (as an IKE daemon joins) is one."""
+    passive = subprocess.Popen(["ip", "-n", netns, "xfrm", "monitor"], stdout=subprocess.DEVNULL)
+    km_code = (
+        "import socket,time; s=socket.socket(16, 3, 6); s.bind((0, 0)); "
+        "s.setsockopt(270, 1, 1); s.setsockopt(270, 1, 2); print('ready', flush=True); time.sleep(30)"
+    )
+    try:
+        deadline = time.monotonic() + 5  # until `ip` has joined its groups
+        while not _xfrm_listener_groups(netns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _xfrm_listener_groups(netns), "ip xfrm monitor did not start"
+        with Monitor("--netns", netns) as m:
+            m.stop()
+        assert m.stderr_raw.decode().count("not joining the ACQUIRE group") == 1
+        state = _netns_state(netns)
+        assert (False, []) == (state["key_manager"], state["key_manager_groups"])
+        km = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", km_code], stdout=subprocess.PIPE)
+        try:
+            assert km.stdout is not None and km.stdout.readline() == b"ready\n"
+            state = _netns_state(netns)
+            assert (True, ["acquire", "expire"]) == (state["key_manager"], state["key_manager_groups"])
+        finally:
+            km.kill()
+            km.wait()
+    finally:
+        passive.kill()
+        passive.wait()
