@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
             A receive-buffer overrun is never hidden: it prints an "overrun" event."""
         ),
         epilog="examples:\n  xfrmwatch monitor --format json --type newsa --type delsa\n"
-        "  xfrmwatch monitor --netns vpn --spi 0xc0de\n\n" + EXIT_CODES,
+        "  xfrmwatch monitor --netns vpn --spi 0xc0de\n"
+        "  xfrmwatch monitor --type tunnel_up --type tunnel_down --type rekey_overdue   tunnel life only\n"
+        "  xfrmwatch monitor --stall-after 10 --liveness-interval 2   warn fast of a dead peer\n\n" + EXIT_CODES,
         formatter_class=fmt,
     )
     _add_common(mon, ("text", "json"), "text")
@@ -171,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument(
         "--overdue-share", type=float, default=0.5, metavar="F",
         help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
+    )  # fmt: skip
+    mon.add_argument(
+        "--history-factor", type=float, default=1.5, metavar="F",
+        help="without lifetimes in the kernel (Libreswan): rekey_overdue when an SA has lived F times "
+        "its tunnel's learned rekey interval (default 1.5)",
+    )  # fmt: skip
+    mon.add_argument(
+        "--liveness-interval", type=float, default=10.0, metavar="SECONDS",
+        help="how often the SA counters are read for traffic rates and stalls (default 10; 0: never)",
+    )  # fmt: skip
+    mon.add_argument(
+        "--stall-after", type=float, default=30.0, metavar="SECONDS",
+        help="traffic_stalled when inbound is silent this long while outbound sends (default 30)",
     )  # fmt: skip
     mon.set_defaults(func=cmd_monitor)
 
@@ -378,6 +393,10 @@ def _check_monitor_args(args: argparse.Namespace) -> None:
     """Argument mistakes, before anything is opened."""
     if not 0 < args.overdue_share < 1:
         raise UsageError("--overdue-share must be between 0 and 1 (e.g. 0.5)")
+    if args.history_factor <= 1:
+        raise UsageError("--history-factor must be above 1 (e.g. 1.5)")
+    if args.liveness_interval < 0 or args.stall_after <= 0:
+        raise UsageError("--liveness-interval must be 0 or more and --stall-after positive (seconds)")
     if args.rcvbuf < 4096:
         raise UsageError("--rcvbuf must be at least 4096 bytes (default 32 MiB)")
     if args.count < 0:
@@ -401,7 +420,8 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         console = Console(highlight=False, soft_wrap=True)
     cfg = PipelineConfig(
         netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
-        overdue_share=args.overdue_share, km_check=args.km_check,
+        overdue_share=args.overdue_share, km_check=args.km_check, history_factor=args.history_factor,
+        stall_after=args.stall_after, liveness_interval=args.liveness_interval,
     )  # fmt: skip
     rules = load_alerter(args)
     async with trio.open_nursery() as nursery:

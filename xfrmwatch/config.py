@@ -14,6 +14,11 @@ Example::
     paths = []                 # default: the shipped pack
     overdue_share = 0.5
 
+    [tunnels]
+    history_factor = 1.5       # no lifetimes in the kernel (Libreswan): overdue at 1.5 x the learned interval
+    liveness_interval = 10     # seconds between SA counter reads (0: never)
+    stall_after = 30           # traffic_stalled after this long without inbound traffic
+
     [metrics]
     listen = "127.0.0.1:9873"
 
@@ -32,7 +37,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -79,6 +84,17 @@ class RulesConfig(msgspec.Struct, **_cfg):
     suppress: float = 60.0
 
 
+class TunnelsConfig(msgspec.Struct, **_cfg):
+    """``[tunnels]``: the tunnel model (docs/tunnels.md)."""
+
+    #: without kernel lifetimes: rekey_overdue at this multiple of the learned rekey interval
+    history_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 1.5
+    #: how often SA counters are read for rates and stalls (seconds; 0: never)
+    liveness_interval: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
+    #: traffic_stalled after inbound is silent this long while outbound sends (seconds)
+    stall_after: Annotated[float, msgspec.Meta(gt=0.0)] = 30.0
+
+
 class DaemonConfig(msgspec.Struct, **_cfg):
     #: SIGTERM: how long outputs may take to drain their queues (seconds)
     shutdown_timeout: float = 5.0
@@ -94,6 +110,7 @@ def _default_outputs() -> list[Any]:
 class Config(msgspec.Struct, **_cfg):
     watch: WatchConfig = msgspec.field(default_factory=WatchConfig)
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
+    tunnels: TunnelsConfig = msgspec.field(default_factory=TunnelsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     output: list[AnyOutput] = msgspec.field(default_factory=_default_outputs)

@@ -304,6 +304,9 @@ class Daemon:
             acquire={"auto": None, "on": True, "off": False}[w.acquire],
             rcvbuf=w.rcvbuf,
             overdue_share=self.cfg.rules.overdue_share,
+            history_factor=self.cfg.tunnels.history_factor,
+            liveness_interval=self.cfg.tunnels.liveness_interval,
+            stall_after=self.cfg.tunnels.stall_after,
         )
         scope = trio.CancelScope()
         alerter = self._alerter()
@@ -384,10 +387,12 @@ class Daemon:
         except UserError as exc:
             log.error("reload failed: keeping the running configuration", error=str(exc).replace("\n", "; "))
             return
-        old_watch, old_rules = self.cfg.watch, self.cfg.rules
+        old_watch, old_rules, old_tunnels = self.cfg.watch, self.cfg.rules, self.cfg.tunnels
         self.cfg, self.ruleset = new, ruleset
         self.fan.reopen()
-        restart = new.watch != old_watch or new.rules.overdue_share != old_rules.overdue_share
+        restart = (
+            new.watch != old_watch or new.rules.overdue_share != old_rules.overdue_share or new.tunnels != old_tunnels
+        )
         stopping: list[_Pipe] = []
         for pipe in list(self.pipes.values()):
             if restart or (pipe.alerter is None) != (ruleset is None):

@@ -54,6 +54,8 @@ class PipelineConfig:
     history_factor: float = 1.5
     #: traffic_stalled after inbound is silent this long while outbound sends (seconds)
     stall_after: float = 30.0
+    #: how often SA counters are read (GETSA dump) for rates and stalls; 0: never
+    liveness_interval: float = 10.0
     channel_size: int = 4096
     #: acquire auto: how often to look for a key manager on ACQUIRE (seconds)
     km_check: float = 10.0
