@@ -508,7 +508,7 @@ class TunnelModel:
             and any(o.installed >= t.gen_started for o in older)
         ):
             return  # a straggler of the rekey just completed (a collision's second pair)
-        r = t.rekey if t.rekey is not None else self._begin_rekey(t, now, {o.spi: o.dir for o in older})
+        r = self._begin_rekey(t, now, {o.spi: o.dir for o in t.members.values() if o is not m})
         if r.first_new is None:
             r.first_new = now
             r.complete_at = now + self.s.settle
@@ -526,7 +526,7 @@ class TunnelModel:
         r = t.rekey
         if r is None:
             r = t.rekey = _Rekey()
-        r.old.update(old)
+        r.old.update((spi, d) for spi, d in old.items() if spi not in r.new)
         return r
 
     def _responder_evident(self, t: Tunnel, r: _Rekey, now: float) -> bool | None:

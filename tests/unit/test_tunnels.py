@@ -194,7 +194,9 @@ def test_strongswan_responder_is_known_from_the_lifetimes() -> None:
         i, o = i2, o2
     s.at(35)
     assert ["tunnel_up"] + ["rekey_completed"] * 3 == s.types()
-    assert [False] * 3 == [d["initiator"] for d in s.derived("rekey_completed")]
+    done = s.derived("rekey_completed")
+    assert [False] * 3 == [d["initiator"] for d in done]
+    assert (["0x00000300", "0x00001300"], ["0x00000301", "0x00001301"]) == (done[0]["old_spis"], done[0]["new_spis"])
 
 
 def test_strongswan_dead_peer_survivor() -> None:
