@@ -252,7 +252,7 @@ def feed_known(m: Metrics) -> Mirror:
     m.event(alert(first, "r-crit", "Critical thing", "critical"))
     m.queue("file", 7)
     m.dropped("file", 3)
-    m.dropped("webhook")
+    m.dropped("webhook", 1)
     m.xfrm_stat("t", {"XfrmInError": 5, "XfrmOutNoStates": 2, "XfrmInNoPols": 0})
     mirror = Mirror(netns="m", local_addrs=frozenset({"10.0.0.1"}))
     sas = [
@@ -660,22 +660,22 @@ async def test_webhook_posts_json_retries_after_500_with_bearer_token(tmp_path: 
                 assert headers["content-type"] == "application/json"
                 assert headers["x-site"] == "lab"
                 assert msgspec.json.decode(body, type=ev.AnyEvent) == a
-            assert out.failed == 0
+            assert out.dropped == 0
 
 
 async def test_webhook_gives_up_and_counts(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        drops: list[tuple[str, int]] = []
+        m = Metrics()
         async with receiver([400]) as (rx, port):
             cfg = WebhookConfig(url=f"http://127.0.0.1:{port}/", retries=3, retry_initial=0.05, name="hook")
-            out = WebhookOutput(cfg)
-            out.on_drop = lambda name, n: drops.append((name, n))
+            out = WebhookOutput(cfg, m)
             async with running(out, cfg) as publish:
                 publish(alert(overdue("ns1", 7), "r1", "Rekey overdue", "high"))
                 publish(alert(overdue("ns1", 8), "r1", "Rekey overdue", "high"))
             # 400 is final (no retry); the next one succeeds
             assert [r[4] for r in rx.requests] == [400, 200]
-            assert (out.sent, out.failed, drops) == (1, 1, [("hook", 1)])
+            assert (out.sent, out.dropped) == (1, 1)
+            assert 'xfrmwatch_output_dropped_total{output="hook"} 1.0' in m.exposition().decode()
         # nobody listening: 1 + 3 retries, then given up
         cfg = WebhookConfig(
             url=f"http://127.0.0.1:{free_port()}/", retries=3, retry_initial=0.05, name="hook"
@@ -683,7 +683,7 @@ async def test_webhook_gives_up_and_counts(tmp_path: Path) -> None:
         out = WebhookOutput(cfg)
         async with running(out, cfg) as publish:
             publish(alert(overdue("ns1", 9), "r1", "Rekey overdue", "high"))
-        assert (out.sent, out.failed) == (0, 1)
+        assert (out.sent, out.dropped) == (0, 1)
 
 
 # --- exec ------------------------------------------------------------------------------------------------
