@@ -70,13 +70,6 @@ def _need_bin(name: str, package: str) -> str:
 
 
 @pytest.fixture
-def journald_tools() -> None:
-    _need_bin(JOURNALD, "systemd")
-    _need_bin("journalctl", "systemd")
-    _need_bin("unshare", "util-linux")
-
-
-@pytest.fixture
 def rsyslog_tls(rsyslogd_bin: str) -> str:
     if not any(RSYSLOG_MODULES.glob("lmnsd_gtls.so")) and not list(
         Path("/usr/lib").rglob("rsyslog/lmnsd_gtls.so")
