@@ -10,13 +10,13 @@ import socket
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 import trio
 
-from . import __version__, levels, query
+from . import __version__, levels, options, query
 from . import events as ev
 from .decode import Decoder
 from .detect.alerting import Alerter
@@ -389,20 +389,24 @@ def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
 # --- commands ----------------------------------------------------------------------------
 
 
+class MonitorOptions(msgspec.Struct):
+    """The ranges of `monitor`'s numeric options."""
+
+    overdue_share: options.OverdueShare
+    rcvbuf: options.ReceiveBuffer
+    #: 0: no limit
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    km_check: options.Positive
+    history_factor: Annotated[float, msgspec.Meta(gt=1)]
+    liveness_interval: options.NotNegative
+    stall_after: options.Positive
+
+
 def _check_monitor_args(args: argparse.Namespace) -> None:
     """Argument mistakes, before anything is opened."""
-    if not 0 < args.overdue_share < 1:
-        raise UsageError("--overdue-share must be between 0 and 1 (e.g. 0.5)")
-    if args.history_factor <= 1:
-        raise UsageError("--history-factor must be above 1 (e.g. 1.5)")
-    if args.liveness_interval < 0 or args.stall_after <= 0:
-        raise UsageError("--liveness-interval must be 0 or more and --stall-after positive (seconds)")
-    if args.rcvbuf < 4096:
-        raise UsageError("--rcvbuf must be at least 4096 bytes (default 32 MiB)")
-    if args.count < 0:
-        raise UsageError("--count must be 0 (no limit) or more")
-    if args.km_check <= 0:
-        raise UsageError("--km-check must be a positive number of seconds")
+    problem = options.check({k: vars(args)[k] for k in MonitorOptions.__struct_fields__}, MonitorOptions)
+    if problem is not None:
+        raise UsageError(problem)
     if args.state_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
         raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
 

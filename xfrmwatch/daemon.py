@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ import trio
 
 from . import config as config_mod
 from . import events as ev
+from .backoff import Backoff
 from .config import Config
 from .detect.alerting import Alerter
 from .errors import CapabilityError, UserError
@@ -40,6 +41,7 @@ from .timestamps import utc_precise
 
 if TYPE_CHECKING:
     from .detect.sigma import RuleSet
+    from .mirror import Mirror
 
 log = structlog.get_logger("xfrmwatch.daemon")
 
@@ -48,20 +50,56 @@ CAP_SYS_ADMIN = 21
 
 
 class MetricsSink(Protocol):
+    """What the daemon reports (:class:`xfrmwatch.output.metrics.Metrics` is the real one)."""
+
     def event(self, e: ev.Event) -> None: ...
-    def dropped(self, output: str, n: int = 1) -> None: ...
+    def dropped(self, output: str, n: int) -> None: ...
     def queue(self, output: str, depth: int) -> None: ...
+    def outputs_configured(self, names: Iterable[str]) -> None: ...
+    def rules_loaded(self, rules: Iterable[tuple[str, str, str]]) -> None: ...
+    def namespace_watched(self, netns: str) -> None: ...
+    def mirror(self, netns: str, mirror: Mirror) -> None: ...
+    def xfrm_stat(self, netns: str, counters: dict[str, int]) -> None: ...
+    def forget(self, netns: str) -> None: ...
+    async def serve(
+        self, listen: str, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
 
-class _NoMetrics:
+class NoMetrics:
+    """Metrics off: every report is ignored."""
+
     def event(self, e: ev.Event) -> None:
         pass
 
-    def dropped(self, output: str, n: int = 1) -> None:
+    def dropped(self, output: str, n: int) -> None:
         pass
 
     def queue(self, output: str, depth: int) -> None:
         pass
+
+    def outputs_configured(self, names: Iterable[str]) -> None:
+        pass
+
+    def rules_loaded(self, rules: Iterable[tuple[str, str, str]]) -> None:
+        pass
+
+    def namespace_watched(self, netns: str) -> None:
+        pass
+
+    def mirror(self, netns: str, mirror: Mirror) -> None:
+        pass
+
+    def xfrm_stat(self, netns: str, counters: dict[str, int]) -> None:
+        pass
+
+    def forget(self, netns: str) -> None:
+        pass
+
+    async def serve(
+        self, listen: str, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started(("", 0))
 
 
 # --- systemd and capabilities -------------------------------------------------------------
@@ -178,6 +216,7 @@ class FanOut:
                 log.info("output stopped", output=name)
         for name in changed:
             log.info("output started", output=name, type=str(wanted[name].__struct_config__.tag))
+        self.metrics.outputs_configured(self.outputs)
 
     async def _supervise(
         self,
@@ -186,14 +225,12 @@ class FanOut:
         *,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         first = True
         with trio.CancelScope() as scope:
             while True:
                 try:
-                    out = create(config)
-                    if hasattr(out, "on_drop"):
-                        out.on_drop = self._dropped_inside
+                    out = create(config, self)
                     send, recv = trio.open_memory_channel[ev.Event](config.queue)
                     run = _Running(out, send, config, dropped=self.outputs[name].dropped if name in self.outputs else 0)
                     async with trio.open_nursery() as n:
@@ -209,13 +246,13 @@ class FanOut:
                         raise OutputStartError(f"output {name!r} cannot start: {reason}") from None
                     lost = send.statistics().current_buffer_used
                     if lost:
-                        self._dropped_inside(name, lost)
-                    log.error("output failed: restarting", output=name, error=reason, retry_in=delay, lost=lost)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                        self.dropped(name, lost)
+                    log.error("output failed: restarting", output=name, error=reason, lost=lost)
+                await backoff.sleep()
 
-    def _dropped_inside(self, name: str, n: int) -> None:
-        """Events an output could not deliver (full queue, retries exhausted, a crash)."""
+    def dropped(self, name: str, n: int) -> None:
+        """Events an output could not deliver (full queue, retries exhausted, a crash):
+        the :class:`~xfrmwatch.output.base.DropSink` of every output."""
         self.metrics.dropped(name, n)
         run = self.outputs.get(name)
         if run is not None:
@@ -231,7 +268,7 @@ class FanOut:
             try:
                 run.send.send_nowait(e)
             except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                self._dropped_inside(name, 1)
+                self.dropped(name, 1)
 
     def report(self) -> None:
         for name, run in self.outputs.items():
@@ -264,7 +301,7 @@ class _Pipe:
 class Daemon:
     cfg: Config
     path: str
-    metrics: MetricsSink = field(default_factory=_NoMetrics)
+    metrics: MetricsSink = field(default_factory=NoMetrics)
     fan: FanOut | None = None
     pipes: dict[str, _Pipe] = field(default_factory=dict)
     mirrors: dict[str, Any] = field(default_factory=dict)
@@ -289,6 +326,11 @@ class Daemon:
         from .detect.pack import load
 
         return load(cfg.rules.paths or None, default_suppress=cfg.rules.suppress)
+
+    def _use_rules(self, ruleset: RuleSet | None) -> None:
+        self.ruleset = ruleset
+        if ruleset is not None:
+            self.metrics.rules_loaded((r.rule_id, r.title, r.level) for r in ruleset.rules if r.output)
 
     def _alerter(self) -> Alerter | None:
         """The rules for one namespace: the shared rule set, a state of its own."""
@@ -317,6 +359,7 @@ class Daemon:
                 async with trio.open_nursery() as n:
                     recv, mirror, sub = await start_pipeline(n, pcfg, alerter)
                     self.mirrors[netns] = mirror
+                    self.metrics.namespace_watched(netns)
                     log.info(
                         "watching", netns=netns, groups=sorted(sub.groups), sas=len(mirror.sas),
                         policies=len(mirror.policies),
@@ -340,9 +383,7 @@ class Daemon:
             if pipe is not None:
                 pipe.done.set()
             self.mirrors.pop(netns, None)
-            forget = getattr(self.metrics, "forget", None)
-            if forget is not None:
-                forget(netns)
+            self.metrics.forget(netns)
 
     async def sync_netns(self, nursery: trio.Nursery) -> None:
         wanted = self.wanted_netns()
@@ -363,19 +404,15 @@ class Daemon:
             await trio.sleep(5)
             if self.fan is not None:
                 self.fan.report()
-            mirror_fn = getattr(self.metrics, "mirror", None)
-            stat_fn = getattr(self.metrics, "xfrm_stat", None)
             for netns, mirror in list(self.mirrors.items()):
-                if mirror_fn is not None:
-                    mirror_fn(netns, mirror)
-                if stat_fn is not None:
-                    try:
-                        with entered(netns or None):
-                            pf = ProcFile("/proc/net/xfrm_stat")
-                        stat_fn(netns, xfrm_stat(pf.read()))
-                        pf.close()
-                    except UserError:
-                        pass
+                self.metrics.mirror(netns, mirror)
+                try:
+                    with entered(netns or None):
+                        pf = ProcFile("/proc/net/xfrm_stat")
+                    self.metrics.xfrm_stat(netns, xfrm_stat(pf.read()))
+                    pf.close()
+                except UserError:
+                    pass
 
     async def reload(self, nursery: trio.Nursery) -> None:
         """Apply a new configuration atomically, or keep the running one and say why."""
@@ -388,7 +425,8 @@ class Daemon:
             log.error("reload failed: keeping the running configuration", error=str(exc).replace("\n", "; "))
             return
         old_watch, old_rules, old_tunnels = self.cfg.watch, self.cfg.rules, self.cfg.tunnels
-        self.cfg, self.ruleset = new, ruleset
+        self.cfg = new
+        self._use_rules(ruleset)
         self.fan.reopen()
         restart = (
             new.watch != old_watch or new.rules.overdue_share != old_rules.overdue_share or new.tunnels != old_tunnels
@@ -408,14 +446,13 @@ class Daemon:
 
     async def run(self) -> int:
         check_capabilities(self.cfg)
-        self.ruleset = self._load_rules(self.cfg)  # bad rules: fail now, with file:line
+        self._use_rules(self._load_rules(self.cfg))  # bad rules: fail now, with file:line
         async with trio.open_nursery() as outputs_n:
             self.fan = FanOut(outputs_n, self.metrics)
             await self.fan.apply(self.cfg.output)
             async with trio.open_nursery() as pipes_n:
-                serve_metrics = getattr(self.metrics, "serve", None)
-                if self.cfg.metrics.enabled and serve_metrics is not None:
-                    await pipes_n.start(serve_metrics, self.cfg.metrics.listen)
+                if self.cfg.metrics.enabled:
+                    await pipes_n.start(self.metrics.serve, self.cfg.metrics.listen)
                 await self.sync_netns(pipes_n)
                 pipes_n.start_soon(self._watch_netns, pipes_n)
                 pipes_n.start_soon(self._housekeeping)

@@ -26,6 +26,9 @@ PACKAGES = {
     "promtool": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "rsyslogd": "rsyslog",
+    "/lib/systemd/systemd-journald": "systemd",
+    "journalctl": "systemd",
+    "unshare": "util-linux",
 }
 
 
@@ -77,3 +80,10 @@ def short_tmp() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def journald_tools() -> None:
+    """A standalone systemd-journald can be run (its binary, journalctl, unshare)."""
+    for binary in ("/lib/systemd/systemd-journald", "journalctl", "unshare"):
+        need(binary)

@@ -30,6 +30,7 @@ import msgspec
 import pytest
 import structlog
 import trio
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from xfrmwatch import events as ev
@@ -261,7 +262,7 @@ def feed_known(m: Metrics) -> Mirror:
     m.event(alert(first, "r-crit", "Critical thing", "critical"))
     m.queue("file", 7)
     m.dropped("file", 3)
-    m.dropped("webhook")
+    m.dropped("webhook", 1)
     m.xfrm_stat("t", {"XfrmInError": 5, "XfrmOutNoStates": 2, "XfrmInNoPols": 0})
     mirror = Mirror(netns="m", local_addrs=frozenset({"10.0.0.1"}))
     sas = [
@@ -317,7 +318,22 @@ async def test_prometheus_scrapes_metrics(tmp_path: Path, prometheus_bin: str) -
                     "text/plain; version=0.0.4"
                 )
                 assert (await c.get(f"http://127.0.0.1:{port}/nope")).status_code == 404
-                assert (await c.post(f"http://127.0.0.1:{port}/metrics")).status_code == 405
+                post = await c.post(f"http://127.0.0.1:{port}/metrics")
+                assert (405, "GET, HEAD") == (post.status_code, post.headers["allow"])
+                head = await c.head(f"http://127.0.0.1:{port}/metrics")
+                assert (200, b"") == (head.status_code, head.content)
+                # the length of the body GET would send (expiry seconds move between scrapes)
+                assert abs(int(head.headers["content-length"]) - len(r.content)) < 20
+                om = await c.get(
+                    f"http://127.0.0.1:{port}/metrics",
+                    headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"},
+                )
+                assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+                assert om.text.endswith("# EOF\n")
+                om_fams = {f.name: f for f in openmetrics_families(om.text)}
+                assert {s.labels["type"]: s.value for s in om_fams["xfrmwatch_events"].samples} == {
+                    "newsa": 6, "updsa": 1, "overrun": 1, "alert": 3,
+                }  # fmt: skip
             fams = {f.name: f for f in text_string_to_metric_families(r.text)}
             assert {s.labels["type"]: s.value for s in fams["xfrmwatch_events"].samples} == {
                 "newsa": 6, "updsa": 1, "overrun": 1, "alert": 3,
@@ -441,6 +457,83 @@ tests:
               summary: "xfrmwatch output webhook drops events"
               description: "{drops} events dropped for output webhook on gw:9873 in 5 minutes (queue full or delivery given up): its destination is slow or down."
 """
+
+
+def _series_values(steps: list[bytes], name: str, labels: dict[str, str]) -> str:
+    """One series across successive scrapes, in promtool's notation (``_``: absent)."""
+    out = []
+    for text in steps:
+        found = [
+            s.value
+            for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples
+            if s.name == name and s.labels == labels
+        ]
+        out.append(str(int(found[0])) if found else "_")
+    return " ".join(out)
+
+
+async def test_first_increment_fires_the_shipped_rules(tmp_path: Path, promtool_bin: str) -> None:
+    """The series of known label sets exist at 0 before their first increment, so the
+    shipped `increase(...) > 0` rules fire on the first overrun, the first critical
+    alert and the first drop; a label set first seen at its increment (netns "late",
+    never announced) would not fire: the reason for the zeros."""
+    m = Metrics()
+    m.outputs_configured(["webhook"])
+    m.rules_loaded([("r-crit", "Critical thing", "critical")])
+    m.namespace_watched("vpn")
+    steps = []
+    for minute in range(5):
+        if minute == 2:
+            m.event(ev.Overrun(**common("vpn"), detail="ENOBUFS"))
+            m.event(ev.Overrun(**common("late"), detail="ENOBUFS"))
+            m.event(alert(overdue("vpn", 7), "r-crit", "Critical thing", "critical"))
+            m.dropped("webhook", 1)
+        steps.append(m.exposition())
+    job = {"instance": "gw:9873", "job": "xfrmwatch"}
+
+    def series(name: str, labels: dict[str, str]) -> str:
+        sel = ",".join(f'{k}="{v}"' for k, v in {**job, **labels}.items())
+        return f"      - series: '{name}{{{sel}}}'\n        values: '{_series_values(steps, name, labels)}'\n"
+
+    crit = {"rule_id": "r-crit", "rule_title": "Critical thing", "level": "critical", "netns": "vpn"}
+    test = tmp_path / "first-increment.yml"
+    test.write_text(
+        f"rule_files: [{RULES}]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n"
+        + series("xfrmwatch_overruns_total", {"netns": "vpn"})
+        + series("xfrmwatch_overruns_total", {"netns": "late"})
+        + series("xfrmwatch_alerts_total", crit)
+        + series("xfrmwatch_output_dropped_total", {"output": "webhook"})
+        + "    alert_rule_test:\n"
+        + "".join(
+            f"      - eval_time: 1m\n        alertname: {name}\n        exp_alerts: []\n"
+            for name in ("XfrmNetlinkOverruns", "XfrmCriticalAlerts", "XfrmwatchOutputDropping")
+        )
+        + "      - eval_time: 3m\n        alertname: XfrmNetlinkOverruns\n        exp_alerts:\n"
+        "          - exp_labels: {severity: warning, instance: 'gw:9873', job: xfrmwatch, netns: vpn}\n"
+        "            exp_annotations:\n"
+        "              summary: 'xfrmwatch lost XFRM events (netlink overruns) on gw:9873'\n"
+        "              description: '1 receive-buffer overruns in netns \"vpn\" in 5 minutes: events were lost"
+        " (the mirror was resynced). Raise the receive buffer (--rcvbuf).'\n"
+        "      - eval_time: 3m\n        alertname: XfrmCriticalAlerts\n        exp_alerts:\n"
+        "          - exp_labels: {severity: critical, instance: 'gw:9873', netns: vpn, rule_title: Critical thing}\n"
+        "            exp_annotations:\n"
+        "              summary: 'xfrmwatch raised critical alerts: Critical thing'\n"
+        "              description: '1 critical alerts of rule \"Critical thing\" on gw:9873 (netns \"vpn\")"
+        " in 5 minutes.'\n"
+        "      - eval_time: 3m\n        alertname: XfrmwatchOutputDropping\n        exp_alerts:\n"
+        "          - exp_labels: {severity: warning, instance: 'gw:9873', job: xfrmwatch, output: webhook}\n"
+        "            exp_annotations:\n"
+        "              summary: 'xfrmwatch output webhook drops events'\n"
+        "              description: '1 events dropped for output webhook on gw:9873 in 5 minutes (queue full"
+        " or delivery given up): its destination is slow or down.'\n"
+    )
+    assert "'0 0 1 1 1'" in test.read_text() and "'_ _ 1 1 1'" in test.read_text()
+    with trio.fail_after(60):
+        p = await trio.run_process(
+            [promtool_bin, "test", "rules", str(test)], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert p.returncode == 0, (p.stdout + p.stderr).decode() + test.read_text()
 
 
 async def test_promtool_checks_and_tests_rules(tmp_path: Path, promtool_bin: str) -> None:
@@ -596,7 +689,8 @@ async def test_alertmanager_memory_is_bounded_when_unreachable() -> None:
         cfg = AlertmanagerConfig(
             url=f"http://127.0.0.1:{free_port()}", max_alerts=5, retry_initial=0.1, queue=8
         )
-        out = AlertmanagerOutput(cfg)
+        m = Metrics()
+        out = AlertmanagerOutput(cfg, m)
         async with running(out, cfg) as publish:
             for reqid in range(50):
                 publish(alert(overdue("ns1", reqid), "r1", "Rekey overdue", "high"))
@@ -606,6 +700,9 @@ async def test_alertmanager_memory_is_bounded_when_unreachable() -> None:
             assert sorted(int(dict(k)["reqid"]) for k in out.alerts) == [45, 46, 47, 48, 49]
             assert len(out._pending) <= 5
             assert out.posted == 0
+        # stopped with Alertmanager still unreachable: what was pending is dropped, and counted
+        assert 5 == out.dropped
+        assert 'xfrmwatch_output_dropped_total{output="alertmanager"} 5.0' in m.exposition().decode()
 
 
 # --- webhook -----------------------------------------------------------------------------------------------
@@ -669,22 +766,22 @@ async def test_webhook_posts_json_retries_after_500_with_bearer_token(tmp_path: 
                 assert headers["content-type"] == "application/json"
                 assert headers["x-site"] == "lab"
                 assert msgspec.json.decode(body, type=ev.AnyEvent) == a
-            assert out.failed == 0
+            assert out.dropped == 0
 
 
 async def test_webhook_gives_up_and_counts(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        drops: list[tuple[str, int]] = []
+        m = Metrics()
         async with receiver([400]) as (rx, port):
             cfg = WebhookConfig(url=f"http://127.0.0.1:{port}/", retries=3, retry_initial=0.05, name="hook")
-            out = WebhookOutput(cfg)
-            out.on_drop = lambda name, n: drops.append((name, n))
+            out = WebhookOutput(cfg, m)
             async with running(out, cfg) as publish:
                 publish(alert(overdue("ns1", 7), "r1", "Rekey overdue", "high"))
                 publish(alert(overdue("ns1", 8), "r1", "Rekey overdue", "high"))
             # 400 is final (no retry); the next one succeeds
             assert [r[4] for r in rx.requests] == [400, 200]
-            assert (out.sent, out.failed, drops) == (1, 1, [("hook", 1)])
+            assert (out.sent, out.dropped) == (1, 1)
+            assert 'xfrmwatch_output_dropped_total{output="hook"} 1.0' in m.exposition().decode()
         # nobody listening: 1 + 3 retries, then given up
         cfg = WebhookConfig(
             url=f"http://127.0.0.1:{free_port()}/", retries=3, retry_initial=0.05, name="hook"
@@ -692,7 +789,7 @@ async def test_webhook_gives_up_and_counts(tmp_path: Path) -> None:
         out = WebhookOutput(cfg)
         async with running(out, cfg) as publish:
             publish(alert(overdue("ns1", 9), "r1", "Rekey overdue", "high"))
-        assert (out.sent, out.failed) == (0, 1)
+        assert (out.sent, out.dropped) == (0, 1)
 
 
 # --- exec ------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import trio
 from support import IS_ROOT, ROOT
 
 from xfrmwatch import events as ev
+from xfrmwatch import levels as lv
 from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.pack import shipped_rules
 from xfrmwatch.output import journald as jd
@@ -66,13 +67,6 @@ def _need_bin(name: str, package: str) -> str:
         _missing(name, package)
     assert path is not None
     return path
-
-
-@pytest.fixture
-def journald_tools() -> None:
-    _need_bin(JOURNALD, "systemd")
-    _need_bin("journalctl", "systemd")
-    _need_bin("unshare", "util-linux")
 
 
 @pytest.fixture
@@ -282,7 +276,7 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
     flush = ev.FlushSA(**common(ns), proto="esp")
     multi = rule("high", title='weak "integrity"\nsecond line \\ ]')
     alert = ev.Alert(**common(ns), rule=multi, group={"sa.reqid": "7"}, events=[newsa, unreplaced])
-    levels = {lvl: ev.Alert(**common(ns), rule=rule(lvl), events=[newsa]) for lvl in jd.ALERT_PRIORITY}
+    levels = {lvl: ev.Alert(**common(ns), rule=rule(lvl), events=[newsa]) for lvl in lv.SEVERITIES}
     out = journald_output(journald)
     with trio.fail_after(TIMEOUT):
         async with running(out) as send:
@@ -290,7 +284,7 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
                 await send.send(sent)
         entries = await journald.entries(f"XFRM_NETNS={ns}", count=11)
         by_spi = await journald.entries(f"XFRM_SPI={spi2}", count=2)
-    assert out.sent == 11 and out.dropped == 0 and out.sent_memfd == 0
+    assert out.sender.sent == 11 and out.dropped == 0 and out.sent_memfd == 0
 
     by_type: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
@@ -328,9 +322,11 @@ async def test_journald_events_and_alerts(journald: Journald) -> None:
     assert field(a, "MESSAGE").startswith("alert: [high] weak")
     for lvl, al in levels.items():
         got = alerts[al.rule.id]
-        assert field(got, "PRIORITY") == str(jd.ALERT_PRIORITY[lvl]), lvl
+        assert field(got, "PRIORITY") == str(lv.SEVERITIES[lvl].syslog), lvl
         assert field(got, "MESSAGE_ID") == jd.message_id_for_rule(al.rule.id)
-    assert jd.ALERT_PRIORITY == {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
+    assert {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6} == {
+        lvl: sev.syslog for lvl, sev in lv.SEVERITIES.items()
+    }
 
     # a match on a repeated field finds the alert too
     assert sorted(field(x, "XFRM_TYPE") for x in by_spi) == ["alert", "tunnel_down"]
@@ -347,7 +343,7 @@ async def test_journald_large_entry_goes_through_memfd(journald: Journald) -> No
             await send.send(small)
             await send.send(large)
         entries = await journald.entries(f"XFRM_NETNS={ns}", count=2)
-    assert out.sent == 2 and out.sent_memfd == 1
+    assert out.sender.sent == 2 and out.sent_memfd == 1
     (e,) = [x for x in entries if field(x, "XFRM_TYPE") == "malformed"]
     assert field(e, "MESSAGE") == f"malformed: type 16 length 300000: {big}"
     assert msgspec.json.decode(field(e, "XFRM_JSON").encode(), type=ev.AnyEvent) == large
@@ -364,15 +360,15 @@ async def test_journald_reconnects_with_backoff(journald_tools: None, short_tmp:
             async with running(out) as send:
                 await send.send(ev.Overrun(**common(ns), detail="before journald"))
                 await trio.sleep(0.3)  # no socket yet: retried with backoff, not raised
-                assert out.sent == 0
+                assert out.sender.sent == 0
                 await j.start()
-                await wait_until(lambda: out.sent == 1, "the first entry")
+                await wait_until(lambda: out.sender.sent == 1, "the first entry")
                 await j.stop(signal.SIGKILL)
                 for i in range(3):
                     await send.send(ev.Overrun(**common(ns), detail=f"while down {i}"))
                 await trio.sleep(0.3)
                 await j.start()
-                await wait_until(lambda: out.sent == 4, "the queued entries")
+                await wait_until(lambda: out.sender.sent == 4, "the queued entries")
             entries = await j.entries(f"XFRM_NETNS={ns}", count=4)
     finally:
         with trio.CancelScope(shield=True):
@@ -397,7 +393,7 @@ async def test_journald_unreachable_never_raises_and_drains(short_tmp: Path) -> 
             for i in range(3):
                 await send.send(ev.Overrun(**common("x"), detail=str(i)))
             await trio.sleep(0.3)
-    assert out.sent == 0 and out.dropped == 3
+    assert out.sender.sent == 0 and out.dropped == 3
 
 
 # --- the catalog ----------------------------------------------------------------------------------
@@ -652,9 +648,10 @@ def syslog_events(ns: str) -> tuple[ev.NewSA, ev.TunnelDown, ev.Alert, list[ev.E
 
 
 def check_rfc5424(
-    msgs: list[dict[str, Any]], ns: str, sent: list[ev.Event], facility: str, input_name: str
+    msgs: list[dict[str, Any]], ns: str, sent: list[ev.Event], facility: str, input_name: str, sd_id: str = SD_ID
 ) -> None:
-    """What rsyslog parsed matches what was sent, field by field."""
+    """What rsyslog parsed matches what was sent, field by field; MSG starts with the
+    UTF-8 BOM (RFC 5424 6.4), which rsyslog keeps as U+FEFF."""
     assert len(msgs) == len(sent)
     fac = FACILITIES[facility]
     for m, e in zip(msgs, sent, strict=True):
@@ -666,17 +663,17 @@ def check_rfc5424(
         assert m["msgid"] == t
         assert m["hostname"] == "xw-test-host"
         assert m["timereported"] == e.time
-        assert int(m["pri"]) == fac * 8 + jd.priority(e)
+        assert int(m["pri"]) == fac * 8 + lv.severity(e).syslog
         assert m["syslogfacility"] == str(fac)
-        assert m["msg"].startswith(f"{t}: ")
-        ((sd_id, params),) = parse_sd(m["structured-data"])
-        assert sd_id == SD_ID
+        assert m["msg"].startswith(f"\ufeff{t}: ")
+        ((got_sd_id, params),) = parse_sd(m["structured-data"])
+        assert sd_id == got_sd_id
         p: dict[str, list[str]] = {}
         for k, v in params:
             p.setdefault(k, []).append(v)
         assert p["type"] == [t] and p["netns"] == [ns]
         # mmpstrucdata (rsyslog's own parser) unescapes to the same values
-        parsed = m["$!"]["rfc5424-sd"][SD_ID]
+        parsed = m["$!"]["rfc5424-sd"][sd_id]
         assert parsed["netns"] == ns and parsed["type"] == t
         if isinstance(e, ev.Alert):
             assert p["rule_id"] == [e.rule.id] and parsed["rule_id"] == e.rule.id
@@ -691,8 +688,10 @@ def check_rfc5424(
 ESCAPING_NS = 'ns "quoted" back\\slash ]bracket'
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_rsyslog_udp_tcp(rsyslogd_bin: str, short_tmp: Path, transport: str) -> None:
+@pytest.mark.parametrize(("transport", "enterprise_id"), [("udp", None), ("tcp", 99999)])
+async def test_rsyslog_udp_tcp(rsyslogd_bin: str, short_tmp: Path, transport: str, enterprise_id: int | None) -> None:
+    """rsyslog's RFC 5424 parser reads every header field, the BOM and the SD element
+    (with the default or a configured enterprise number)."""
     port = free_port()
     inputs = (
         'module(load="imudp")\nmodule(load="imtcp")\n'
@@ -701,8 +700,9 @@ async def test_rsyslog_udp_tcp(rsyslogd_bin: str, short_tmp: Path, transport: st
     )
     ns = ESCAPING_NS
     *_, sent = syslog_events(ns)
+    extra = {} if enterprise_id is None else {"enterprise_id": enterprise_id}
     out = SyslogOutput(
-        SyslogConfig(url=f"{transport}://127.0.0.1:{port}", facility="local3", hostname="xw-test-host")
+        SyslogConfig(url=f"{transport}://127.0.0.1:{port}", facility="local3", hostname="xw-test-host", **extra)
     )
     with trio.fail_after(TIMEOUT):
         ready = lambda: udp_bound(port) and tcp_accepts(port)  # noqa: E731
@@ -711,8 +711,10 @@ async def test_rsyslog_udp_tcp(rsyslogd_bin: str, short_tmp: Path, transport: st
                 for e in sent:
                     await send.send(e)
             msgs = await r.wait_received(len(sent))
-    check_rfc5424(msgs, ns, sent, "local3", f"im{transport}")
-    assert out.sent == 3 and out.dropped == 0
+    sd_id = SD_ID if enterprise_id is None else f"xfrm@{enterprise_id}"
+    assert ("xfrm@32473" if enterprise_id is None else "xfrm@99999") == sd_id
+    check_rfc5424(msgs, ns, sent, "local3", f"im{transport}", sd_id)
+    assert out.sender.sent == 3 and out.dropped == 0
 
 
 async def test_rsyslog_tcp_reconnects_after_restart(rsyslogd_bin: str, short_tmp: Path) -> None:
@@ -736,12 +738,12 @@ async def test_rsyslog_tcp_reconnects_after_restart(rsyslogd_bin: str, short_tmp
                 for i in range(3):
                     await send.send(ev.Overrun(**common(ns), detail=f"while down {i}"))
                 await trio.sleep(0.5)  # refused, retried with backoff
-                assert out.sent == 3
+                assert out.sender.sent == 3
                 await r.start()
-                await wait_until(lambda: out.sent == 6, "the queued messages")
+                await wait_until(lambda: out.sender.sent == 6, "the queued messages")
                 await send.send(ev.Overrun(**common(ns), detail="after"))
             msgs = await r.wait_received(7)
-    assert [m["msg"] for m in msgs] == [
+    assert [m["msg"].removeprefix("\ufeff") for m in msgs] == [
         *(f"overrun: first {i}" for i in range(3)),
         *(f"overrun: while down {i}" for i in range(3)),
         "overrun: after",
@@ -813,13 +815,13 @@ async def test_rsyslog_tls(rsyslog_tls: str, certs: Path, short_tmp: Path) -> No
             async with running(wrong) as send:
                 await send.send(sent[0])
                 await trio.sleep(0.5)
-            assert wrong.sent == 0 and wrong.dropped == 1
+            assert wrong.sender.sent == 0 and wrong.dropped == 1
             async with running(good) as send:
                 for e in sent:
                     await send.send(e)
             msgs = await r.wait_received(len(sent))
     check_rfc5424(msgs, ns, sent, "daemon", "imtcp")
-    assert good.sent == 3 and good.connects == 1
+    assert good.sender.sent == 3 and good.connects == 1
 
 
 async def test_rsyslog_unix_sockets(rsyslogd_bin: str, short_tmp: Path) -> None:
@@ -850,7 +852,7 @@ async def test_rsyslog_unix_sockets(rsyslogd_bin: str, short_tmp: Path) -> None:
         t = e.__struct_config__.tag
         assert m["programname"] == "xfrmwatch"
         assert m["syslogtag"] == f"xfrmwatch[{os.getpid()}]:"
-        assert int(m["pri"]) == FACILITIES["daemon"] * 8 + jd.priority(e)
+        assert int(m["pri"]) == FACILITIES["daemon"] * 8 + lv.severity(e).syslog
         assert m["msg"].lstrip().startswith(f"{t}: ")  # rsyslog keeps the space after the tag
         assert f'[{SD_ID} type="{t}" netns="{ns}"' in m["msg"]
     m = msgs[2]
@@ -869,7 +871,7 @@ async def test_syslog_unreachable_never_raises_and_drains() -> None:
             for i in range(3):
                 await send.send(ev.Overrun(**common("x"), detail=str(i)))
             await trio.sleep(0.3)
-    assert out.sent == 0 and out.dropped == 3
+    assert out.sender.sent == 0 and out.dropped == 3
 
 
 # --- syslog rendering and configuration (no service) ------------------------------------------------
@@ -913,7 +915,8 @@ def test_syslog_message_formats() -> None:
     newsa, *_ = syslog_events(ns)
     as_json = SyslogOutput(SyslogConfig(url="tcp://127.0.0.1:9", message="json")).render(newsa)
     head, _, body = as_json.partition(b"] ")
-    assert head.startswith(b"<30>1 ") and msgspec.json.decode(body, type=ev.AnyEvent) == newsa
+    assert head.startswith(b"<30>1 ") and body.startswith(b"\xef\xbb\xbf")
+    assert msgspec.json.decode(body[3:], type=ev.AnyEvent) == newsa
     local = SyslogOutput(SyslogConfig(url="unix:///dev/log")).render(newsa).decode()
     # <PRI>Mmm dd hh:mm:ss TAG[PID]: MSG, as syslog(3) sends it
     assert re.fullmatch(

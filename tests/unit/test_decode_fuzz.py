@@ -21,14 +21,14 @@ def _check(data: bytes) -> None:
         validate_event(msgspec.json.decode(ENC.encode(e)))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_random_datagrams(data: bytes) -> None:
     """Random datagrams decode to events (often `malformed`), never an exception."""
     _check(data)
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     msg_type=st.sampled_from(sorted(x.MSG_MIN_SIZE)),
     body=st.binary(max_size=600),

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from xfrmwatch import events as ev
 from xfrmwatch.daemon import FanOut, OutputStartError
 from xfrmwatch.output import registry
 from xfrmwatch.output.base import Output, OutputConfig
+from xfrmwatch.output.metrics import Metrics
 
 
 class ListConfig(OutputConfig, tag="list", kw_only=True):
@@ -47,18 +49,14 @@ def event(detail: str) -> ev.Event:
     return ev.Overrun(time="t", mono=0.0, netns="", nlmsg_pid=0, nlmsg_seq=0, detail=detail)
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.drops: dict[str, int] = {}
-
-    def event(self, e: ev.Event) -> None:
-        pass
-
-    def dropped(self, output: str, n: int = 1) -> None:
-        self.drops[output] = self.drops.get(output, 0) + n
-
-    def queue(self, output: str, depth: int) -> None:
-        pass
+def dropped(m: Metrics) -> dict[str, float]:
+    """``xfrmwatch_output_dropped_total`` per output, as a scrape reads it."""
+    return {
+        sample.labels["output"]: sample.value
+        for fam in text_string_to_metric_families(m.exposition().decode())
+        for sample in fam.samples
+        if sample.name == "xfrmwatch_output_dropped_total"
+    }
 
 
 async def test_full_queue_drops_for_that_output_only(autojump_clock: trio.abc.Clock) -> None:
@@ -73,8 +71,9 @@ async def test_full_queue_drops_for_that_output_only(autojump_clock: trio.abc.Cl
         await trio.sleep(1)
         fan.close_all()
     assert [str(i) for i in range(50)] == SEEN["fast"]
-    assert 50 == len(SEEN["tiny"]) + m.drops["tiny"]  # every event delivered or counted
-    assert m.drops["tiny"] > 40 and "fast" not in m.drops
+    drops = dropped(m)
+    assert 50 == len(SEEN["tiny"]) + drops["tiny"]  # every event delivered or counted
+    assert drops["tiny"] > 40 and 0 == drops["fast"]
 
 
 async def test_failed_output_is_restarted(autojump_clock: trio.abc.Clock) -> None:

@@ -33,15 +33,17 @@ a sender task posts what changed in batches, retrying with exponential backoff
 (``retry_initial`` doubling up to ``retry_max``) while Alertmanager is down, and
 keeps only the latest state per alert.  Memory is bounded by ``max_alerts``
 (beyond it, the oldest alert is forgotten: Alertmanager resolves it when its
-endsAt passes).
+endsAt passes).  Dropped and counted (``xfrmwatch_output_dropped_total``):
+alerts Alertmanager rejects for good (a 4xx), and alerts still undelivered when
+the output stops.
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import httpx
 import msgspec
@@ -49,9 +51,12 @@ import structlog
 import trio
 
 from .. import events as ev
+from ..backoff import Backoff
+from ..subject import subject_fields
 from ..timestamps import utc_precise
-from .base import Output, OutputConfig, redact_url
-from .webhook import USER_AGENT, DropHook, TokenFile, backoff_delays, retryable, subject_fields
+from .base import DropSink, Output, OutputConfig, Positive
+from .http import AUTH_STATUSES, USER_AGENT, TokenFile, redact_url, retryable
+from .webhook import HttpUrl
 
 log = structlog.get_logger("xfrmwatch.output.alertmanager")
 
@@ -70,43 +75,33 @@ RESOLVED_BY: dict[str, tuple[type[ev.Event], ...]] = {
     "tunnel_down": (ev.TunnelUp,),
 }
 _RESOLVERS = (ev.RekeyCompleted, ev.TrafficResumed, ev.TunnelUp)
-_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: a Prometheus label name: letters, digits and _, not starting with a digit
+LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class AlertmanagerConfig(OutputConfig, tag="alertmanager", kw_only=True):
     """``[[output]] type = "alertmanager"``."""
 
     #: Alertmanager's base URL (or the full .../api/v2/alerts URL)
-    url: str = "http://127.0.0.1:9093"
+    url: HttpUrl = "http://127.0.0.1:9093"
     #: seconds for one request
-    timeout: float = 10.0
+    timeout: Positive = 10.0
     #: extra request headers
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     #: a file holding a bearer token (re-read on SIGHUP and after a 401/403)
     token_file: str = ""
     #: endsAt of a firing alert is now + resolve_timeout; re-sent every resolve_timeout/2
-    resolve_timeout: float = 300.0
+    resolve_timeout: Positive = 300.0
     #: an alert that nothing resolves is re-sent for this long after it last fired
     keep_active: float = 3600.0
     #: extra labels on every alert
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    labels: dict[Annotated[str, msgspec.Meta(pattern=LABEL_NAME)], str] = msgspec.field(default_factory=dict)
     #: the ``instance`` label (default: the host name)
     instance: str = ""
     #: alerts tracked at most (oldest forgotten beyond)
-    max_alerts: int = 1000
-    retry_initial: float = 1.0
-    retry_max: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be http:// or https://, not {self.url!r}")
-        if self.resolve_timeout <= 0 or self.timeout <= 0 or self.retry_initial <= 0 or self.max_alerts < 1:
-            raise ValueError("resolve_timeout, timeout, retry_initial and max_alerts must be positive")
-        bad = [k for k in self.labels if not _LABEL_NAME.fullmatch(k)]
-        if bad:
-            raise ValueError(
-                f"invalid label names {bad}: use letters, digits and _, not starting with a digit"
-            )
+    max_alerts: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    retry_initial: Positive = 1.0
+    retry_max: Positive = 60.0
 
     def api_url(self) -> str:
         u = self.url.rstrip("/")
@@ -139,8 +134,8 @@ class _Tracked:
 class AlertmanagerOutput(Output):
     type = "alertmanager"
 
-    def __init__(self, config: AlertmanagerConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: AlertmanagerConfig, drops: DropSink | None = None) -> None:
+        super().__init__(config, drops)
         self.cfg = config
         self.url = config.api_url()
         self.instance = config.instance or socket.gethostname()
@@ -156,7 +151,6 @@ class AlertmanagerOutput(Output):
         self.posted = 0
         self.rejected = 0
         self.evicted = 0
-        self.on_drop: DropHook | None = None
 
     def reopen(self) -> None:
         self.token.invalidate()
@@ -325,7 +319,7 @@ class AlertmanagerOutput(Output):
         self._wake.set()
 
     async def _sender(self, client: httpx.AsyncClient) -> None:
-        delays = backoff_delays(self.cfg.retry_initial, self.cfg.retry_max)
+        backoff = Backoff(self.cfg.retry_initial, self.cfg.retry_max)
         while True:
             self._wake = trio.Event()
             now = trio.current_time()
@@ -343,17 +337,17 @@ class AlertmanagerOutput(Output):
                 if self._closing.is_set():
                     log.warning("alertmanager: stopping with alerts not delivered", output=self.name,
                                 pending=len(self._pending))  # fmt: skip
+                    self.drop(len(self._pending))
                     return
-                with trio.move_on_after(next(delays)):
+                with trio.move_on_after(backoff.delay()):
                     await self._closing.wait()
                 continue
-            delays = backoff_delays(self.cfg.retry_initial, self.cfg.retry_max)
+            backoff.reset()
             if result:
                 self.posted += len(batch)
             else:
                 self.rejected += len(batch)
-                if self.on_drop is not None:
-                    self.on_drop(self.name, len(batch))
+                self.drop(len(batch))
             done = trio.current_time()
             for key, version in batch:
                 t = self.alerts.get(key)
@@ -376,7 +370,7 @@ class AlertmanagerOutput(Output):
             return None
         if r.is_success:
             return True
-        if r.status_code in (401, 403):
+        if r.status_code in AUTH_STATUSES:
             self.token.invalidate()
         if retryable(r.status_code):
             log.warning(

@@ -15,14 +15,27 @@ shares (filtering, queue size).
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
+import structlog
 import trio
 
 from .. import events as ev
+from .. import levels
+from ..options import NotNegative as NotNegative
+from ..options import Positive as Positive
 
-LEVELS = ("informational", "low", "medium", "high", "critical")
+log = structlog.get_logger("xfrmwatch.output")
+
+if TYPE_CHECKING:
+    EventType = str
+else:
+    #: the ``type`` of an event (every tag of the event model)
+    EventType = Literal[ev.EVENT_TYPES]
+
+T = TypeVar("T")
 
 
 class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
@@ -30,15 +43,15 @@ class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
 
     name: str = ""
     #: "all" (events and alerts), "alerts" (alerts only), "events" (no alerts)
-    select: str = "all"
+    select: Literal["all", "alerts", "events"] = "all"
     #: alerts below this level are not sent (events are unaffected)
-    min_level: str = "informational"
+    min_level: levels.Level = "informational"
     #: only these event types (empty: every type)
-    types: list[str] = []
+    types: list[EventType] = []
     #: bounded queue length; when full, events are dropped for this output and counted
-    queue: int = 10000
+    queue: Annotated[int, msgspec.Meta(ge=1)] = 10000
     #: output format for outputs that write JSON: "json" (the event schema), "ecs", "ocsf"
-    format: str = "json"
+    format: Literal["json", "ecs", "ocsf"] = "json"
 
     def wants(self, e: ev.Event) -> bool:
         is_alert = isinstance(e, ev.Alert)
@@ -46,22 +59,44 @@ class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
             return False
         if self.select == "events" and is_alert:
             return False
-        if isinstance(e, ev.Alert):
-            level = e.rule.level if e.rule.level in LEVELS else "medium"
-            if LEVELS.index(level) < LEVELS.index(self.min_level):
-                return False
+        if isinstance(e, ev.Alert) and not levels.at_least(e.rule.level, self.min_level):
+            return False
         return not self.types or e.__struct_config__.tag in self.types
 
 
+class DropSink(Protocol):
+    """Where an output reports the events it had to drop (the daemon: metrics and a log line)."""
+
+    def dropped(self, output: str, n: int) -> None: ...
+
+
 class Output(abc.ABC):
-    """One running output."""
+    """One running output.  Every event it gives up is reported through :meth:`drop`."""
 
     #: the ``type`` value of its config table
     type: ClassVar[str]
 
-    def __init__(self, config: OutputConfig) -> None:
+    def __init__(self, config: OutputConfig, drops: DropSink | None = None) -> None:
         self.config = config
         self.name = config.name or type(self).type
+        self._drops = drops
+        #: events given up by this output (delivery failed for good, or unrenderable)
+        self.dropped = 0
+
+    def drop(self, n: int = 1) -> None:
+        """Count ``n`` events given up, and report them to the drop sink."""
+        self.dropped += n
+        if self._drops is not None:
+            self._drops.dropped(self.name, n)
+
+    def rendered(self, e: ev.Event, render: Callable[[ev.Event], T]) -> T | None:
+        """``render(e)``; an event that cannot be rendered is logged, dropped, and None."""
+        try:
+            return render(e)
+        except Exception as exc:  # one bad event must not stop the output
+            log.error("cannot render event", output=self.name, type=type(e).__name__, error=type(exc).__name__)
+            self.drop()
+            return None
 
     @abc.abstractmethod
     async def run(
@@ -76,57 +111,3 @@ class Output(abc.ABC):
 
     def reopen(self) -> None:  # noqa: B027 - optional hook
         """SIGHUP: reopen files (logrotate).  Default: nothing."""
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for a log line: no user:password, no query (tokens live there)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    except ValueError:
-        return "<unparsable url>"
-
-
-def error_reason(exc: BaseException) -> str:
-    """A short, key-free reason for a delivery error, for a log line."""
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        return error_reason(exc.__cause__)
-    return str(exc) or type(exc).__name__
-
-
-class Reachability:
-    """Logs once when an output's peer becomes unreachable and once when it is back
-    (with how long it was down), instead of once per failed attempt."""
-
-    __slots__ = ("_down_since", "_log", "_what")
-
-    def __init__(self, log: object, what: str) -> None:
-        self._log = log
-        self._what = what
-        self._down_since: float | None = None
-
-    def down(self, exc: BaseException, **context: object) -> None:
-        if self._down_since is None:
-            self._down_since = trio.current_time()
-            self._log.warning(  # type: ignore[attr-defined]
-                f"{self._what} unreachable: retrying with backoff", error=error_reason(exc), **context
-            )
-
-    def up(self, **context: object) -> bool:
-        """Note a success; True if the peer had been down (reset the backoff then)."""
-        if self._down_since is None:
-            return False
-        self._log.info(  # type: ignore[attr-defined]
-            f"{self._what} reachable again", after=round(trio.current_time() - self._down_since, 3), **context
-        )
-        self._down_since = None
-        return True

@@ -30,14 +30,16 @@ import os
 import signal
 import subprocess
 from functools import partial
+from typing import Annotated, Literal
 
 import msgspec
 import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig
-from .webhook import DropHook, json_encoder, subject_fields
+from ..subject import subject_fields
+from .base import DropSink, Output, OutputConfig, Positive
+from .render import json_renderer
 
 log = structlog.get_logger("xfrmwatch.output.exec")
 
@@ -48,22 +50,16 @@ class ExecConfig(OutputConfig, tag="exec", kw_only=True):
     """``[[output]] type = "exec"``."""
 
     #: the program and its arguments (no shell); an absolute path is best
-    argv: list[str]
-    select: str = "alerts"
+    argv: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    select: Literal["all", "alerts", "events"] = "alerts"
     #: seconds a run may take before it is killed
-    timeout: float = 30.0
+    timeout: Positive = 30.0
     #: runs at once
-    concurrency: int = 2
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 2
     #: extra environment variables
     env: dict[str, str] = msgspec.field(default_factory=dict)
     #: pass the daemon's whole environment (default: PATH and LANG only)
     inherit_env: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.argv or not self.argv[0]:
-            raise ValueError("argv must name a program")
-        if self.timeout <= 0 or self.concurrency < 1:
-            raise ValueError("timeout and concurrency must be positive")
 
 
 def hook_env(e: ev.Event) -> dict[str, str]:
@@ -87,10 +83,10 @@ async def _kill_group(proc: trio.Process) -> None:
 class ExecOutput(Output):
     type = "exec"
 
-    def __init__(self, config: ExecConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ExecConfig, drops: DropSink | None = None) -> None:
+        super().__init__(config, drops)
         self.cfg = config
-        self.encode = json_encoder(config.format)
+        self.encode = json_renderer(config.format, newline=False)
         self.limiter = trio.CapacityLimiter(config.concurrency)
         base = dict(os.environ) if config.inherit_env else {
             k: v for k, v in os.environ.items() if k in ("PATH", "LANG")
@@ -101,7 +97,6 @@ class ExecOutput(Output):
         self.ok = 0
         self.failed = 0
         self.timed_out = 0
-        self.on_drop: DropHook | None = None
 
     async def run(
         self,
@@ -163,8 +158,7 @@ class ExecOutput(Output):
             log.error(
                 "exec hook could not start", **fields, error=f"{type(start_error).__name__}: {start_error}"
             )
-            if self.on_drop is not None:
-                self.on_drop(self.name, 1)
+            self.drop()
             return None
         seconds = round(trio.current_time() - start, 3)
         stderr = tail.decode(errors="replace").strip()

@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
-import msgspec
 import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig
+from .base import DropSink, Output, OutputConfig
+from .render import json_renderer
 
 log = structlog.get_logger("xfrmwatch.output.file")
-
-
-def json_renderer(fmt: str) -> Callable[[ev.Event], bytes]:
-    """An event -> JSON line renderer for ``fmt`` ("json", "ecs" or "ocsf")."""
-    enc = msgspec.json.Encoder()
-    if fmt == "json":
-        return lambda e: enc.encode(e) + b"\n"
-    r: Any
-    if fmt == "ecs":
-        from .ecs import EcsRenderer
-
-        r = EcsRenderer()
-    elif fmt == "ocsf":
-        from .ocsf import OcsfRenderer
-
-        r = OcsfRenderer()
-    else:
-        raise ValueError(f"unknown format {fmt!r}")
-    return lambda e: enc.encode(r(e)) + b"\n"
 
 
 class FileConfig(OutputConfig, tag="file"):
@@ -53,8 +33,8 @@ class StdoutConfig(OutputConfig, tag="stdout"):
 class FileOutput(Output):
     type = "file"
 
-    def __init__(self, config: FileConfig | StdoutConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: FileConfig | StdoutConfig, drops: DropSink | None = None) -> None:
+        super().__init__(config, drops)
         self.path = config.path if isinstance(config, FileConfig) else None
         self.render = json_renderer(config.format)
         self._f: IO[bytes] | None = None
@@ -93,12 +73,7 @@ class FileOutput(Output):
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    data = []
-                    for e in batch:
-                        try:
-                            data.append(self.render(e))
-                        except Exception as exc:  # one event that cannot be rendered is skipped, and said
-                            log.error("cannot render event", output=self.name, type=type(e).__name__, error=type(exc).__name__)
+                    data = [b for b in (self.rendered(e, self.render) for e in batch) if b is not None]
                     if self._reopen and self.path is not None:
                         self._reopen = False
                         await trio.to_thread.run_sync(f.close)

@@ -29,21 +29,11 @@ Fields (see :class:`JournalRenderer`)::
     XFRM_PROCESS, RULE_ID, RULE_LEVEL, RULE_TITLE, RULE_TAG (repeated),
     XFRM_JSON          the whole event as JSON (the documented schema)
 
-PRIORITY (syslog severities; the syslog output uses the same table):
-
-=========================  ==================
-alert, level critical      2 (crit)
-alert, level high          3 (err)
-alert, level medium        4 (warning)
-alert, level low           5 (notice)
-alert, informational       6 (info)
-overrun                    3 (err): events were lost
-tunnel_down                3 (err): the tunnel ended (see the rules for its level)
-malformed                  4 (warning): a message could not be decoded
-rekey_overdue              4 (warning)
-flushsa, flushpolicy       5 (notice): the whole SAD/SPD was flushed
-any other event            6 (info)
-=========================  ==================
+PRIORITY: the syslog severity of the event's level (:mod:`xfrmwatch.levels`, the
+table every output uses): critical 2 (crit), high 3 (err), medium 4 (warning),
+low 5 (notice), informational 6 (info).  Alerts have their rule's level; events
+are informational except overrun and tunnel_down (high), malformed, rekey_overdue
+and traffic_stalled (medium), flushsa and flushpolicy (low).
 
 MESSAGE_ID: ``uuid5(MESSAGE_ID_NAMESPACE, "event:<type>")`` for an event
 type, ``uuid5(MESSAGE_ID_NAMESPACE, "rule:<rule id>")`` for an alert of a
@@ -53,16 +43,14 @@ event type and every shipped rule for ``journalctl -x``; install it in
 your own rules: ``python -m xfrmwatch.output.journald RULE_DIR... >
 /usr/local/lib/systemd/catalog/xfrmwatch-local.catalog``.
 
-Delivery: one entry at a time, in order.  While journald is unreachable (no
-socket, ``ECONNREFUSED`` after a restart) the entry is retried with
-exponential backoff (``backoff_initial`` doubling up to ``backoff_max``) and
-later events wait in the daemon's bounded queue (dropped and counted there
-when it is full).  When the queue is closed (shutdown, or the output removed
-on reload) and journald stays unreachable for ``drain_timeout`` seconds, the
-rest is dropped and counted in :attr:`JournaldOutput.dropped`.
-
-This module also holds what the syslog output shares with it:
-:func:`priority`, :func:`attributes`, :func:`event_label` and :class:`Backoff`.
+Delivery (:class:`~xfrmwatch.output.delivery.RetryingSender`): one entry at a
+time, in order.  While journald is unreachable (no socket, ``ECONNREFUSED``
+after a restart) the entry is retried with exponential backoff
+(``backoff_initial`` doubling up to ``backoff_max``) and later events wait in
+the daemon's bounded queue (dropped and counted there when it is full).  When
+the queue is closed (shutdown, or the output removed on reload) and journald
+stays unreachable for ``drain_timeout`` seconds, the rest is dropped.  Every
+drop reaches ``xfrmwatch_output_dropped_total``.
 """
 
 from __future__ import annotations
@@ -71,7 +59,6 @@ import array
 import errno
 import fcntl
 import os
-import random
 import re
 import socket as _socket
 import struct
@@ -79,16 +66,21 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig, Reachability
-from .render import event_type, summary
+from ..backoff import Backoff
+from ..levels import severity
+from ..subject import attributes
+from .base import DropSink, NotNegative, Output, OutputConfig, Positive
+from .delivery import RetryingSender, Undeliverable
+from .render import event_label, event_type, summary
 
 log = structlog.get_logger("xfrmwatch.output.journald")
 
@@ -97,39 +89,6 @@ DEFAULT_SOCKET = "/run/systemd/journal/socket"
 #: the namespace of every MESSAGE_ID xfrmwatch sends (uuid5 of NAMESPACE_URL,
 #: "urn:xfrmwatch:journal:message-id"); never change it: IDs must stay stable
 MESSAGE_ID_NAMESPACE = uuid.UUID("fcf7a3a5-3bbe-584b-81cf-9874f17446d4")
-
-ALERT_PRIORITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
-EVENT_PRIORITY = {
-    "overrun": 3,
-    "tunnel_down": 3,
-    "traffic_stalled": 4,
-    "malformed": 4,
-    "rekey_overdue": 4,
-    "flushsa": 5,
-    "flushpolicy": 5,
-}
-DEFAULT_PRIORITY = 6
-
-_UNSPEC_ADDRS = frozenset({"", "0.0.0.0", "::", "0.0.0.0/0", "::/0"})
-_ZERO_SPI = "0x00000000"
-
-
-# --- shared with the syslog output ---------------------------------------------------------
-
-
-def priority(e: ev.Event) -> int:
-    """The syslog severity (0-7) of an event: by rule level for alerts, by type otherwise."""
-    if isinstance(e, ev.Alert):
-        return ALERT_PRIORITY.get(e.rule.level, ALERT_PRIORITY["medium"])
-    return EVENT_PRIORITY.get(event_type(e), DEFAULT_PRIORITY)
-
-
-def event_label(e: ev.Event) -> str:
-    """The event type, with ``/hard`` or ``/soft`` for expiries (as the text output)."""
-    t = event_type(e)
-    if isinstance(e, (ev.Expire, ev.PolExpire)):
-        t += "/hard" if e.hard else "/soft"
-    return t
 
 
 def message_id_for_type(event_type_name: str) -> str:
@@ -146,149 +105,6 @@ def message_id(e: ev.Event) -> str:
     if isinstance(e, ev.Alert):
         return message_id_for_rule(e.rule.id)
     return message_id_for_type(event_type(e))
-
-
-#: the attribute names :func:`attributes` returns, in order
-ATTRIBUTES = ("spi", "reqid", "src", "dst", "proto", "dir")
-
-
-class _Attrs:
-    __slots__ = ("values",)
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[str]] = {k: [] for k in ATTRIBUTES}
-
-    def add(self, key: str, value: object) -> None:
-        if value is None:
-            return
-        s = str(value)
-        if key in ("src", "dst") and s in _UNSPEC_ADDRS:
-            return
-        if key == "spi" and s == _ZERO_SPI:
-            return
-        if s and s not in self.values[key]:
-            self.values[key].append(s)
-
-    def sa(self, sa: ev.SA) -> None:
-        self.add("spi", sa.spi)
-        self.add("reqid", sa.reqid)
-        self.add("src", sa.src)
-        self.add("dst", sa.dst)
-        self.add("proto", sa.proto)
-        self.add("dir", sa.dir)
-
-    def sel(self, sel: ev.Selector) -> None:
-        self.add("src", sel.src)
-        self.add("dst", sel.dst)
-
-    def policy(self, p: ev.Policy) -> None:
-        self.sel(p.sel)
-        self.add("dir", p.dir)
-        for t in p.tmpl:
-            self.add("proto", t.proto)
-            if t.reqid:
-                self.add("reqid", t.reqid)
-            self.add("spi", t.spi)
-            self.add("src", t.src)
-            self.add("dst", t.dst)
-
-    def event(self, e: Any) -> None:
-        if isinstance(e, (ev.SaEvent, ev.Expire, ev.SaState)):
-            self.sa(e.sa)
-        elif isinstance(e, (ev.DelSA, ev.Mapping)):
-            self.add("spi", e.id.spi)
-            self.add("dst", e.id.dst)
-            self.add("proto", e.id.proto)
-            if isinstance(e, ev.DelSA):
-                if e.sa is not None:
-                    self.sa(e.sa)
-            else:
-                self.add("reqid", e.reqid)
-                self.add("src", e.old_src)
-                self.add("src", e.new_src)
-        elif isinstance(e, (ev.PolicyEvent, ev.PolExpire, ev.PolicyState)):
-            self.policy(e.policy)
-        elif isinstance(e, ev.DelPolicy):
-            if e.policy is not None:
-                self.policy(e.policy)
-            else:
-                self.sel(e.policy_id.sel)
-                self.add("dir", e.policy_id.dir)
-        elif isinstance(e, ev.AcquireEvent):
-            a = e.acquire
-            self.add("spi", a.spi)
-            self.add("src", a.src)
-            self.add("dst", a.dst)
-            self.add("proto", a.proto)
-            self.policy(e.policy)
-        elif isinstance(e, ev.NewAE):
-            ae = e.ae
-            self.add("spi", ae.spi)
-            self.add("reqid", ae.reqid)
-            self.add("src", ae.src)
-            self.add("dst", ae.dst)
-            self.add("proto", ae.proto)
-        elif isinstance(e, ev.Report):
-            self.add("proto", e.proto)
-            self.sel(e.sel)
-        elif isinstance(e, ev.Migrate):
-            self.add("dir", e.policy_id.dir)
-            for m in e.migrate:
-                self.add("proto", m.proto)
-                if m.reqid:
-                    self.add("reqid", m.reqid)
-                for addr in (m.old_src, m.new_src):
-                    self.add("src", addr)
-                for addr in (m.old_dst, m.new_dst):
-                    self.add("dst", addr)
-        elif isinstance(e, ev.FlushSA):
-            self.add("proto", e.proto)
-        elif isinstance(e, ev.TunnelEvent):
-            for name in ("spi", "spi_in", "spi_out"):
-                if (spi := getattr(e, name, None)) is not None:
-                    self.add("spi", spi)
-            for spi in (*getattr(e, "old_spis", ()), *getattr(e, "new_spis", ()), *getattr(e, "spis", ())):
-                self.add("spi", spi)
-            self.add("reqid", e.reqid)
-            self.add("src", e.src)
-            self.add("dst", e.dst)
-            self.add("proto", e.proto)
-        elif isinstance(e, ev.Alert):
-            for sub in e.events:
-                self.event(sub)
-
-
-def attributes(e: ev.Event) -> dict[str, list[str]]:
-    """What an event is about: SPIs, reqids, addresses (SA endpoints, selectors,
-    non-wildcard template endpoints), protocols, directions.  Each a list of
-    distinct strings (possibly empty); an alert has those of its events.  Zero
-    SPIs, zero template reqids and wildcard addresses are left out."""
-    a = _Attrs()
-    a.event(e)
-    return a.values
-
-
-class Backoff:
-    """Exponential backoff with jitter on trio's clock: each :meth:`sleep` waits
-    between half and all of the current delay, which then doubles up to ``maximum``."""
-
-    __slots__ = ("_next", "initial", "maximum")
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
-        self.initial = initial
-        self.maximum = max(maximum, initial)
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-    def delay(self) -> float:
-        d = self._next * random.uniform(0.5, 1.0)  # jitter, not crypto
-        self._next = min(self._next * 2, self.maximum)
-        return d
-
-    async def sleep(self) -> None:
-        await trio.sleep(self.delay())
 
 
 # --- native protocol ----------------------------------------------------------------------------
@@ -327,7 +143,7 @@ class JournalRenderer:
         text = " ".join(summary(e).splitlines())
         out: list[tuple[str, str | bytes]] = [
             ("MESSAGE", f"{event_label(e)}: {text}" if text else event_label(e)),
-            ("PRIORITY", str(priority(e))),
+            ("PRIORITY", str(severity(e).syslog)),
             ("MESSAGE_ID", message_id(e)),
             ("SYSLOG_IDENTIFIER", self.identifier),
             ("XFRM_TYPE", event_type(e)),
@@ -358,28 +174,18 @@ class JournaldConfig(OutputConfig, tag="journald"):
     """``[[output]] type = "journald"``: native journal entries."""
 
     #: the journal's native datagram socket
-    socket: str = DEFAULT_SOCKET
-    #: SYSLOG_IDENTIFIER
-    identifier: str = "xfrmwatch"
+    socket: Annotated[str, msgspec.Meta(min_length=1)] = DEFAULT_SOCKET
+    #: SYSLOG_IDENTIFIER (one line)
+    identifier: Annotated[str, msgspec.Meta(pattern=r"^[^\n\x00]+$")] = "xfrmwatch"
     #: add XFRM_JSON, the whole event as JSON
     json_field: bool = True
     #: reconnect backoff: first delay and cap (seconds)
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_initial: Positive = 0.5
+    backoff_max: Positive = 30.0
     #: one send may take this long (journald busy) before it counts as failed
-    send_timeout: float = 10.0
+    send_timeout: Positive = 10.0
     #: after the queue is closed, how long to keep retrying an unreachable journald
-    drain_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.socket:
-            raise ValueError("socket must be a path")
-        if not self.identifier or any(c in self.identifier for c in "\n\0"):
-            raise ValueError("identifier must be a non-empty single line")
-        if self.backoff_initial <= 0 or self.backoff_max <= 0:
-            raise ValueError("backoff_initial and backoff_max must be positive")
-        if self.send_timeout <= 0 or self.drain_timeout < 0:
-            raise ValueError("send_timeout must be positive and drain_timeout not negative")
+    drain_timeout: NotNegative = 10.0
 
 
 #: errors that mean "the entry does not fit in one datagram": use a memfd
@@ -387,25 +193,20 @@ _TOO_BIG = frozenset({errno.EMSGSIZE, errno.ENOBUFS})
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
-class _Undeliverable(Exception):
-    """This entry can never be sent (a local problem, not the peer): drop it."""
-
-
 class JournaldOutput(Output):
     type = "journald"
 
-    def __init__(self, config: JournaldConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: JournaldConfig, drops: DropSink | None = None) -> None:
+        super().__init__(config, drops)
         self.cfg = config
         self.render = JournalRenderer(config.identifier, config.json_field)
-        self.backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self.sender = RetryingSender(
+            self, "journald", log=log, backoff=Backoff(config.backoff_initial, config.backoff_max),
+            drain_timeout=config.drain_timeout, socket=config.socket,
+        )  # fmt: skip
         self._sock: trio.socket.SocketType | None = None
-        self._reach = Reachability(log, "journald")
-        self._drain_deadline: float | None = None
-        #: entries sent, of those through a memfd, and entries given up
-        self.sent = 0
+        #: entries sent through a memfd (too large for one datagram)
         self.sent_memfd = 0
-        self.dropped = 0
 
     async def run(
         self,
@@ -417,15 +218,11 @@ class JournaldOutput(Output):
         try:
             async with recv:
                 async for e in recv:
-                    try:
-                        payload = self.render(e)
-                    except Exception as exc:  # one bad event must not stop the output
-                        log.error("cannot render event", output=self.name, error=repr(exc))
-                        self.dropped += 1
-                        continue
-                    await self._deliver(payload, recv)
+                    payload = self.rendered(e, self.render)
+                    if payload is not None:
+                        await self.sender.deliver(partial(self._send, payload), self._disconnect, recv)
         finally:
-            self._disconnect()
+            await self._disconnect()
 
     # --- connection -----------------------------------------------------------------------
 
@@ -440,7 +237,7 @@ class JournaldOutput(Output):
             self._sock = sock
         return self._sock
 
-    def _disconnect(self) -> None:
+    async def _disconnect(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -460,7 +257,7 @@ class JournaldOutput(Output):
         try:
             fd = os.memfd_create("xfrmwatch-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         except OSError as exc:
-            raise _Undeliverable(f"memfd_create: {exc.strerror}") from exc
+            raise Undeliverable(f"memfd_create: {exc.strerror} (entry of {len(payload)} bytes)") from exc
         try:
             try:
                 view = memoryview(payload)
@@ -468,37 +265,12 @@ class JournaldOutput(Output):
                     view = view[os.write(fd, view) :]
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             except OSError as exc:
-                raise _Undeliverable(f"memfd: {exc.strerror}") from exc
+                raise Undeliverable(f"memfd: {exc.strerror} (entry of {len(payload)} bytes)") from exc
             fds = array.array("i", [fd])
             await sock.sendmsg([], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             self.sent_memfd += 1
         finally:
             os.close(fd)
-
-    async def _deliver(self, payload: bytes, recv: trio.MemoryReceiveChannel[ev.Event]) -> None:
-        while True:
-            if self._drain_deadline is not None and trio.current_time() >= self._drain_deadline:
-                self.dropped += 1
-                return
-            try:
-                await self._send(payload)
-            except _Undeliverable as exc:
-                log.error("journal entry dropped", output=self.name, error=str(exc), size=len(payload))
-                self.dropped += 1
-                return
-            except (OSError, trio.TooSlowError) as exc:
-                self._disconnect()
-                self._reach.down(exc, output=self.name, socket=self.cfg.socket)
-            else:
-                self.sent += 1
-                if self._reach.up(output=self.name):
-                    self.backoff.reset()
-                return
-            if self._drain_deadline is None and recv.statistics().open_send_channels == 0:
-                self._drain_deadline = trio.current_time() + self.cfg.drain_timeout
-            await self.backoff.sleep()
-
-
 
 
 # --- the catalog ---------------------------------------------------------------------------------

@@ -3,9 +3,18 @@
 :class:`Metrics` keeps every value in plain dicts (the daemon calls it from
 trio tasks only: no locks) and exports them through one collector in its own
 :class:`prometheus_client.CollectorRegistry` (never the global one).
-:func:`serve_metrics` is a tiny trio HTTP/1.0 server that answers
-``GET /metrics`` with :func:`prometheus_client.generate_latest`; it listens on
-loopback by default (``[metrics] listen = "127.0.0.1:9873"``).
+:func:`serve_metrics` is a small trio HTTP/1.1 server (the protocol by ``h11``)
+that answers ``GET``/``HEAD /metrics`` in the format the scraper's ``Accept``
+asks for (OpenMetrics 1.0 or the classic text format, chosen and written by
+``prometheus_client``'s own encoder), any other method with ``405`` and
+``Allow: GET, HEAD``; it listens on loopback by default
+(``[metrics] listen = "127.0.0.1:9873"``).
+
+Labelled counters whose label sets are known in advance exist at 0 from the
+start (an alert rule's ``increase(...[5m]) > 0`` then sees the first
+increment): ``output_dropped_total`` for every configured output,
+``overruns_total`` and ``resyncs_total`` for every watched namespace,
+``alerts_total`` for every loaded alerting rule in every watched namespace.
 
 Metrics (label ``netns`` is the namespace name as configured; the daemon's own
 namespace is ``""``, which Prometheus shows as no label):
@@ -55,12 +64,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
+import h11
 import msgspec
 import structlog
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
@@ -86,7 +97,7 @@ class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: HOST:PORT of the /metrics endpoint (``[::1]:9873`` for IPv6; loopback by default)
     listen: str = DEFAULT_LISTEN
     #: how many reqids (nearest to hard expiry) per namespace get an expiry series
-    expiry_top: int = DEFAULT_EXPIRY_TOP
+    expiry_top: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_EXPIRY_TOP
 
 
 class _Expiry(msgspec.Struct):
@@ -111,6 +122,8 @@ class Metrics:
         self._policies: dict[str, dict[str, int]] = {}
         self._expiry: dict[str, _Expiry] = {}
         self._xfrm_stat: dict[str, dict[str, int]] = {}
+        self._rules: tuple[tuple[str, str, str], ...] = ()
+        self._netns: set[str] = set()
         self.registry.register(self)
 
     # --- what the daemon calls ------------------------------------------------------
@@ -139,7 +152,7 @@ class Metrics:
     def queue(self, output: str, depth: int) -> None:
         self._queue[output] = depth
 
-    def dropped(self, output: str, n: int = 1) -> None:
+    def dropped(self, output: str, n: int) -> None:
         self._dropped[output] = self._dropped.get(output, 0) + n
 
     def mirror(self, netns: str, mirror: Mirror, now: float | None = None) -> None:
@@ -167,6 +180,32 @@ class Metrics:
     def xfrm_stat(self, netns: str, counters: dict[str, int]) -> None:
         """The namespace's ``/proc/net/xfrm_stat`` counters (all of them)."""
         self._xfrm_stat[netns] = dict(counters)
+
+    # --- the label sets known in advance: their counters exist at 0 from the start ----
+
+    def outputs_configured(self, names: Iterable[str]) -> None:
+        """The configured outputs: ``output_dropped_total`` and the queue depth at 0."""
+        for name in names:
+            self._dropped.setdefault(name, 0)
+            self._queue.setdefault(name, 0)
+
+    def rules_loaded(self, rules: Iterable[tuple[str, str, str]]) -> None:
+        """The rules that raise alerts, as (rule_id, title, level): ``alerts_total`` at 0
+        for each, in every namespace watched."""
+        self._rules = tuple(rules)
+        for netns in self._netns:
+            self._init_alerts(netns)
+
+    def namespace_watched(self, netns: str) -> None:
+        """A namespace now watched: its overrun, resync and alert counters at 0."""
+        self._netns.add(netns)
+        self._overruns.setdefault(netns, 0)
+        self._resyncs.setdefault(netns, 0)
+        self._init_alerts(netns)
+
+    def _init_alerts(self, netns: str) -> None:
+        for rule_id, title, level in self._rules:
+            self._alerts.setdefault((rule_id, title, level, netns), 0)
 
     def forget(self, netns: str) -> None:
         """Drop the gauges of a namespace that is no longer watched (counters stay)."""
@@ -267,6 +306,9 @@ def _by_dir(name: str, doc: str, values: dict[str, dict[str, int]]) -> Metric:
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
+ALLOWED_METHODS = ("GET", "HEAD")
+_INDEX = b'<html><body><a href="/metrics">xfrmwatch metrics</a></body></html>\n'
+_TEXT = "text/plain; charset=utf-8"
 
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
@@ -278,24 +320,58 @@ def parse_listen(listen: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-def _response(status: str, body: bytes, content_type: str, head_only: bool) -> bytes:
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    return head if head_only else head + body
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-async def _read_head(stream: trio.SocketStream) -> bytes | None:
-    buf = b""
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        if len(buf) > MAX_REQUEST:
-            return None
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+def _reply(metrics: Metrics, request: h11.Request) -> _Reply:
+    """The answer to one request: ``GET``/``HEAD /metrics`` in the format the client
+    accepts (OpenMetrics or the classic text format, by prometheus_client's encoder)."""
+    method = request.method.decode("ascii", "replace")
+    if method not in ALLOWED_METHODS:
+        return _Reply(405, b"GET or HEAD only\n", _TEXT, (("Allow", ", ".join(ALLOWED_METHODS)),))
+    target = request.target.split(b"?", 1)[0]
+    if target == b"/metrics":
+        accept = ", ".join(v.decode("latin-1") for k, v in request.headers if k == b"accept")
+        encoder, content_type = choose_encoder(accept)
+        return _Reply(200, encoder(metrics.registry), content_type)
+    if target == b"/":
+        return _Reply(200, _INDEX, "text/html; charset=utf-8")
+    return _Reply(404, b"not found: try /metrics\n", _TEXT)
+
+
+async def _send(stream: trio.SocketStream, conn: h11.Connection, reply: _Reply, head_only: bool) -> None:
+    headers = [
+        ("Content-Type", reply.content_type),
+        ("Content-Length", str(len(reply.body))),
+        ("Connection", "close"),
+        *reply.headers,
+    ]
+    data = conn.send(h11.Response(status_code=reply.status, headers=headers))
+    if not head_only and reply.body:
+        data = (data or b"") + (conn.send(h11.Data(data=reply.body)) or b"")
+    data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
+    await stream.send_all(data)
+
+
+async def _serve_one(metrics: Metrics, stream: trio.SocketStream) -> None:
+    """One request per connection (HTTP/1.1 via h11, then close)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(4096))
+                continue
+            if isinstance(event, h11.Request):
+                await _send(stream, conn, _reply(metrics, event), event.method == b"HEAD")
+            return
+    except h11.RemoteProtocolError as exc:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await _send(stream, conn, _Reply(exc.error_status_hint, b"bad request\n", _TEXT), False)
 
 
 async def serve_metrics(
@@ -321,9 +397,8 @@ async def serve_metrics(
         async with limiter, stream:
             try:
                 with trio.move_on_after(REQUEST_TIMEOUT):
-                    head = await _read_head(stream)
-                    await stream.send_all(_answer(metrics, head))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await _serve_one(metrics, stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.LocalProtocolError):
                 pass
 
     sock = listeners[0].socket
@@ -332,25 +407,6 @@ async def serve_metrics(
         await nursery.start(trio.serve_listeners, handle, listeners)
         log.info("metrics endpoint listening", address=f"{bound[0]}:{bound[1]}", addresses=len(listeners))
         task_status.started((str(bound[0]), int(bound[1])))
-
-
-def _answer(metrics: Metrics, head: bytes | None) -> bytes:
-    text = "text/plain; charset=utf-8"
-    if head is None:
-        return _response("400 Bad Request", b"bad request\n", text, False)
-    parts = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-        return _response("400 Bad Request", b"bad request\n", text, False)
-    method, target = parts[0], parts[1].split(b"?", 1)[0]
-    if method not in (b"GET", b"HEAD"):
-        return _response("405 Method Not Allowed", b"GET only\n", text, False)
-    head_only = method == b"HEAD"
-    if target == b"/metrics":
-        return _response("200 OK", metrics.exposition(), CONTENT_TYPE, head_only)
-    if target == b"/":
-        body = b'<html><body><a href="/metrics">xfrmwatch metrics</a></body></html>\n'
-        return _response("200 OK", body, "text/html; charset=utf-8", head_only)
-    return _response("404 Not Found", b"not found: try /metrics\n", text, head_only)
 
 
 def metric_names(metrics: Metrics) -> Iterable[str]:

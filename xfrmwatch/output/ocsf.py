@@ -32,19 +32,19 @@ from typing import Any, NamedTuple
 
 from .. import __version__
 from .. import events as ev
-from .ecs import (
+from ..levels import severity
+from .render import event_type
+from .siem import (
     IPSEC_PROTOS,
     SEVERITY_NAMES,
     Net,
     addresses,
     alert_uid,
     epoch_ms,
-    event_type,
     iana,
     message,
     native,
     net,
-    severity,
 )
 
 OCSF_VERSION = "1.3.0"
@@ -216,7 +216,7 @@ class OcsfRenderer:
         key, spec = ocsf_spec(e)
         head = _HEADS.get(key)
         doc = dict(head) if head is not None else _head(spec)
-        sev = severity(e)
+        sev = severity(e).ocsf
         cls = spec.class_uid
         metadata: dict[str, Any] = {
             "version": OCSF_VERSION,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .alertmanager import AlertmanagerConfig, AlertmanagerOutput
-from .base import Output, OutputConfig
+from .base import DropSink, Output, OutputConfig
 from .exec_hook import ExecConfig, ExecOutput
 from .file import FileConfig, FileOutput, StdoutConfig, StdoutOutput
 from .journald import JournaldConfig, JournaldOutput
@@ -24,5 +24,6 @@ OUTPUT_CONFIGS: dict[str, type[OutputConfig]] = {k: v[0] for k, v in _TYPES.item
 OUTPUTS: dict[str, type[Output]] = {k: v[1] for k, v in _TYPES.items()}
 
 
-def create(config: OutputConfig) -> Output:
-    return OUTPUTS[str(config.__struct_config__.tag)](config)
+def create(config: OutputConfig, drops: DropSink | None = None) -> Output:
+    """The output of this config; its drops are reported to ``drops``."""
+    return OUTPUTS[str(config.__struct_config__.tag)](config, drops)

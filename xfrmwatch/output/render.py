@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -220,7 +221,37 @@ STYLES = {
 
 
 def event_type(e: Any) -> str:
-    return e.__struct_config__.tag  # type: ignore[no-any-return]
+    """The event's ``type`` tag (``newsa``, ``alert``, ...)."""
+    return str(e.__struct_config__.tag)
+
+
+def event_label(e: Any) -> str:
+    """The event type, with ``/hard`` or ``/soft`` for expiries."""
+    t = event_type(e)
+    if isinstance(e, (ev.Expire, ev.PolExpire)):
+        t += "/hard" if e.hard else "/soft"
+    return t
+
+
+def json_renderer(fmt: str, *, newline: bool = True) -> Callable[[ev.Event], bytes]:
+    """An event -> its JSON for ``fmt``: "json" (the event schema), "ecs" or "ocsf";
+    one line with a newline (JSON lines), or the bare document."""
+    enc = msgspec.json.Encoder()
+    end = b"\n" if newline else b""
+    if fmt == "json":
+        return lambda e: enc.encode(e) + end
+    r: Callable[[ev.Event], dict[str, Any]]
+    if fmt == "ecs":
+        from .ecs import EcsRenderer
+
+        r = EcsRenderer()
+    elif fmt == "ocsf":
+        from .ocsf import OcsfRenderer
+
+        r = OcsfRenderer()
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return lambda e: enc.encode(r(e)) + end
 
 
 class TextRenderer:
@@ -232,10 +263,7 @@ class TextRenderer:
         self.show_netns = show_netns
 
     def parts(self, e: Any) -> tuple[str, str, str, str]:
-        t = event_type(e)
-        if isinstance(e, (ev.Expire, ev.PolExpire)):
-            t += "/hard" if e.hard else "/soft"
-        return e.time, e.netns or "-", t, summary(e)
+        return e.time, e.netns or "-", event_label(e), summary(e)
 
     def __call__(self, e: Any) -> bytes:
         when, netns, t, text = self.parts(e)

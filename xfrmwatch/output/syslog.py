@@ -14,6 +14,7 @@ Example::
     # message = "text"                    # or "json": MSG is the event as JSON (per ``format``)
     # unix_format = "local"               # or "rfc5424" (see below)
     # max_size = 8192                     # bytes per message; MSG is cut to fit
+    # enterprise_id = 32473               # the SD-ID is xfrm@<enterprise_id> (see below)
 
 A message (RFC 5424)::
 
@@ -23,18 +24,23 @@ A message (RFC 5424)::
 
 * PRI: ``facility * 8 + severity``.  The facility defaults to ``daemon`` (3):
   xfrmwatch is a system daemon, and ``local0``-``local7`` are left to the site.
-  The severity is the journal output's PRIORITY table (alerts: critical 2,
-  high 3, medium 4, low 5, informational 6; overrun and tunnel_down
-  3, malformed and rekey_overdue 4, flushes 5, other events 6).
+  The severity is the event's level as every output maps it
+  (:mod:`xfrmwatch.levels`: critical 2, high 3, medium 4, low 5,
+  informational 6; alerts by their rule's level, overrun and
+  tunnel_down high, malformed, rekey_overdue and traffic_stalled medium, flushes
+  low, other events informational).
 * TIMESTAMP: the event's ``time``; HOSTNAME: ``hostname`` or the host's name;
   APP-NAME ``xfrmwatch``; PROCID: our pid; MSGID: the event type.
-* STRUCTURED-DATA: one ``xfrm@32473`` element (32473 is the example
-  enterprise number of RFC 5612) with ``type``, ``netns`` (omitted for the
+* STRUCTURED-DATA: one ``xfrm@<enterprise_id>`` element with ``type``, ``netns`` (omitted for the
   daemon's own namespace), ``spi``, ``reqid``, ``src``, ``dst``, ``proto``,
   ``dir`` (each repeated when the event names several; RFC 5424 allows
   repeated SD-PARAMs), ``process``, and for alerts ``rule_id`` and ``level``.
-  Values escape ``"``, ``\\`` and ``]`` with a backslash.
-* MSG: ``<type>: <one-line summary>``, no BOM (or the event as JSON).
+  Values escape ``"``, ``\\`` and ``]`` with a backslash.  ``enterprise_id``
+  defaults to 32473, the number RFC 5612 reserves for documentation and
+  examples: a site with its own IANA Private Enterprise Number sets it, so the
+  SD-ID is registered to it (RFC 5424 7.2.2).
+* MSG: the UTF-8 byte order mark (RFC 5424 6.4: MSG is UTF-8), then
+  ``<type>: <one-line summary>`` (or the event as JSON).
 
 Transports: ``udp://`` one datagram per message (RFC 5426); ``tcp://`` and
 ``tls://`` octet-counting framing (``LEN SP MSG``, RFC 6587 / RFC 5425);
@@ -56,7 +62,7 @@ has no acknowledgements: a message written just before the receiver dies can
 be lost (use a RELP relay where that matters), and over UDP everything sent
 while the receiver is down is lost.  When the queue is closed and the
 receiver stays unreachable for ``drain_timeout`` seconds, the rest is dropped
-and counted in :attr:`SyslogOutput.dropped`.  SIGHUP reconnects (and rereads
+and counted (``xfrmwatch_output_dropped_total``).  SIGHUP reconnects (and rereads
 the TLS files).
 """
 
@@ -69,9 +75,11 @@ import re
 import select
 import socket as _socket
 import ssl
+import typing
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -79,36 +87,31 @@ import structlog
 import trio
 
 from .. import events as ev
-from .base import Output, OutputConfig, Reachability
-from .journald import Backoff, attributes, event_label, priority
-from .render import event_type, summary
+from ..backoff import Backoff
+from ..levels import severity
+from ..subject import attributes
+from .base import DropSink, NotNegative, Output, OutputConfig, Positive
+from .delivery import RetryingSender, Undeliverable
+from .render import event_label, event_type, json_renderer, summary
 
 log = structlog.get_logger("xfrmwatch.output.syslog")
 
-FACILITIES = {
-    "kern": 0,
-    "user": 1,
-    "mail": 2,
-    "daemon": 3,
-    "auth": 4,
-    "syslog": 5,
-    "lpr": 6,
-    "news": 7,
-    "uucp": 8,
-    "cron": 9,
-    "authpriv": 10,
-    "ftp": 11,
-    "ntp": 12,
-    "security": 13,
-    "console": 14,
-    "solaris-cron": 15,
-    **{f"local{i}": 16 + i for i in range(8)},
-}
+Facility = Literal[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+    "ntp", "security", "console", "solaris-cron",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+]  # fmt: skip
+#: facility name -> code (its position in :data:`Facility`, as RFC 5424 numbers them)
+FACILITIES: dict[str, int] = {name: code for code, name in enumerate(typing.get_args(Facility))}
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 SCHEMES = ("udp", "tcp", "tls", "unix")
 
-#: the SD-ID of xfrmwatch's structured data (32473: RFC 5612's example enterprise number)
-SD_ID = "xfrm@32473"
+#: the default enterprise number of the SD-ID: RFC 5612's number for documentation
+DEFAULT_ENTERPRISE_ID = 32473
+#: the SD-ID of xfrmwatch's structured data, with the default enterprise number
+SD_ID = f"xfrm@{DEFAULT_ENTERPRISE_ID}"
+#: RFC 5424 6.4: a UTF-8 MSG starts with the byte order mark
+BOM = b"\xef\xbb\xbf"
 NILVALUE = "-"
 #: RFC 5424 says every receiver must accept 480 octets
 MIN_SIZE = 480
@@ -146,7 +149,7 @@ class SyslogRenderer:
     """An event -> one syslog message (bytes, unframed): RFC 5424, or the local
     ``syslog(3)`` format."""
 
-    __slots__ = ("_json", "app_name", "facility", "hostname", "local", "max_size", "procid")
+    __slots__ = ("_json", "app_name", "facility", "hostname", "local", "max_size", "procid", "sd_id")
 
     def __init__(
         self,
@@ -158,6 +161,7 @@ class SyslogRenderer:
         json: Callable[[ev.Event], bytes] | None = None,
         local: bool = False,
         max_size: int = 8192,
+        enterprise_id: int = DEFAULT_ENTERPRISE_ID,
     ) -> None:
         self.facility = facility
         self.hostname = _header_field(hostname or _socket.gethostname(), 255)
@@ -166,9 +170,10 @@ class SyslogRenderer:
         self._json = json
         self.local = local
         self.max_size = max_size
+        self.sd_id = f"xfrm@{enterprise_id}"
 
     def params(self, e: ev.Event) -> list[tuple[str, str]]:
-        """The SD-PARAMs of the ``xfrm@32473`` element, in order (names may repeat)."""
+        """The SD-PARAMs of the ``xfrm@<enterprise_id>`` element, in order (names may repeat)."""
         out = [("type", event_type(e))]
         if e.netns:
             out.append(("netns", e.netns))
@@ -183,7 +188,7 @@ class SyslogRenderer:
     def structured_data(self, e: ev.Event, limit: int | None = None) -> str:
         """The SD element; with ``limit`` (bytes), params that do not fit are left out
         (NILVALUE if not even an empty element fits)."""
-        parts = [f"[{SD_ID}"]
+        parts = [f"[{self.sd_id}"]
         size = len(parts[0]) + 1
         for k, v in self.params(e):
             p = f' {k}="{sd_escape(v)}"'
@@ -203,7 +208,7 @@ class SyslogRenderer:
         return f"{event_label(e)}: {s}" if s else event_label(e)
 
     def pri(self, e: ev.Event) -> int:
-        return self.facility * 8 + priority(e)
+        return self.facility * 8 + severity(e).syslog
 
     def rfc5424(self, e: ev.Event) -> bytes:
         ts = e.time if _TIMESTAMP.match(e.time) else NILVALUE
@@ -211,8 +216,8 @@ class SyslogRenderer:
         head = f"<{self.pri(e)}>1 {ts} {self.hostname} {self.app_name} {self.procid} {msgid} ".encode()
         head += self.structured_data(e, self.max_size - len(head)).encode()
         msg = self.text(e).encode("utf-8", "backslashreplace")
-        room = self.max_size - len(head) - 1
-        return head + b" " + _cut(msg, room) if msg and room > 0 else head
+        room = self.max_size - len(head) - 1 - len(BOM)
+        return head + b" " + BOM + _cut(msg, room) if msg and room > 0 else head
 
     def local_format(self, e: ev.Event) -> bytes:
         try:
@@ -237,16 +242,19 @@ class SyslogConfig(OutputConfig, tag="syslog"):
 
     #: udp://HOST[:PORT], tcp://HOST[:PORT], tls://HOST[:PORT] or unix:///PATH
     url: str = "unix:///dev/log"
-    facility: str = "daemon"
+    facility: Facility = "daemon"
     #: HOSTNAME field (default: the host's name)
     hostname: str = ""
-    app_name: str = "xfrmwatch"
+    app_name: Annotated[str, msgspec.Meta(min_length=1)] = "xfrmwatch"
     #: MSG: "text" (a one-line summary) or "json" (the event, per ``format``)
-    message: str = "text"
+    message: Literal["text", "json"] = "text"
     #: unix:// only: "local" (the syslog(3) format) or "rfc5424"
-    unix_format: str = "local"
+    unix_format: Literal["local", "rfc5424"] = "local"
     #: bytes per message (before framing); MSG is cut to fit
-    max_size: int = 8192
+    max_size: Annotated[int, msgspec.Meta(ge=MIN_SIZE)] = 8192
+    #: the SD-ID is ``xfrm@<enterprise_id>``: your IANA Private Enterprise Number
+    #: (default 32473, RFC 5612's number for documentation)
+    enterprise_id: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_ENTERPRISE_ID
     #: tls:// only
     ca_file: str = ""
     verify: bool = True
@@ -254,11 +262,11 @@ class SyslogConfig(OutputConfig, tag="syslog"):
     cert_file: str = ""
     key_file: str = ""
     #: seconds
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    connect_timeout: float = 10.0
-    send_timeout: float = 30.0
-    drain_timeout: float = 10.0
+    backoff_initial: Positive = 0.5
+    backoff_max: Positive = 30.0
+    connect_timeout: Positive = 10.0
+    send_timeout: Positive = 30.0
+    drain_timeout: NotNegative = 10.0
 
     def __post_init__(self) -> None:
         scheme = parse_url(self.url)[0]
@@ -266,21 +274,6 @@ class SyslogConfig(OutputConfig, tag="syslog"):
             raise ValueError("ca_file, cert_file, key_file and server_name are for tls:// only")
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
-        if self.facility not in FACILITIES:
-            raise ValueError(f"facility must be one of {', '.join(FACILITIES)}")
-        if self.message not in ("text", "json"):
-            raise ValueError("message must be text or json")
-        if self.unix_format not in ("local", "rfc5424"):
-            raise ValueError("unix_format must be local or rfc5424")
-        if self.max_size < MIN_SIZE:
-            raise ValueError(f"max_size must be at least {MIN_SIZE}")
-        if not self.app_name:
-            raise ValueError("app_name must not be empty")
-        for name in ("backoff_initial", "backoff_max", "connect_timeout", "send_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.drain_timeout < 0:
-            raise ValueError("drain_timeout must not be negative")
 
 
 def parse_url(url: str) -> tuple[str, str, int, str]:
@@ -394,37 +387,30 @@ class _Stream(_Transport):
 
 # --- the output ---------------------------------------------------------------------------------
 
-#: what a broken or unreachable receiver raises
-NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
-
-
 class SyslogOutput(Output):
     type = "syslog"
 
-    def __init__(self, config: SyslogConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: SyslogConfig, drops: DropSink | None = None) -> None:
+        super().__init__(config, drops)
         self.cfg = config
         self.scheme, self.host, self.port, self.path = parse_url(config.url)
-        json: Callable[[ev.Event], bytes] | None = None
-        if config.message == "json":
-            json = _json_renderer(config.format)
         self.render = SyslogRenderer(
             facility=FACILITIES[config.facility],
             hostname=config.hostname,
             app_name=config.app_name,
-            json=json,
+            json=json_renderer(config.format, newline=False) if config.message == "json" else None,
             local=self.scheme == "unix" and config.unix_format == "local",
             max_size=config.max_size,
+            enterprise_id=config.enterprise_id,
         )
-        self.backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self.sender = RetryingSender(
+            self, "syslog receiver", log=log, backoff=Backoff(config.backoff_initial, config.backoff_max),
+            drain_timeout=config.drain_timeout, target=self.target,
+        )  # fmt: skip
         self._conn: _Transport | None = None
         self._reconnect = False
-        self._reach = Reachability(log, "syslog receiver")
-        self._drain_deadline: float | None = None
-        #: messages sent, connections opened, messages given up
-        self.sent = 0
+        #: connections opened
         self.connects = 0
-        self.dropped = 0
 
     @property
     def target(self) -> str:
@@ -443,15 +429,12 @@ class SyslogOutput(Output):
         try:
             async with recv:
                 async for e in recv:
-                    try:
-                        msg = self.render(e)
-                    except Exception as exc:  # one bad event must not stop the output
-                        log.error("cannot render event", output=self.name, error=repr(exc))
-                        self.dropped += 1
+                    msg = self.rendered(e, self.render)
+                    if msg is None:
                         continue
                     if self.scheme in ("tcp", "tls"):
                         msg = b"%d " % len(msg) + msg  # octet counting (RFC 6587 3.4.1)
-                    await self._deliver(msg, recv)
+                    await self.sender.deliver(partial(self._send, msg), self._disconnect, recv)
         finally:
             with trio.CancelScope(shield=True):
                 await self._disconnect()
@@ -490,41 +473,12 @@ class SyslogOutput(Output):
         if conn is not None:
             await conn.aclose()
 
-    async def _deliver(self, msg: bytes, recv: trio.MemoryReceiveChannel[ev.Event]) -> None:
-        while True:
-            if self._drain_deadline is not None and trio.current_time() >= self._drain_deadline:
-                self.dropped += 1
-                return
+    async def _send(self, msg: bytes) -> None:
+        conn = await self._connect()
+        with trio.fail_after(self.cfg.send_timeout):
             try:
-                conn = await self._connect()
-                with trio.fail_after(self.cfg.send_timeout):
-                    await conn.send(msg)
-            except NETWORK_ERRORS as exc:
-                if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
-                    log.error("syslog message too large: dropped", output=self.name, size=len(msg))
-                    self.dropped += 1
-                    return
-                await self._disconnect()
-                self._reach.down(exc, output=self.name, target=self.target)
-            else:
-                self.sent += 1
-                if self._reach.up(output=self.name, target=self.target):
-                    self.backoff.reset()
-                return
-            if self._drain_deadline is None and recv.statistics().open_send_channels == 0:
-                self._drain_deadline = trio.current_time() + self.cfg.drain_timeout
-            await self.backoff.sleep()
-
-
-
-
-
-def _json_renderer(fmt: str) -> Callable[[ev.Event], bytes]:
-    """MSG as JSON: the event schema, or ECS/OCSF through the file output's renderers."""
-    if fmt == "json":
-        enc = msgspec.json.Encoder()
-        return enc.encode
-    from .file import json_renderer
-
-    render: Callable[[Any], bytes] = json_renderer(fmt)
-    return render
+                await conn.send(msg)
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    raise Undeliverable(f"syslog message too large ({len(msg)} bytes)") from None
+                raise

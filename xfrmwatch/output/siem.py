@@ -1,0 +1,411 @@
+"""What the SIEM formats (ECS, OCSF) share: the native copy of an event, its
+message, times, a stable alert id, protocol numbers, and the network view and
+addresses of an event."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .. import events as ev
+from ..subject import tunnel_spis
+from .render import event_type, summary
+
+#: Mapped top-level fields: removed from the native copy (``xfrm`` / ``unmapped``).
+MAPPED = ("type", "time", "kind", "rule")
+
+
+def native(e: ev.Event) -> dict[str, Any]:
+    """The event as the native schema's JSON object, minus the fields both
+    formats map: ``type``, ``time``, ``kind``, ``rule``, ``process``, and
+    ``nlmsg_pid`` when ``process`` names the requester."""
+    d: dict[str, Any] = msgspec.to_builtins(e)
+    for k in MAPPED:
+        d.pop(k, None)
+    if d.pop("process", None) is not None:
+        del d["nlmsg_pid"]
+    return d
+
+
+def message(e: ev.Event) -> str:
+    """A one-line human summary: the event type and the text renderer's summary."""
+    s = summary(e)
+    t = event_type(e)
+    return f"{t} {s}" if s else t
+
+
+#: OCSF severity_id captions (ECS event.severity uses the same numbers, see xfrmwatch.levels)
+SEVERITY_NAMES = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(iso: str) -> int:
+    """An ISO 8601 time (``...Z``, any precision) as integer milliseconds since the epoch."""
+    dt = datetime.fromisoformat(iso)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _MS
+
+
+_ALERT_NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:xfrmwatch:alert")
+
+
+def alert_uid(a: ev.Alert) -> str:
+    """A stable unique id for one alert (UUIDv5 of rule, namespace, time, clock and group)."""
+    group = "\x1f".join(f"{k}={v}" for k, v in sorted(a.group.items()))
+    return str(uuid.uuid5(_ALERT_NS, f"{a.rule.id}\x1e{a.netns}\x1e{a.time}\x1e{a.mono!r}\x1e{group}"))
+
+
+#: Protocol names used by the event model (XFRM and IP selector protocols) ->
+#: (IANA keyword in lower case, IANA protocol number).
+IANA: dict[str, tuple[str, int]] = {
+    "icmp": ("icmp", 1),
+    "ipip": ("ipv4", 4),
+    "tcp": ("tcp", 6),
+    "udp": ("udp", 17),
+    "ipv6": ("ipv6", 41),
+    "route2": ("ipv6-route", 43),
+    "gre": ("gre", 47),
+    "esp": ("esp", 50),
+    "ah": ("ah", 51),
+    "ipv6-icmp": ("ipv6-icmp", 58),
+    "hao": ("ipv6-opts", 60),
+    "comp": ("ipcomp", 108),
+    "ipcomp": ("ipcomp", 108),
+    "sctp": ("sctp", 132),
+    "mh": ("mobility header", 135),
+    "udplite": ("udplite", 136),
+}
+IPSEC_PROTOS = frozenset({"esp", "ah", "comp"})
+
+
+def iana(proto: str) -> tuple[str | None, int | None]:
+    """(keyword, number) of a protocol name; (None, N) for a bare number; (None, None) for ``any``."""
+    known = IANA.get(proto)
+    if known is not None:
+        return known
+    if proto.isdigit():
+        return None, int(proto)
+    return None, None
+
+
+_UNSPECIFIED = frozenset({"0.0.0.0", "::"})
+
+
+def _ip(a: str | None) -> str | None:
+    return None if a is None or a in _UNSPECIFIED else a
+
+
+def host_of(cidr: str) -> str | None:
+    """The address of a single-host selector (``/32``, ``/128``), else None."""
+    a, _, plen = cidr.partition("/")
+    if (plen == "32" and ":" not in a) or plen == "128":
+        return _ip(a)
+    return None
+
+
+class Net(NamedTuple):
+    """The network view of an event: the SA's outer endpoints, or a policy's selector."""
+
+    proto: str  # a protocol name of the event model ("esp", "udp", "any", ...)
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    family: str | None = None  # "inet" / "inet6"
+    dir: str | None = None  # "in" / "out" / "fwd"
+    spi: str | None = None
+    bytes: int | None = None
+    packets: int | None = None
+
+    def flow(self) -> tuple[str | None, str | None, int | None, int | None, str]:
+        return self.src, self.dst, self.sport, self.dport, self.proto
+
+
+def _family(family: str, addr: str | None) -> str | None:
+    if family in ("inet", "inet6"):
+        return family
+    if addr is None or addr in _UNSPECIFIED:
+        return None
+    return "inet6" if ":" in addr else "inet"
+
+
+def _sa_net(sa: ev.SA) -> Net:
+    enc = sa.encap
+    return Net(
+        sa.proto,
+        src=_ip(sa.src),
+        dst=_ip(sa.dst),
+        sport=enc.sport if enc else None,
+        dport=enc.dport if enc else None,
+        family=_family(sa.family, sa.dst),
+        dir=sa.dir,
+        spi=sa.spi,
+        bytes=sa.current.bytes,
+        packets=sa.current.packets,
+    )
+
+
+def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
+    return Net(
+        sel.proto,
+        src=host_of(sel.src),
+        dst=host_of(sel.dst),
+        sport=sel.sport if sel.sport_mask == 0xFFFF else None,
+        dport=sel.dport if sel.dport_mask == 0xFFFF else None,
+        family=_family(sel.family, sel.src.partition("/")[0]),
+        dir=direction,
+    )
+
+
+def _net_sa(e: Any) -> Net:
+    return _sa_net(e.sa)
+
+
+def _net_delsa(e: ev.DelSA) -> Net:
+    if e.sa is not None:
+        return _sa_net(e.sa)
+    i = e.id
+    return Net(i.proto, dst=_ip(i.dst), family=_family(i.family, i.dst), spi=i.spi)
+
+
+def _net_policy(e: Any) -> Net:
+    return _sel_net(e.policy.sel, e.policy.dir)
+
+
+def _net_delpolicy(e: ev.DelPolicy) -> Net:
+    if e.policy is not None:
+        return _sel_net(e.policy.sel, e.policy.dir)
+    return _sel_net(e.policy_id.sel, e.policy_id.dir)
+
+
+def _net_acquire(e: ev.AcquireEvent) -> Net:
+    a = e.acquire
+    return Net(
+        a.proto,
+        src=_ip(a.src),
+        dst=_ip(a.dst),
+        family=_family(a.family, a.dst),
+        dir=e.policy.dir,
+        spi=None if a.spi == "0x00000000" else a.spi,  # none allocated yet
+    )
+
+
+def _net_newae(e: ev.NewAE) -> Net:
+    a = e.ae
+    cur = a.current
+    return Net(
+        a.proto,
+        src=_ip(a.src),
+        dst=_ip(a.dst),
+        family=_family(a.family, a.dst),
+        spi=a.spi,
+        bytes=cur.bytes if cur else None,
+        packets=cur.packets if cur else None,
+    )
+
+
+def _net_mapping(e: ev.Mapping) -> Net:
+    # the peer's new NAT mapping of an inbound ESP-in-UDP SA: the new source address and port
+    i = e.id
+    return Net(
+        i.proto,
+        src=_ip(e.new_src),
+        dst=_ip(i.dst),
+        sport=e.new_sport,
+        family=_family(i.family, i.dst),
+        dir="in",
+        spi=i.spi,
+    )
+
+
+def _net_migrate(e: ev.Migrate) -> Net | None:
+    if not e.migrate:
+        return None
+    m = e.migrate[0]
+    return Net(
+        m.proto,
+        src=_ip(m.new_src),
+        dst=_ip(m.new_dst),
+        family=_family(m.new_family, m.new_dst),
+        dir=e.policy_id.dir,
+    )
+
+
+def _net_tunnel(e: ev.TunnelEvent) -> Net:
+    spis = tunnel_spis(e)
+    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=spis[0] if spis else None)
+
+
+def _net_flushsa(e: ev.FlushSA) -> Net | None:
+    return None if e.proto == "any" else Net(e.proto)
+
+
+def _net_report(e: ev.Report) -> Net:
+    return _sel_net(e.sel, None)
+
+
+_NET: dict[type, Callable[[Any], Net | None]] = {
+    ev.NewSA: _net_sa,
+    ev.UpdSA: _net_sa,
+    ev.Expire: _net_sa,
+    ev.SaState: _net_sa,
+    ev.DelSA: _net_delsa,
+    ev.NewPolicy: _net_policy,
+    ev.UpdPolicy: _net_policy,
+    ev.PolExpire: _net_policy,
+    ev.PolicyState: _net_policy,
+    ev.DelPolicy: _net_delpolicy,
+    ev.AcquireEvent: _net_acquire,
+    ev.NewAE: _net_newae,
+    ev.Mapping: _net_mapping,
+    ev.Migrate: _net_migrate,
+    **{cls: _net_tunnel for cls in ev.TUNNEL_EVENTS},
+    ev.FlushSA: _net_flushsa,
+    ev.Report: _net_report,
+}
+
+
+def net(e: ev.Event) -> Net | None:
+    """The network view of an event (an alert: of its first triggering event that has one)."""
+    if isinstance(e, ev.Alert):
+        for t in e.events:
+            n = net(t)
+            if n is not None and (n.src or n.dst):
+                return n
+        return None
+    f = _NET.get(type(e))
+    return f(e) if f is not None else None
+
+
+Addrs = list[tuple[str, str]]
+
+
+def _sel_addrs(prefix: str, sel: ev.Selector, out: Addrs) -> None:
+    for k, cidr in (("src", sel.src), ("dst", sel.dst)):
+        h = host_of(cidr)
+        if h:
+            out.append((f"{prefix}sel.{k}", h))
+
+
+def _policy_addrs(prefix: str, p: ev.Policy, out: Addrs) -> None:
+    _sel_addrs(prefix, p.sel, out)
+    for t in p.tmpl:
+        out += ((f"{prefix}tmpl.src", t.src), (f"{prefix}tmpl.dst", t.dst))
+
+
+def _a_sa(e: Any, pre: str, out: Addrs) -> None:
+    out += ((pre + "sa.src", e.sa.src), (pre + "sa.dst", e.sa.dst))
+
+
+def _a_delsa(e: ev.DelSA, pre: str, out: Addrs) -> None:
+    if e.sa is not None:
+        _a_sa(e, pre, out)
+    else:
+        out.append((pre + "id.dst", e.id.dst))
+
+
+def _a_policy(e: Any, pre: str, out: Addrs) -> None:
+    _policy_addrs(pre + "policy.", e.policy, out)
+
+
+def _a_delpolicy(e: ev.DelPolicy, pre: str, out: Addrs) -> None:
+    if e.policy is not None:
+        _policy_addrs(pre + "policy.", e.policy, out)
+    else:
+        _sel_addrs(pre + "policy_id.", e.policy_id.sel, out)
+
+
+def _a_acquire(e: ev.AcquireEvent, pre: str, out: Addrs) -> None:
+    out += ((pre + "acquire.src", e.acquire.src), (pre + "acquire.dst", e.acquire.dst))
+    _policy_addrs(pre + "policy.", e.policy, out)
+
+
+def _a_newae(e: ev.NewAE, pre: str, out: Addrs) -> None:
+    out += ((pre + "ae.src", e.ae.src), (pre + "ae.dst", e.ae.dst))
+
+
+def _a_mapping(e: ev.Mapping, pre: str, out: Addrs) -> None:
+    out += ((pre + "old_src", e.old_src), (pre + "new_src", e.new_src), (pre + "id.dst", e.id.dst))
+
+
+def _a_migrate(e: ev.Migrate, pre: str, out: Addrs) -> None:
+    for m in e.migrate:
+        out += (
+            (pre + "migrate.old_src", m.old_src),
+            (pre + "migrate.old_dst", m.old_dst),
+            (pre + "migrate.new_src", m.new_src),
+            (pre + "migrate.new_dst", m.new_dst),
+        )
+    if e.kmaddress is not None:
+        out += ((pre + "kmaddress.local", e.kmaddress.local), (pre + "kmaddress.remote", e.kmaddress.remote))
+
+
+def _a_tunnel(e: Any, pre: str, out: Addrs) -> None:
+    out += ((pre + "src", e.src), (pre + "dst", e.dst))
+
+
+def _a_report(e: ev.Report, pre: str, out: Addrs) -> None:
+    _sel_addrs(pre, e.sel, out)
+    if e.coaddr:
+        out.append((pre + "coaddr", e.coaddr))
+
+
+def _a_alert(e: ev.Alert, pre: str, out: Addrs) -> None:
+    for t in e.events:
+        f = _ADDRS.get(type(t))
+        if f is not None:
+            f(t, "events.", out)
+
+
+_ADDRS: dict[type, Callable[[Any, str, Addrs], None]] = {
+    ev.NewSA: _a_sa,
+    ev.UpdSA: _a_sa,
+    ev.Expire: _a_sa,
+    ev.SaState: _a_sa,
+    ev.DelSA: _a_delsa,
+    ev.NewPolicy: _a_policy,
+    ev.UpdPolicy: _a_policy,
+    ev.PolExpire: _a_policy,
+    ev.PolicyState: _a_policy,
+    ev.DelPolicy: _a_delpolicy,
+    ev.AcquireEvent: _a_acquire,
+    ev.NewAE: _a_newae,
+    ev.Mapping: _a_mapping,
+    ev.Migrate: _a_migrate,
+    **{cls: _a_tunnel for cls in ev.TUNNEL_EVENTS},
+    ev.Report: _a_report,
+    ev.Alert: _a_alert,
+}
+
+
+def addresses(e: ev.Event) -> Addrs:
+    """Every specified address the event names, as (native field path, address): SA and
+    template endpoints, single-host selectors, ACQUIRE/MAPPING/MIGRATE addresses.
+    An alert's are those of its triggering events (paths ``events.*``)."""
+    f = _ADDRS.get(type(e))
+    if f is None:
+        return []
+    out: Addrs = []
+    f(e, "", out)
+    return [pa for pa in dict.fromkeys(out) if pa[1] not in _UNSPECIFIED]
+
+
+def ips(e: ev.Event) -> list[str]:
+    """Every specified address the event names, without duplicates, in order."""
+    return list(dict.fromkeys(a for _, a in addresses(e)))
+
+
+def trigger_span(a: ev.Alert) -> tuple[str, str] | None:
+    """(earliest, latest) ``time`` of an alert's triggering events."""
+    if not a.events:
+        return None
+    times = sorted((epoch_ms(t.time), t.time) for t in a.events)
+    return times[0][1], times[-1][1]
