@@ -79,6 +79,10 @@ def policy_summary(p: ev.Policy) -> str:
     return s
 
 
+def _hard_in(seconds: float | None) -> str:
+    return "no hard time limit" if seconds is None else f"hard in {seconds}s"
+
+
 def summary(e: Any) -> str:
     """A one-line human summary of an event (no keys: events have none)."""
     if isinstance(e, ev.SaEvent):
@@ -139,7 +143,7 @@ def summary(e: Any) -> str:
         first = summary(e.events[0]) if e.events else ""
         return f"[{e.rule.level}] {e.rule.title}{' ' + group if group else ''}{more}: {first}"
     if isinstance(e, ev.RekeyStarted):
-        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst} hard in {e.seconds_to_hard}s"
+        return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst} {_hard_in(e.seconds_to_hard)}"
     if isinstance(e, ev.RekeyCompleted):
         role = "initiator" if e.initiator else "responder"
         return (
@@ -149,7 +153,7 @@ def summary(e: Any) -> str:
     if isinstance(e, ev.RekeyOverdue):
         return (
             f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: {e.seconds_since_soft}s since soft, "
-            f"hard in {e.seconds_to_hard}s"
+            f"{_hard_in(e.seconds_to_hard)}"
         )
     if isinstance(e, ev.SaExpiredUnreplaced):
         return f"{e.proto} spi {e.spi} reqid {e.reqid} {e.src} -> {e.dst}: traffic dropped"
