@@ -749,3 +749,16 @@ def test_schemas_enforce_the_spec_values() -> None:
     doc = json.loads(json.dumps(o))
     del doc["device"]  # required by the class
     assert not validator("ocsf").is_valid(doc)
+
+
+def test_rekey_text_without_a_hard_limit() -> None:
+    """A rekey event of an SA without a hard time limit says so (it read "hard in Nones")."""
+    from xfrmwatch.output.render import summary
+
+    common = {"time": "2026-01-01T00:00:00Z", "mono": 0.0, "netns": "", "nlmsg_pid": 0, "nlmsg_seq": 0}
+    where = {"reqid": 1, "proto": "esp", "src": "192.0.2.1", "dst": "192.0.2.2", "spi": "0x0000c0de"}
+    overdue = ev.RekeyOverdue(**common, **where, seconds_since_soft=12.5, seconds_to_hard=None)
+    started = ev.RekeyStarted(**common, **where)
+    assert summary(overdue).endswith(": 12.5s since soft, no hard time limit")
+    assert summary(started).endswith("192.0.2.1 -> 192.0.2.2 no hard time limit")
+    assert "None" not in summary(overdue) + summary(started)
