@@ -756,9 +756,12 @@ def test_rekey_text_without_a_hard_limit() -> None:
     from xfrmwatch.output.render import summary
 
     common = {"time": "2026-01-01T00:00:00Z", "mono": 0.0, "netns": "", "nlmsg_pid": 0, "nlmsg_seq": 0}
-    where = {"reqid": 1, "proto": "esp", "src": "192.0.2.1", "dst": "192.0.2.2", "spi": "0x0000c0de"}
+    where = {"tunnel_id": "esp/1/192.0.2.1/192.0.2.2", "reqid": 1, "proto": "esp", "src": "192.0.2.1",
+             "dst": "192.0.2.2", "spi": "0x0000c0de", "basis": "time"}  # fmt: skip
     overdue = ev.RekeyOverdue(**common, **where, seconds_since_soft=12.5, seconds_to_hard=None)
     started = ev.RekeyStarted(**common, **where)
-    assert summary(overdue).endswith(": 12.5s since soft, no hard time limit")
-    assert summary(started).endswith("192.0.2.1 -> 192.0.2.2 no hard time limit")
-    assert "None" not in summary(overdue) + summary(started)
+    learned = ev.RekeyOverdue(**common, **{**where, "basis": "history"}, expected_seconds=3600.0)
+    assert summary(overdue).endswith("12.5s since the soft time limit, no hard limit known")
+    assert summary(started).endswith("reached its soft time limit, no hard limit known")
+    assert "no rekey after 3600s (its usual interval, learned), no hard limit known" in summary(learned)
+    assert "None" not in summary(overdue) + summary(started) + summary(learned)

@@ -158,6 +158,10 @@ def _secs(v: float | None) -> str:
     return "unknown" if v is None else f"{v:g}s"
 
 
+def _hard(seconds: float | None) -> str:
+    return "no hard limit known" if seconds is None else f"hard in {seconds:g}s"
+
+
 def tunnel_name(e: ev.TunnelEvent) -> str:
     return f"{e.proto} reqid {e.reqid} {e.src} <-> {e.dst}"
 
@@ -168,7 +172,7 @@ def tunnel_summary(e: ev.TunnelEvent) -> str:
     if isinstance(e, ev.TunnelUp):
         return f"up ({e.mode}), {spis}"
     if isinstance(e, ev.RekeyStarted):
-        return f"rekey started: spi {e.spi} reached its soft {e.basis} limit, hard in {_secs(e.seconds_to_hard)}"
+        return f"rekey started: spi {e.spi} reached its soft {e.basis} limit, {_hard(e.seconds_to_hard)}"
     if isinstance(e, ev.RekeyCompleted):
         role = {True: "initiator", False: "responder", None: "initiator unknown"}[e.initiator]
         more = ", collision folded" if e.collision else ""
@@ -181,8 +185,7 @@ def tunnel_summary(e: ev.TunnelEvent) -> str:
             why = f"no rekey after {_secs(e.expected_seconds)} (its usual interval, learned)"
         else:
             why = f"{_secs(e.seconds_since_soft)} since the soft {e.basis} limit"
-        hard = "no hard limit known" if e.seconds_to_hard is None else f"hard in {_secs(e.seconds_to_hard)}"
-        return f"rekey overdue: spi {e.spi}, {why}, {hard}"
+        return f"rekey overdue: spi {e.spi}, {why}, {_hard(e.seconds_to_hard)}"
     if isinstance(e, ev.TunnelDown):
         how = "torn down" if e.teardown else ("rekey failed" if e.rekey_failed else "broken")
         part = ", one direction left" if e.partial else ""
