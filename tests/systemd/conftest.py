@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +25,13 @@ def machine() -> Iterator[Machine]:
     lower = build_root()
     work = Path(tempfile.mkdtemp(prefix="xw-systemd-", dir="/var/tmp"))
     try:
+        t0 = time.monotonic()
         build_wheelhouse(work / "wheelhouse")
+        t1 = time.monotonic()
         (work / "ovl").mkdir()
         with overlay(lower, work / "ovl") as root:
             install(root, work / "wheelhouse", HERE / "config.toml")
+            FIGURES["install"] = f"wheelhouse {t1 - t0:.1f} s, install in the root {time.monotonic() - t1:.1f} s"
             with booted(root, work / "console.log") as m:
                 yield m
     finally:
