@@ -31,7 +31,9 @@ def machine() -> Iterator[Machine]:
         (work / "ovl").mkdir()
         with overlay(lower, work / "ovl") as root:
             install(root, work / "wheelhouse", HERE / "config.toml")
-            FIGURES["install"] = f"wheelhouse {t1 - t0:.1f} s, install in the root {time.monotonic() - t1:.1f} s"
+            FIGURES["install"] = (
+                f"wheelhouse {t1 - t0:.1f} s, install in the root {time.monotonic() - t1:.1f} s"
+            )
             with booted(root, work / "console.log") as m:
                 yield m
     finally:
