@@ -34,6 +34,8 @@ from .errors import (
     UserError,
 )
 from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse_proto, parse_type
+from .journal_stream import PriorityPrefix
+from .journal_stream import prefix as journal_prefix
 from .mirror import Mirror
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, xfrm_stat
@@ -717,7 +719,7 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 
 def configure_logging(fmt: str = "console") -> None:
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        PriorityPrefix(structlog.processors.JSONRenderer())
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -759,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         err = _user_error(exc)
         if err is not None:
             for line in str(err).splitlines() or [type(err).__name__]:
-                print(f"xfrmwatch: {line}", file=sys.stderr)
+                print(f"{journal_prefix('error')}xfrmwatch: {line}", file=sys.stderr)
             return err.exit_code
         if _only(exc, KeyboardInterrupt):
             return 130
@@ -779,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
             leaf = leaf.exceptions[0]
         print(
-            f"xfrmwatch: internal error ({type(leaf).__name__}); "
+            f"{journal_prefix('critical')}xfrmwatch: internal error ({type(leaf).__name__}); "
             "rerun with XFRMWATCH_DEBUG=1 for a traceback and report it",
             file=sys.stderr,
         )

@@ -26,7 +26,8 @@ def test_exposure_score_is_at_most_2() -> None:
 
 
 def test_unit_settings_the_daemon_needs() -> None:
-    """Type=notify, only CAP_NET_ADMIN, the netlink family allowed, reload by SIGHUP."""
+    """Type=notify, only CAP_NET_ADMIN, the netlink family allowed, reload by SIGHUP, restart on a
+    crash but not on a configuration or capability error (exit 2, 8, 3)."""
     text = UNIT.read_text()
     for line in (
         "Type=notify",
@@ -38,5 +39,7 @@ def test_unit_settings_the_daemon_needs() -> None:
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_NETLINK AF_UNIX AF_INET AF_INET6",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=2 3 8",
     ):
         assert line in text.splitlines(), line
