@@ -14,7 +14,16 @@ from xfrmwatch import events as ev
 from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.rekey import RekeyTracker
 from xfrmwatch.mirror import Mirror
-from xfrmwatch.pipeline import Applied, serve_detection
+from xfrmwatch.pipeline import (
+    OutBatch,
+    RulesStage,
+    Snapshot,
+    StateBatch,
+    StateStage,
+    serve_rules,
+    serve_state,
+)
+from xfrmwatch.source import SourceBatch
 from xfrmwatch.timestamps import utc, utc_precise
 
 TEMPLATE: ev.SA = next(
@@ -40,29 +49,45 @@ def common(pid: int = PID) -> dict[str, Any]:
     return {"time": utc_precise(time.time()), "mono": trio.current_time(), "netns": "t", "nlmsg_pid": pid, "nlmsg_seq": 0}
 
 
+class EmptyKernel:
+    """A namespace with nothing in it yet, that never loses a message."""
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot([], [], None)
+
+    def drops(self) -> int:
+        return 0
+
+
 class Side:
-    """The detection stage of one side, fed through its real channels."""
+    """The state and rules stages of one side, fed through their real channels."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
         self.mirror = Mirror(netns="t", local_addrs=frozenset({L}))
         self.tracker = RekeyTracker(self.mirror)
-        self.send, recv = trio.open_memory_channel[Applied](100)
-        out_send, self.out = trio.open_memory_channel[ev.Event](100)
+        self.send, self.recv = trio.open_memory_channel[SourceBatch](100)
         self.seen: list[dict[str, Any]] = []
-        nursery.start_soon(serve_detection, self.tracker, None, recv, out_send)
-        nursery.start_soon(self._collect)
+
+    async def start(self) -> Side:
+        s2, r2 = trio.open_memory_channel[StateBatch](100)
+        s3, self.out = trio.open_memory_channel[OutBatch](100)
+        await self.nursery.start(serve_state, StateStage(self.mirror, self.tracker), EmptyKernel(), self.recv, s2)
+        await self.nursery.start(serve_rules, RulesStage(None), r2, s3)
+        self.nursery.start_soon(self._collect)
+        return self
 
     async def _collect(self) -> None:
-        async for e in self.out:
-            obj = msgspec.json.decode(msgspec.json.encode(e))
-            validate_event(obj)
-            obj["at"] = round(trio.current_time(), 3)
-            self.seen.append(obj)
+        async for batch in self.out:
+            for e in batch:
+                obj = msgspec.json.decode(msgspec.json.encode(e))
+                validate_event(obj)
+                obj["at"] = round(trio.current_time(), 3)
+                self.seen.append(obj)
 
     async def feed(self, e: ev.Event) -> None:
-        applied = (e, self.mirror.apply(e))
-        await trio.sleep(0.0005)  # the detection stage sees it a little after receipt
-        await self.send.send(applied)
+        await trio.sleep(0.0005)  # the state stage sees it a little after receipt
+        await self.send.send(SourceBatch([e], caught_up=True))
         await trio.sleep(0.0005)
 
     async def new(self, s: ev.SA, upd: bool = False) -> None:
@@ -89,7 +114,7 @@ async def install(side: Side, inbound: ev.SA, outbound: ev.SA) -> None:
 async def test_initiator_rekey(autojump_clock: trio.abc.Clock) -> None:
     """soft EXPIRE -> UPDSA/NEWSA -> DELSA old: one started, one completed, no alarm."""
     async with trio.open_nursery() as n:
-        left = Side(n)
+        left = await Side(n).start()
         in1, out1 = sa(0x100, R, L), sa(0x200, L, R)
         await install(left, in1, out1)
         await trio.sleep(9.85)
@@ -117,7 +142,7 @@ async def test_initiator_rekey(autojump_clock: trio.abc.Clock) -> None:
 async def test_responder_rekey_without_expire(autojump_clock: trio.abc.Clock) -> None:
     """The side that sees no soft EXPIRE still gets exactly one rekey_completed."""
     async with trio.open_nursery() as n:
-        right = Side(n)
+        right = await Side(n).start()
         in1, out1 = sa(0x300, L, R, soft=20, hard=26), sa(0x400, R, L, soft=20, hard=26)
         await install(right, in1, out1)
         for gen in range(1, 4):  # three rekeys, 10 s apart
@@ -139,7 +164,7 @@ async def test_responder_rekey_without_expire(autojump_clock: trio.abc.Clock) ->
 async def test_first_install_is_not_a_rekey(autojump_clock: trio.abc.Clock) -> None:
     """Installing the first SAs of a CHILD_SA derives nothing."""
     async with trio.open_nursery() as n:
-        side = Side(n)
+        side = await Side(n).start()
         await install(side, sa(0x500, R, L), sa(0x600, L, R))
         await trio.sleep(3)
         n.cancel_scope.cancel()
@@ -150,7 +175,7 @@ async def test_peer_dead_alive_side(autojump_clock: trio.abc.Clock) -> None:
     """Soft EXPIRE, no replacement: rekey_overdue half-way to the hard limit, then one
     sa_expired_unreplaced at the hard EXPIREs; the ACQUIRE that follows is attached."""
     async with trio.open_nursery() as n:
-        left = Side(n)
+        left = await Side(n).start()
         in1, out1 = sa(0x700, R, L), sa(0x800, L, R)
         await install(left, in1, out1)
         await trio.sleep(10)
@@ -183,7 +208,7 @@ async def test_peer_dead_dead_side(autojump_clock: trio.abc.Clock) -> None:
     """The side whose daemon died: an already-replaced generation expiring is ignored;
     the current one gives started, overdue, unreplaced from the kernel's EXPIREs alone."""
     async with trio.open_nursery() as n:
-        right = Side(n)
+        right = await Side(n).start()
         old_in, old_out = sa(0x900, L, R, soft=20, hard=26), sa(0xA00, R, L, soft=20, hard=26)
         await install(right, old_in, old_out)
         await trio.sleep(10)
@@ -209,7 +234,7 @@ async def test_peer_dead_dead_side(autojump_clock: trio.abc.Clock) -> None:
 async def test_soft_expired_sa_deleted_not_rekeyed(autojump_clock: trio.abc.Clock) -> None:
     """A CHILD_SA closed after its soft expiry (not rekeyed) is no overdue rekey, and leaves no state."""
     async with trio.open_nursery() as n:
-        left = Side(n)
+        left = await Side(n).start()
         in1, out1 = sa(0xB00, R, L), sa(0xC00, L, R)
         await install(left, in1, out1)
         await trio.sleep(10)
@@ -227,7 +252,7 @@ async def test_soft_expired_sa_deleted_not_rekeyed(autojump_clock: trio.abc.Cloc
 async def test_flush_forgets_pending_rekeys(autojump_clock: trio.abc.Clock) -> None:
     """FLUSHSA after a soft expiry: no rekey_overdue later."""
     async with trio.open_nursery() as n:
-        left = Side(n)
+        left = await Side(n).start()
         in1, out1 = sa(0xD00, R, L), sa(0xE00, L, R)
         await install(left, in1, out1)
         await trio.sleep(10)
