@@ -10,7 +10,7 @@ import socket
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 import msgspec
 import structlog
@@ -163,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mon.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
     mon.add_argument(
+        "--out-buffer", type=int, default=256, metavar="BATCHES",
+        help="batches of rendered lines held for a slow stdout before the pipeline waits (default 256); "
+        "a consumer that stays behind makes the kernel drop events, reported as `overrun` and repaired by `resync`",
+    )  # fmt: skip
+    mon.add_argument(
         "--state-file", metavar="PATH",
-        help="write the mirrored SAD/SPD (JSON, the `dump` shape) here on SIGUSR1 and at exit",
+        help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced`) here on SIGUSR1 "
+        "and at exit (SIGTERM, SIGHUP, SIGINT, --count)",
     )  # fmt: skip
     rl = mon.add_mutually_exclusive_group()
     rl.add_argument(
@@ -402,6 +408,7 @@ class MonitorOptions(msgspec.Struct):
     history_factor: Annotated[float, msgspec.Meta(gt=1)]
     liveness_interval: options.NotNegative
     stall_after: options.Positive
+    out_buffer: Annotated[int, msgspec.Meta(ge=1)]
 
 
 def _check_monitor_args(args: argparse.Namespace) -> None:
@@ -413,56 +420,153 @@ def _check_monitor_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
 
 
+#: At exit, how long the lines still buffered may take to reach a slow stdout (seconds).
+FLUSH_TIMEOUT = 2.0
+
+
 async def cmd_monitor(args: argparse.Namespace) -> int:
+    """The pipeline, then its events on stdout.
+
+    A slow reader of stdout never blocks the event loop: rendered lines wait in a bounded
+    queue (``--out-buffer`` batches) written by a worker thread.  When that is full the
+    pipeline waits in turn; if the consumer stays behind long enough, the kernel's socket
+    buffer fills and its loss is reported as an ``overrun`` and repaired by a ``resync``
+    (nothing is ever dropped silently, and the mirror stays exact).
+    """
     flt = build_filter(args)
     _check_monitor_args(args)
-    out = sys.stdout.buffer
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
     console = None
     if tty:
         from rich.console import Console
 
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(file=cast("IO[str]", _FdText(sys.stdout.fileno())), highlight=False, soft_wrap=True)
     cfg = PipelineConfig(
         netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
         overdue_share=args.overdue_share, km_check=args.km_check, history_factor=args.history_factor,
         stall_after=args.stall_after, liveness_interval=args.liveness_interval,
     )  # fmt: skip
     rules = load_alerter(args)
-    async with trio.open_nursery() as nursery:
-        recv, mirror, sub = await start_pipeline(nursery, cfg, rules)
-        structlog.get_logger("xfrmwatch").info(
-            "monitoring",
-            netns=args.netns or "",
-            groups=sorted(sub.groups),
-            rcvbuf=sub.rcvbuf,
-            sas=len(mirror.sas),
-            policies=len(mirror.policies),
-        )
+    match = None if flt == Filter() else flt.match
+    mirror = Mirror(netns=args.netns or "")
+    stop = _Stop()
+    async with trio.open_nursery() as root:
+        out_send, out_recv = trio.open_memory_channel[list[Any]](args.out_buffer)
+        writer_done = trio.Event()
+        root.start_soon(_write_stdout, out_recv, console, writer_done)
+        with trio.CancelScope() as running:
+            await root.start(_monitor_signals, mirror, args.state_file, running, stop)
+            async with trio.open_nursery() as pipe:
+                recv, _, sub = await start_pipeline(pipe, cfg, rules, mirror=mirror)
+                structlog.get_logger("xfrmwatch").info(
+                    "monitoring", netns=args.netns or "", groups=sorted(sub.groups), rcvbuf=sub.rcvbuf,
+                    sas=len(mirror.sas), policies=len(mirror.policies),
+                )  # fmt: skip
+                left = args.count or -1
+                async with recv:
+                    async for batch in recv:
+                        shown = batch if match is None else [e for e in batch if match(e)]
+                        if not shown:
+                            continue
+                        if left > 0:
+                            shown = shown[:left]
+                            left -= len(shown)
+                        if console is not None:
+                            await out_send.send([renderer.rich(e) for e in shown])  # type: ignore[union-attr]
+                        else:
+                            await out_send.send([renderer(e) for e in shown])
+                        if left == 0:
+                            break
+                pipe.cancel_scope.cancel()
+        out_send.close()
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await writer_done.wait()
         if args.state_file:
-            nursery.start_soon(_write_state_on_signal, mirror, args.state_file)
-        shown = 0
-        try:
-            async with recv:
-                async for e in recv:
-                    if not flt.match(e):
-                        continue
-                    if console is not None:
-                        console.print(renderer.rich(e))  # type: ignore[union-attr]
-                    else:
-                        out.write(renderer(e))
-                        if recv.statistics().current_buffer_used == 0:
-                            out.flush()
-                    shown += 1
-                    if args.count and shown >= args.count:
-                        out.flush()
-                        break
-        finally:
-            if args.state_file:
-                _write_state(mirror, args.state_file)
-        nursery.cancel_scope.cancel()
-    return 0
+            _write_state(mirror, args.state_file)
+        root.cancel_scope.cancel()
+    return stop.code
+
+
+class _Stop:
+    """How the monitor was asked to stop: its exit status."""
+
+    __slots__ = ("code",)
+
+    def __init__(self) -> None:
+        self.code = 0
+
+
+async def _monitor_signals(
+    mirror: Mirror,
+    state_file: str | None,
+    running: trio.CancelScope,
+    stop: _Stop,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """From before the first dump to the end: SIGUSR1 writes the state file; SIGTERM and
+    SIGHUP stop with status 0, SIGINT with 130 (the caller flushes and writes the state file)."""
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
+        task_status.started()
+        async for sig in signals:
+            if sig == signal.SIGUSR1:
+                if state_file:
+                    _write_state(mirror, state_file)
+                continue
+            stop.code = 130 if sig == signal.SIGINT else 0
+            running.cancel()
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` with plain write(2) calls: no Python-level buffer whose lock
+    a write blocked on a stalled pipe could hold when the interpreter exits."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _FdText:
+    """A text file for rich's Console that writes straight to a file descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        _write_fd(self.fd, text.encode())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+async def _write_stdout(recv: trio.MemoryReceiveChannel[list[Any]], console: Any, done: trio.Event) -> None:
+    """Write rendered batches to stdout from a worker thread, joining whatever is queued."""
+    fd = sys.stdout.fileno()
+    sys.stdout.flush()
+
+    def write(parts: list[Any]) -> None:
+        if console is not None:
+            for t in parts:
+                console.print(t)
+        else:
+            _write_fd(fd, b"".join(parts))
+
+    async with recv:
+        async for parts in recv:
+            while True:
+                try:
+                    parts += recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await trio.to_thread.run_sync(write, parts, abandon_on_cancel=True)
+    done.set()
 
 
 def _write_state(mirror: Mirror, path: str) -> None:
@@ -478,12 +582,6 @@ def _write_state(mirror: Mirror, path: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         structlog.get_logger("xfrmwatch").error("cannot write the state file", path=path, error=exc.strerror)
-
-
-async def _write_state_on_signal(mirror: Mirror, path: str) -> None:
-    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-        async for _ in signals:
-            _write_state(mirror, path)
 
 
 def load_alerter(args: argparse.Namespace) -> Alerter | None:

@@ -367,9 +367,11 @@ class Daemon:
                     task_status.started()
                     started = True
                     assert self.fan is not None
+                    publish = self.fan.publish
                     async with recv:
-                        async for e in recv:
-                            self.fan.publish(e)
+                        async for batch in recv:
+                            for e in batch:
+                                publish(e)
         except UserError as exc:
             log.error("cannot watch namespace", netns=netns, error=str(exc))
             if not started:

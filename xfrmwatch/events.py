@@ -28,7 +28,7 @@ from msgspec import Struct, field
 
 SCHEMA_VERSION = 1
 
-_record = {"frozen": True, "kw_only": True, "omit_defaults": True, "forbid_unknown_fields": True}
+_record = {"frozen": True, "kw_only": True, "omit_defaults": True, "forbid_unknown_fields": True, "gc": False}
 
 
 class Selector(Struct, **_record):

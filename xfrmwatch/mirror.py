@@ -89,6 +89,9 @@ class Mirror:
     policies: dict[PolicyKey, ev.Policy] = field(default_factory=dict)
     default: tuple[str, str, str] | None = None  # in, fwd, out
     local_addrs: frozenset[str] = frozenset()
+    #: True while the mirror is known to equal the kernel (as of the events applied): false
+    #: before the first dump, and from an overrun until a resync succeeded
+    synced: bool = False
     _generations: dict[tuple[int, str, str, str], int] = field(default_factory=dict)
     _pairs: dict[PairKey, dict[SAKey, SAEntry]] = field(default_factory=dict)
 
@@ -256,11 +259,13 @@ class Mirror:
         return None
 
     def as_dump(self) -> dict[str, object]:
-        """The mirror as plain data (the same shape as `xfrmwatch dump --format json`)."""
+        """The mirror as plain data: the shape of `xfrmwatch dump --format json`, plus ``synced``
+        (false from an overrun until the resync that repaired it)."""
         return {
             "netns": self.netns,
             "sa": [s.sa for s in self.sas.values()],
             "policy": list(self.policies.values()),
+            "synced": self.synced,
         }
 
     def differences(self, sas: Iterable[ev.SA], policies: Iterable[ev.Policy]) -> dict[str, list[str]]:

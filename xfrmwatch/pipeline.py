@@ -1,14 +1,22 @@
-"""The pipeline: socket -> decode -> mirror -> detection -> outputs.
+"""The pipeline: socket -> decode -> state (mirror + tracking) -> rules -> outputs.
 
 Each stage is a trio service started with ``nursery.start`` and connected to
-the next by a typed memory channel:
+the next by a typed memory channel.  Events travel in batches (one channel
+operation per batch, not per event); each batch is an immutable value once
+sent, and each piece of state belongs to exactly one stage:
 
-1. :func:`xfrmwatch.source.serve_events`: netlink subscriber and decoder;
-2. :func:`serve_mirror`: initial dump, applies events to the :class:`Mirror`,
-   resyncs after an overrun;
-3. :func:`serve_detection`: tunnel model (:mod:`xfrmwatch.tunnels`) and rules;
-   derived events and alerts;
-4. the caller's output stage reads the last channel.
+1. :func:`xfrmwatch.source.serve_events`: netlink subscriber and decoder, one
+   :class:`~xfrmwatch.source.SourceBatch` per wakeup;
+2. :func:`serve_state`: the initial dump, the :class:`Mirror` and the tunnel model
+   (:class:`~xfrmwatch.tunnels.TunnelModel`, through the :class:`Tracker` protocol),
+   resyncs after an overrun, reads the SA counters every liveness interval; sends
+   each kernel event followed by the events derived from it (:class:`StateBatch`);
+3. :func:`serve_rules`: process-name enrichment and the rules; sends each event
+   followed by its alerts;
+4. the caller's output stage reads the last channel (``list[Event]`` batches).
+
+The per-event work of stages 2 and 3 is in small sync methods
+(:class:`StateStage`, :class:`RulesStage`); the services only move batches.
 
 :func:`start_pipeline` returns once every stage is ready: groups joined and
 the initial dump applied.
@@ -20,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -34,13 +43,44 @@ from .errors import UserError
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
-from .source import follow_key_manager, open_subscriber, serve_events
+from .source import SourceBatch, follow_key_manager, open_subscriber, serve_events
 from .timestamps import utc_precise
 from .tunnels import TunnelModel, TunnelSettings
 
 log = structlog.get_logger("xfrmwatch.pipeline")
 
-Applied = tuple[ev.Event, SAEntry | None]
+#: What the last stage sends: events in order, each followed by what it caused.
+OutBatch = list[ev.Event]
+
+_NOTHING: frozenset[int] = frozenset()
+
+
+class Tracker(Protocol):
+    """What the state stage asks of a tracker (the tunnel model).
+
+    It sees every event after the mirror applied it, with the SA entry the event
+    touched (or removed), on trio's clock (``now``) and the wall clock (``wall``).
+    """
+
+    def load(self, now: float) -> None:
+        """Build the state from the mirror's initial dump (no events)."""
+        ...
+
+    def counters(self, sas: list[ev.SA], now: float, wall: float) -> list[ev.Event]:
+        """A sample of every SA's counters: events derived from the traffic."""
+        ...
+
+    def observe(self, e: ev.Event, entry: SAEntry | None, now: float, wall: float) -> tuple[list[ev.Event], bool]:
+        """Events derived from ``e``; True if ``e`` was attached to one (rules skip it)."""
+        ...
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_time` has something to do next (trio's clock), if ever."""
+        ...
+
+    def on_time(self, now: float, wall: float) -> list[ev.Event]:
+        """Events whose deadline has passed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +96,8 @@ class PipelineConfig:
     stall_after: float = 30.0
     #: how often SA counters are read (GETSA dump) for rates and stalls; 0: never
     liveness_interval: float = 10.0
-    channel_size: int = 4096
+    #: batches (of up to ``source.MAX_BATCH`` events) buffered between two stages
+    channel_size: int = 64
     #: acquire auto: how often to look for a key manager on ACQUIRE (seconds)
     km_check: float = 10.0
 
@@ -65,6 +106,15 @@ class PipelineConfig:
         return TunnelSettings(
             overdue_share=self.overdue_share, history_factor=self.history_factor, stall_after=self.stall_after
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StateBatch:
+    """Stage 2 -> 3: each event followed by the events derived from it."""
+
+    events: list[ev.Event]
+    #: positions in ``events`` the rules must not see (ACQUIREs attached to an alarm already raised)
+    not_for_rules: frozenset[int] = _NOTHING
 
 
 def local_addresses(netns: str | None) -> frozenset[str]:
@@ -79,47 +129,57 @@ def local_addresses(netns: str | None) -> frozenset[str]:
         ipr.close()
 
 
-async def dump_into(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> tuple[list[ev.SA], list[ev.Policy]]:
-    sas = await query.dump_sas(req, decoder)
-    pols = await query.dump_policies(req, decoder)
-    default = await query.default_policy(req, decoder)
-    mirror.load(
-        sas,
-        pols,
-        None if default is None else (default.in_, default.fwd, default.out),
-        trio.current_time(),
-        time.time(),
-    )
-    return sas, pols
+# --- the kernel as the state stage sees it ----------------------------------------------------
 
 
-async def serve_mirror(
-    mirror: Mirror,
-    req: XfrmSocket,
-    recv: trio.MemoryReceiveChannel[ev.Event],
-    send: trio.MemorySendChannel[Applied],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Apply events to the mirror; on an overrun, resync from a fresh dump."""
-    decoder = Decoder(mirror.netns)
-    await dump_into(mirror, req, decoder)
-    async with recv, send:
-        task_status.started()
-        async for e in recv:
-            if isinstance(e, ev.DefaultPolicy):
-                e = _with_switches(e, mirror.default)
-            try:
-                entry = mirror.apply(e)
-            except Exception as exc:  # a bug must not stop the namespace: forward, then repair
-                log.error("mirror could not apply an event: resyncing", type=type(e).__name__, error=type(exc).__name__)
-                entry = None
-                e_resync = True
-            else:
-                e_resync = isinstance(e, ev.Overrun)
-            await send.send((e, entry))
-            if e_resync:
-                await send.send((await resync_until_done(mirror, req, decoder), None))
+@dataclass
+class Snapshot:
+    sas: list[ev.SA]
+    policies: list[ev.Policy]
+    default: tuple[str, str, str] | None
+
+
+class Kernel(Protocol):
+    """Where the state stage gets a full snapshot, and learns whether messages were lost."""
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def sas(self) -> list[ev.SA]:
+        """Every SA now, with its counters."""
+        ...
+
+    def drops(self) -> int | None:
+        """Messages dropped so far for the subscriber (None: unknown)."""
+        ...
+
+
+@dataclass
+class NetlinkKernel:
+    """Dumps on a request socket; drops from the subscriber's line in /proc/net/netlink."""
+
+    req: XfrmSocket
+    sub: XfrmSocket
+    decoder: Decoder
+
+    async def sas(self) -> list[ev.SA]:
+        sas: list[ev.SA] = []
+        async for part in query.stream_sas(self.req, self.decoder):
+            sas += part
+        return sas
+
+    async def snapshot(self) -> Snapshot:
+        sas = await self.sas()
+        pols: list[ev.Policy] = []
+        async for ppart in query.stream_policies(self.req, self.decoder):
+            pols += ppart
+        default = await query.default_policy(self.req, self.decoder)
+        return Snapshot(sas, pols, None if default is None else (default.in_, default.fwd, default.out))
+
+    def drops(self) -> int | None:
+        return self.sub.drops()
+
+
+# --- stage 2: state ------------------------------------------------------------------------------
 
 
 def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> ev.DefaultPolicy:
@@ -130,32 +190,83 @@ def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> 
     return msgspec.structs.replace(e, switched_to_accept=switched)
 
 
-async def resync_until_done(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync:
-    """Resync, retrying with backoff while the kernel is too busy to give a consistent dump
-    (events keep queueing in the subscriber's buffer meanwhile)."""
-    delay = 0.5
-    while True:
+class StateStage:
+    """The state of stage 2 (the mirror and the tracker, owned here only) and its per-event work."""
+
+    def __init__(self, mirror: Mirror, tracker: Tracker) -> None:
+        self.mirror = mirror
+        self.tracker = tracker
+
+    def apply(self, events: list[ev.Event], now: float, wall: float) -> StateBatch:
+        """Apply a batch to the mirror and the tracker: each event, then what it caused.
+
+        An event the mirror cannot apply (a bug) is still forwarded, and marks the mirror
+        out of sync so that it is rebuilt from a dump."""
+        mirror, observe = self.mirror, self.tracker.observe
+        out: list[ev.Event] = []
+        skip: set[int] | None = None
+        for e in events:
+            if isinstance(e, ev.DefaultPolicy):
+                e = _with_switches(e, mirror.default)
+            try:
+                entry = mirror.apply(e)
+            except Exception as exc:  # a bug must not stop the namespace: forward, then repair
+                log.error("mirror could not apply an event: resyncing", type=type(e).__name__, error=type(exc).__name__)
+                entry = None
+                mirror.synced = False
+            if isinstance(e, ev.Overrun):
+                mirror.synced = False
+            try:
+                derived, attached = observe(e, entry, now, wall)
+            except Exception as exc:  # a bug must not stop the namespace: forward the event
+                log.error("rekey tracking failed on an event", type=type(e).__name__, error=type(exc).__name__)
+                derived, attached = [], False
+            if attached:
+                if skip is None:
+                    skip = set()
+                skip.add(len(out))
+            out.append(e)
+            if derived:
+                out += derived
+        return StateBatch(out, _NOTHING if skip is None else frozenset(skip))
+
+    def on_time(self, now: float, wall: float) -> StateBatch:
+        return StateBatch(self.tracker.on_time(now, wall))
+
+    def counters(self, sas: list[ev.SA], now: float, wall: float) -> StateBatch:
         try:
-            return await resync(mirror, req, decoder)
-        except (UserError, trio.TooSlowError, OSError) as exc:
-            log.warning("resync failed: retrying", netns=mirror.netns, error=str(exc) or type(exc).__name__, retry_in=delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            return StateBatch(self.tracker.counters(sas, now, wall))
+        except Exception as exc:  # a bug must not stop the namespace
+            log.error("traffic tracking failed on a counters sample", error=type(exc).__name__)
+            return StateBatch([])
+
+    def next_deadline(self) -> float:
+        d = self.tracker.next_deadline()
+        return math.inf if d is None else d
 
 
-async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync:
-    """Rebuild the mirror from a dump; report what had drifted."""
-    sas = await query.dump_sas(req, decoder)
-    pols = await query.dump_policies(req, decoder)
-    diff = mirror.differences(sas, pols)
-    default = await query.default_policy(req, decoder)
-    mirror.load(
-        sas, pols, None if default is None else (default.in_, default.fwd, default.out),
-        trio.current_time(), time.time(),
-    )  # fmt: skip
-    log.warning(
-        "resynced after overrun", netns=mirror.netns, missing=len(diff["missing"]), stale=len(diff["stale"])
-    )
+async def sync_mirror(mirror: Mirror, kernel: Kernel) -> ev.Resync | None:
+    """Rebuild the mirror from a snapshot taken now; return what had drifted.
+
+    Call it only where the source has caught up (its queue was empty): every event
+    queued from there on is applied after the snapshot, which makes the mirror exact,
+    unless the kernel dropped some.  So the kernel's drop counter is read before and
+    after: if it moved, the mirror stays marked out of sync (the source reports the
+    overrun) and ``None`` is returned; the caller repeats at the next caught-up point.
+    """
+    before = kernel.drops()
+    snap = await kernel.snapshot()
+    after = kernel.drops()
+    diff = mirror.differences(snap.sas, snap.policies)
+    mirror.load(snap.sas, snap.policies, snap.default, trio.current_time(), time.time())
+    if before is not None and after is not None and after != before:
+        log.warning(
+            "the kernel dropped messages during the dump: resyncing again once caught up",
+            netns=mirror.netns, dropped=after - before,
+        )  # fmt: skip
+        mirror.synced = False
+        return None
+    mirror.synced = True
     return ev.Resync(
         time=utc_precise(time.time()),
         mono=trio.current_time(),
@@ -164,81 +275,169 @@ async def resync(mirror: Mirror, req: XfrmSocket, decoder: Decoder) -> ev.Resync
         nlmsg_seq=0,
         missing=diff["missing"],
         stale=diff["stale"],
-        sas=len(sas),
-        policies=len(pols),
+        sas=len(snap.sas),
+        policies=len(snap.policies),
     )
 
 
-async def serve_detection(
-    tracker: TunnelModel,
-    rules: Alerter | None,
-    recv: trio.MemoryReceiveChannel[Applied],
-    send: trio.MemorySendChannel[ev.Event],
+async def serve_state(
+    stage: StateStage,
+    kernel: Kernel,
+    recv: trio.MemoryReceiveChannel[SourceBatch],
+    send: trio.MemorySendChannel[StateBatch],
     *,
+    liveness_interval: float = 0.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Forward every event, plus derived events and alerts, in order."""
+    """Stage 2: the initial dump, then every batch through the mirror and the tracker.
 
-    async def emit(e: ev.Event, to_rules: bool = True) -> None:
-        await send.send(e)
-        if rules is not None and to_rules:
-            try:
-                alerts = rules(e, trio.current_time())
-            except Exception as exc:  # a rule engine bug must not stop the namespace
-                log.error("rules failed on an event", type=type(e).__name__, error=type(exc).__name__)
-                alerts = []
-            for alert in alerts:
-                await send.send(alert)
+    After an overrun (or an event the mirror could not apply), the mirror is rebuilt from
+    a fresh dump at the next point where the source has caught up, repeated until a dump
+    is followed by no loss (:func:`sync_mirror`); a failed dump is retried with backoff.
+    The resync event goes through the tracker too (tunnels found gone end there).
 
-    names = ProcessNames()
+    Every ``liveness_interval`` seconds (0: never) the SAs' counters are read with a dump
+    and given to the tracker (traffic rates, stalls).  The interval stretches to 20 times
+    the time a dump takes, so that reading counters costs at most about 5 % of the time."""
+    mirror = stage.mirror
+    await sync_mirror(mirror, kernel)
+    stage.tracker.load(trio.current_time())
+    next_poll = trio.current_time() + liveness_interval if liveness_interval > 0 else math.inf
+    caught_up = True  # nothing is queued before the first batch says otherwise
+    retry_at = 0.0
+    delay = 0.5
     async with recv, send:
         task_status.started()
         while True:
-            deadline = tracker.next_deadline()
-            item: Applied | None = None
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            if not mirror.synced and caught_up and trio.current_time() >= retry_at:
                 try:
-                    item = await recv.receive()
+                    resynced = await sync_mirror(mirror, kernel)
+                except (UserError, trio.TooSlowError, OSError) as exc:
+                    log.warning(
+                        "resync failed: retrying", netns=mirror.netns, error=str(exc) or type(exc).__name__,
+                        retry_in=delay,
+                    )  # fmt: skip
+                    retry_at = trio.current_time() + delay
+                    delay = min(delay * 2, 30.0)
+                else:
+                    delay = 0.5
+                    if resynced is None:
+                        caught_up = False  # messages were lost since: wait until caught up again
+                    else:
+                        log.warning(
+                            "resynced after overrun", netns=mirror.netns, missing=len(resynced.missing),
+                            stale=len(resynced.stale),
+                        )  # fmt: skip
+                        await send.send(stage.apply([resynced], trio.current_time(), time.time()))
+                continue
+            if caught_up and trio.current_time() >= next_poll:
+                began = trio.current_time()
+                try:
+                    sas = await kernel.sas()
+                except (UserError, trio.TooSlowError, OSError) as exc:
+                    log.warning("reading SA counters failed", netns=mirror.netns, error=str(exc) or type(exc).__name__)
+                    sas = []
+                now = trio.current_time()
+                next_poll = now + max(liveness_interval, 20 * (now - began))
+                out = stage.counters(sas, now, time.time())
+                if out.events:
+                    await send.send(out)
+                continue
+            deadline = min(stage.next_deadline(), next_poll)
+            if not mirror.synced:
+                deadline = min(deadline, retry_at)
+            batch: SourceBatch | None = None
+            with trio.move_on_at(deadline):
+                try:
+                    batch = await recv.receive()
                 except trio.EndOfChannel:
                     return
-            now = trio.current_time()
-            if item is None:
-                for d in tracker.on_time(now, time.time()):
-                    await emit(d)
-                continue
-            e, entry = item
+            now, wall = trio.current_time(), time.time()
+            if batch is None:
+                out = stage.on_time(now, wall)
+            else:
+                caught_up = batch.caught_up
+                out = stage.apply(batch.events, now, wall)
+            if out.events:
+                await send.send(out)
+
+
+# --- stage 3: rules ------------------------------------------------------------------------------
+
+
+class RulesStage:
+    """Stage 3's per-event work: who did it (process name), then the rules."""
+
+    def __init__(self, rules: Alerter | None, names: ProcessNames | None = None) -> None:
+        self.rules = rules
+        self.names = names or ProcessNames()
+
+    def process(self, batch: StateBatch, now: float) -> OutBatch:
+        enrich, rules, skip = self.names.enrich, self.rules, batch.not_for_rules
+        out: OutBatch = []
+        for i, e in enumerate(batch.events):
             try:
-                e = names.enrich(e, now)
-                derived, attached = tracker.observe(e, entry, now, time.time())
-            except Exception as exc:  # a bug must not stop the namespace: forward the event
-                log.error("rekey tracking failed on an event", type=type(e).__name__, error=type(exc).__name__)
-                derived, attached = [], False
-            await emit(e, to_rules=not attached)
-            for d in derived:
-                await emit(d)
+                e = enrich(e, now)
+            except Exception as exc:  # never lose the event for a missing name
+                log.error("enrichment failed on an event", type=type(e).__name__, error=type(exc).__name__)
+            out.append(e)
+            if rules is None or i in skip:
+                continue
+            try:
+                alerts = rules(e, now)
+            except Exception as exc:  # a rule engine bug must not stop the namespace
+                log.error("rules failed on an event", type=type(e).__name__, error=type(exc).__name__)
+                continue
+            if alerts:
+                out += alerts
+        return out
+
+
+async def serve_rules(
+    stage: RulesStage,
+    recv: trio.MemoryReceiveChannel[StateBatch],
+    send: trio.MemorySendChannel[OutBatch],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Stage 3: forward every event, each followed by its alerts, in order."""
+    async with recv, send:
+        task_status.started()
+        async for batch in recv:
+            await send.send(stage.process(batch, trio.current_time()))
+
+
+# --- wiring ------------------------------------------------------------------------------------
 
 
 async def start_pipeline(
     nursery: trio.Nursery,
     cfg: PipelineConfig,
     rules: Alerter | None = None,
-) -> tuple[trio.MemoryReceiveChannel[ev.Event], Mirror, XfrmSocket]:
-    """Start every stage in ``nursery``; return the output channel once all are ready."""
+    *,
+    mirror: Mirror | None = None,
+) -> tuple[trio.MemoryReceiveChannel[OutBatch], Mirror, XfrmSocket]:
+    """Start every stage in ``nursery``; return the output channel once all are ready.
+
+    ``mirror``: an empty mirror to fill (so that the caller can export it from the start)."""
     sub = open_subscriber(cfg.netns, aevents=cfg.aevents, acquire=cfg.acquire, rcvbuf=cfg.rcvbuf)
     req = XfrmSocket.open(cfg.netns)
-    mirror = Mirror(netns=cfg.netns or "")
+    if mirror is None:
+        mirror = Mirror(netns=cfg.netns or "")
     try:
         mirror.local_addrs = local_addresses(cfg.netns)
     except Exception as exc:
         log.warning("cannot read local addresses; SA directions unknown", error=type(exc).__name__)
-    s1, r1 = trio.open_memory_channel[ev.Event](cfg.channel_size)
-    s2, r2 = trio.open_memory_channel[Applied](cfg.channel_size)
-    s3, r3 = trio.open_memory_channel[ev.Event](cfg.channel_size)
+    s1, r1 = trio.open_memory_channel[SourceBatch](cfg.channel_size)
+    s2, r2 = trio.open_memory_channel[StateBatch](cfg.channel_size)
+    s3, r3 = trio.open_memory_channel[OutBatch](cfg.channel_size)
     await nursery.start(serve_events, sub, s1)
     if cfg.acquire is None:
         await nursery.start(partial(follow_key_manager, interval=cfg.km_check), sub, cfg.netns)
-    await nursery.start(serve_mirror, mirror, req, r1, s2)
     tracker = TunnelModel(mirror, cfg.tunnel_settings())
-    tracker.load(trio.current_time())
-    await nursery.start(serve_detection, tracker, rules, r2, s3)
+    kernel = NetlinkKernel(req, sub, Decoder(mirror.netns))
+    await nursery.start(
+        partial(serve_state, liveness_interval=cfg.liveness_interval), StateStage(mirror, tracker), kernel, r1, s2
+    )
+    await nursery.start(serve_rules, RulesStage(rules), r2, s3)
     return r3, mirror, sub

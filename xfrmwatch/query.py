@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -57,20 +58,38 @@ def _skip_malformed(events: list[ev.Event], what: str) -> None:
             log.warning(f"{what}: skipped a malformed entry", reason=e.reason, msg_type=e.msg_type, length=e.length)
 
 
-async def dump_sas(sock: XfrmSocket, decoder: Decoder) -> list[ev.SA]:
+async def stream_sas(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.SA]]:
+    """The SAD, one reply datagram's SAs at a time (bounded memory for any size)."""
     msg = x.usersa_id_msg()
-    events = _decode_all(decoder, await sock.dump(msg, x.XFRM_MSG_GETSA, what="state dump (GETSA)"))
-    _skip_malformed(events, "state dump")
-    return [e.sa for e in events if isinstance(e, ev.SaEvent)]
+    async for data in sock.replies(msg, x.XFRM_MSG_GETSA, dump=True, what="state dump (GETSA)"):
+        events = decoder.decode(data, trio.current_time())
+        _skip_malformed(events, "state dump")
+        yield [e.sa for e in events if isinstance(e, ev.SaEvent)]
+
+
+async def stream_policies(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.Policy]]:
+    """The SPD, one reply datagram's policies at a time (bounded memory for any size)."""
+    msg = x.userpolicy_id_msg()
+    async for data in sock.replies(msg, x.XFRM_MSG_GETPOLICY, dump=True, what="policy dump (GETPOLICY)"):
+        events = decoder.decode(data, trio.current_time())
+        _skip_malformed(events, "policy dump")
+        yield [e.policy for e in events if isinstance(e, ev.PolicyEvent)]
+
+
+async def dump_sas(sock: XfrmSocket, decoder: Decoder) -> list[ev.SA]:
+    out: list[ev.SA] = []
+    async for part in stream_sas(sock, decoder):
+        out += part
+        await trio.lowlevel.checkpoint()
+    return out
 
 
 async def dump_policies(sock: XfrmSocket, decoder: Decoder) -> list[ev.Policy]:
-    msg = x.userpolicy_id_msg()
-    events = _decode_all(
-        decoder, await sock.dump(msg, x.XFRM_MSG_GETPOLICY, what="policy dump (GETPOLICY)")
-    )
-    _skip_malformed(events, "policy dump")
-    return [e.policy for e in events if isinstance(e, ev.PolicyEvent)]
+    out: list[ev.Policy] = []
+    async for part in stream_policies(sock, decoder):
+        out += part
+        await trio.lowlevel.checkpoint()
+    return out
 
 
 async def get_sa(
@@ -206,4 +225,6 @@ __all__ = [
     "get_sa",
     "sad_info",
     "spd_info",
+    "stream_policies",
+    "stream_sas",
 ]

@@ -123,6 +123,16 @@ def xfrm_listeners(text: str) -> list[NetlinkListener]:
     return out
 
 
+def socket_drops(text: str, inode: int) -> int | None:
+    """The ``Drops`` column of /proc/net/netlink for the socket with this inode (None if absent):
+    how many messages the kernel dropped for it because its receive queue was full."""
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 10 and cols[9] == str(inode) and cols[8].isdigit():
+            return int(cols[8])
+    return None
+
+
 def xfrm_stat(text: str) -> dict[str, int]:
     """Parse /proc/net/xfrm_stat: every ``Name value`` line, whatever the kernel has."""
     out = {}

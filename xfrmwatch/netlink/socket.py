@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import socket as _stdsocket
 import struct
+from collections.abc import AsyncIterator
 
 import structlog
 import trio
@@ -19,6 +21,7 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQ
 from ..errors import NEED_CAP, CapabilityError, KernelError, NoXfrmError, UserError
 from . import xfrm as x
 from .netns import entered
+from .proc import ProcFile, socket_drops
 
 log = structlog.get_logger("xfrmwatch.netlink")
 
@@ -45,19 +48,18 @@ class Overrun(Exception):
     """ENOBUFS: the kernel dropped messages for this socket."""
 
 
-def _open_raw(netns: str | None) -> _stdsocket.socket:
-    with entered(netns):
-        try:
-            sock = _stdsocket.socket(_stdsocket.AF_NETLINK, _stdsocket.SOCK_RAW, x.NETLINK_XFRM)
-        except OSError as exc:
-            if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
-                raise NoXfrmError(
-                    "this kernel has no XFRM netlink (CONFIG_XFRM_USER); "
-                    "load it with `modprobe xfrm_user`"
-                ) from None
-            if exc.errno in (errno.EPERM, errno.EACCES):
-                raise CapabilityError(f"opening an XFRM netlink socket {NEED_CAP}") from None
-            raise
+def _open_raw() -> _stdsocket.socket:
+    try:
+        sock = _stdsocket.socket(_stdsocket.AF_NETLINK, _stdsocket.SOCK_RAW, x.NETLINK_XFRM)
+    except OSError as exc:
+        if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+            raise NoXfrmError(
+                "this kernel has no XFRM netlink (CONFIG_XFRM_USER); "
+                "load it with `modprobe xfrm_user`"
+            ) from None
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise CapabilityError(f"opening an XFRM netlink socket {NEED_CAP}") from None
+        raise
     sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, 1 << 20)
     sock.bind((0, 0))
     return sock
@@ -66,11 +68,13 @@ def _open_raw(netns: str | None) -> _stdsocket.socket:
 class XfrmSocket:
     """One NETLINK_XFRM socket.  Create with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, sock: _stdsocket.socket, netns: str) -> None:
+    def __init__(self, sock: _stdsocket.socket, netns: str, listing: ProcFile | None = None) -> None:
         self._raw = sock
-        self._sock = trio.socket.from_stdlib_socket(sock)
+        self._sock = trio.socket.from_stdlib_socket(sock)  # sets O_NONBLOCK
         self.netns = netns
         self.portid: int = sock.getsockname()[0]
+        self._inode = os.fstat(sock.fileno()).st_ino
+        self._listing = listing
         self._seq = itertools.count(1)
         self._buf = bytearray(RECV_BUFSIZE)
         self._view = memoryview(self._buf)
@@ -79,10 +83,22 @@ class XfrmSocket:
 
     @classmethod
     def open(cls, netns: str | None = None) -> XfrmSocket:
-        return cls(_open_raw(netns), netns or "")
+        with entered(netns):
+            raw = _open_raw()
+            listing = ProcFile("/proc/net/netlink")  # this namespace's, for drops()
+        return cls(raw, netns or "", listing)
 
     def close(self) -> None:
         self._sock.close()
+        if self._listing is not None:
+            self._listing.close()
+
+    def drops(self) -> int | None:
+        """The kernel's count of messages it dropped for this socket (the ``Drops`` column of
+        /proc/net/netlink in its namespace), or None if that cannot be read."""
+        if self._listing is None:
+            return None
+        return socket_drops(self._listing.read(), self._inode)
 
     def __enter__(self) -> XfrmSocket:
         return self
@@ -124,6 +140,32 @@ class XfrmSocket:
         self._raw.setsockopt(x.SOL_NETLINK, 2, group)  # NETLINK_DROP_MEMBERSHIP
         self.groups.discard(group)
 
+    async def wait_readable(self) -> None:
+        """Wait until a datagram (or an error such as ENOBUFS) is queued."""
+        await trio.lowlevel.wait_readable(self._raw)
+
+    def receive_nowait(self) -> bytes | None:
+        """One queued datagram from the kernel, or None if the queue is empty (no checkpoint:
+        the caller reads everything available, then waits with :meth:`wait_readable`).
+
+        Datagrams not sent by the kernel (source port id != 0) are dropped.
+        Raises :class:`Overrun` on ENOBUFS: never swallowed.
+        """
+        recv = self._raw.recvfrom_into
+        while True:
+            try:
+                n, address = recv(self._buf, 0, _stdsocket.MSG_TRUNC)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    raise Overrun() from None
+                raise
+            if address[0] != 0:
+                continue
+            # Truncated (n > buffer): give the decoder what we have; framing checks flag it.
+            return bytes(self._view[:n])
+
     async def receive(self) -> bytes:
         """Receive one datagram from the kernel.
 
@@ -146,12 +188,14 @@ class XfrmSocket:
 
     # --- requests ---------------------------------------------------------------------
 
-    async def request(
+    async def replies(
         self, msg: nlmsg, msg_type: int, *, dump: bool = False, what: str = ""
-    ) -> list[bytes]:
-        """Send one GET request; return every reply datagram (multi-part until DONE).
+    ) -> AsyncIterator[bytes]:
+        """Send one GET request; yield each reply datagram as it arrives (multi-part until DONE),
+        so a dump of any size is processed in bounded memory.
 
-        NLMSG_ERROR with a non-zero code raises a :class:`UserError` subclass.
+        NLMSG_ERROR with a non-zero code raises a :class:`UserError` subclass.  Each reply
+        datagram must come within 10 s.
         """
         if msg_type not in READ_ONLY_REQUESTS:
             raise ValueError(f"refusing to send XFRM message type {msg_type}: xfrmwatch is read-only")
@@ -164,18 +208,31 @@ class XfrmSocket:
         what = what or x.MSG_NAMES.get(msg_type, str(msg_type))
         with trio.fail_after(10):
             await self._sock.sendto(bytes(msg.data), (0, 0))
-            out: list[bytes] = []
-            while True:
-                try:
-                    data = await self.receive()
-                except Overrun:
-                    raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
-                done, interrupted = _scan_reply(data, seq, what)
-                if interrupted:
-                    raise _DumpInterrupted()
-                out.append(data)
-                if done or not dump:
-                    return out
+        while True:
+            try:
+                data = self.receive_nowait()
+            except Overrun:
+                raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
+            if data is None:
+                with trio.fail_after(10):
+                    await self.wait_readable()
+                continue
+            done, interrupted = _scan_reply(data, seq, what)
+            if interrupted:
+                raise _DumpInterrupted()
+            yield data
+            if done or not dump:
+                return
+
+    async def request(
+        self, msg: nlmsg, msg_type: int, *, dump: bool = False, what: str = ""
+    ) -> list[bytes]:
+        """Send one GET request; return every reply datagram (see :meth:`replies`)."""
+        out: list[bytes] = []
+        async for data in self.replies(msg, msg_type, dump=dump, what=what):
+            out.append(data)
+            await trio.lowlevel.checkpoint()
+        return out
 
     async def dump(self, msg: nlmsg, msg_type: int, *, what: str = "") -> list[bytes]:
         """A dump request, retried if the kernel marks it inconsistent (NLM_F_DUMP_INTR)."""
