@@ -584,7 +584,9 @@ class TunnelDown(TunnelEvent, tag="tunnel_down", kw_only=True):
     past its learned interval, or with inbound traffic stalled).  ``partial`` when
     SAs of the other direction remain (one direction deleted on its own).
     ``spis`` lists the SAs that went away; ``acquires`` counts the ACQUIREs for
-    its selector that followed (attached here, not reported one by one)."""
+    its selector that followed (attached here, not reported one by one);
+    ``replaced_by`` the tunnel that took over its out policy (a manual key rotation to
+    a new reqid), which makes its end a teardown."""
 
     reason: DownReason
     teardown: bool
@@ -594,6 +596,7 @@ class TunnelDown(TunnelEvent, tag="tunnel_down", kw_only=True):
     age_seconds: float | None = None
     rekeys: int = 0
     acquires: int = 0
+    replaced_by: str | None = None
 
 
 class TrafficStalled(TunnelEvent, tag="traffic_stalled", kw_only=True):

@@ -42,6 +42,7 @@ from .detect.enrich import ProcessNames
 from .errors import UserError
 from .mirror import Mirror, SAEntry
 from .netlink.netns import entered
+from .netlink.proc import KeyManagerPresence, ProcFile
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .source import SourceBatch, follow_key_manager, open_subscriber, serve_events
 from .timestamps import utc_precise
@@ -410,6 +411,13 @@ async def serve_rules(
 # --- wiring ------------------------------------------------------------------------------------
 
 
+async def _close_at_exit(f: ProcFile) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        f.close()
+
+
 async def start_pipeline(
     nursery: trio.Nursery,
     cfg: PipelineConfig,
@@ -434,7 +442,11 @@ async def start_pipeline(
     await nursery.start(serve_events, sub, s1)
     if cfg.acquire is None:
         await nursery.start(partial(follow_key_manager, interval=cfg.km_check), sub, cfg.netns)
-    tracker = TunnelModel(mirror, cfg.tunnel_settings())
+    with entered(cfg.netns):
+        listeners = ProcFile("/proc/net/netlink")
+    nursery.start_soon(_close_at_exit, listeners)
+    km = KeyManagerPresence(listeners, (sub.portid, req.portid), trio.current_time)
+    tracker = TunnelModel(mirror, cfg.tunnel_settings(), key_manager=km)
     kernel = NetlinkKernel(req, sub, Decoder(mirror.netns))
     await nursery.start(
         partial(serve_state, liveness_interval=cfg.liveness_interval), StateStage(mirror, tracker), kernel, r1, s2

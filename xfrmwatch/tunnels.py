@@ -53,7 +53,7 @@ import heapq
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -175,6 +175,8 @@ class Tunnel:
     break_at: float | None = None
     removals: list[_Removal] = field(default_factory=list)
     policy_loss: ev.DownReason | None = None
+    #: the tunnel that took over this one's out policy (a rotation to a new reqid)
+    replaced_by: str | None = None
     out_policy: bool = False
     had_out_policy: bool = False
     # traffic
@@ -246,9 +248,14 @@ _Timer = Literal["up", "complete", "overdue", "history", "break", "forget"]
 class TunnelModel:
     """Feed it every event with the mirror entry it touched; it returns derived events."""
 
-    def __init__(self, mirror: Mirror, settings: TunnelSettings | None = None) -> None:
+    def __init__(
+        self, mirror: Mirror, settings: TunnelSettings | None = None, *, key_manager: Callable[[], bool] | None = None
+    ) -> None:
         self.mirror = mirror
         self.s = settings or TunnelSettings()
+        #: whether a key manager (an IKE daemon) listens in the namespace now; rekey history is
+        #: a promise only a key manager's timer keeps (manual keying rotates when it pleases)
+        self.key_manager: Callable[[], bool] = key_manager or (lambda: True)
         self.tunnels: dict[PairKey, Tunnel] = {}
         #: down tunnels, oldest first (ACQUIREs for them are attached, not reported)
         self._down: dict[PairKey, Tunnel] = {}
@@ -414,6 +421,18 @@ class TunnelModel:
                     return True
         return False
 
+    def _heir(self, t: Tunnel, p: ev.Policy | None) -> Tunnel | None:
+        """A live tunnel between the same endpoints that ``p`` (t's former out policy) now serves."""
+        if p is None:
+            return None
+        _, proto, a, b = t.key
+        for lk in _policy_links(p):
+            for pk in self._tuns_by_link.get(lk, ()):
+                other = self.tunnels[pk]
+                if other is not t and pk[1:] == (proto, a, b) and other.members and self._links(p, pk):
+                    return other
+        return None
+
     def _policy_changed(self, k: tuple[str, int], p: ev.Policy | None, now: float) -> None:
         """A policy was added, updated or removed (``p`` None): a tunnel that lost its
         last out policy while up is judged after the grace time."""
@@ -430,7 +449,10 @@ class TunnelModel:
                     t.policy_loss = None  # served again (reinstalled within the grace time)
                 elif t.out_policy:
                     t.out_policy = False
-                    if t.state != "establishing":
+                    heir = self._heir(t, p)
+                    if heir is not None:
+                        t.replaced_by = heir.tunnel_id  # a rotation to a new reqid: its end is no outage
+                    elif t.state != "establishing":
                         t.policy_loss = (
                             "policy_removed" if p is None else "policy_block" if p.action != "allow" else "policy_hold"
                         )
@@ -670,7 +692,7 @@ class TunnelModel:
         else:
             why = {r.reason for r in removals if not partial or r.dir not in live_dirs}
             reason = next((x for x in _REASON_ORDER if x in why), "deleted")
-        rekey_failed = self._rekey_was_due(t, now)
+        rekey_failed = t.replaced_by is None and self._rekey_was_due(t, now)
         teardown = reason == "deleted" and not t.members and not rekey_failed
         by = next((r for r in removals if r.nlmsg_pid), removals[0] if removals else None)
         common = self._common(t, now, wall)
@@ -683,6 +705,7 @@ class TunnelModel:
             ev.TunnelDown(
                 **common, reason=reason, teardown=teardown, rekey_failed=rekey_failed,
                 partial=partial, spis=gone, age_seconds=age, rekeys=t.rekeys, acquires=t.acquires,
+                replaced_by=t.replaced_by,
             )
         )  # fmt: skip
         if partial:
@@ -697,7 +720,7 @@ class TunnelModel:
             return True
         if r is not None and r.started is not None and r.first_new is None:
             return True
-        if t.intervals and not self._has_limits(t):
+        if t.intervals and not self._has_limits(t) and self.key_manager():
             return now - t.gen_started > min(t.intervals)
         return False
 
@@ -777,7 +800,7 @@ class TunnelModel:
         return False
 
     def _arm_history(self, t: Tunnel) -> None:
-        if not t.intervals or self._has_limits(t):
+        if not t.intervals or self._has_limits(t) or not self.key_manager():
             t.history_at = None
             return
         t.history_at = t.gen_started + self.s.history_factor * statistics.median(t.intervals)

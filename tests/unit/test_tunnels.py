@@ -42,9 +42,9 @@ DERIVED = {cls.__struct_config__.tag for cls in ev.TUNNEL_EVENTS}
 class Side:
     """One namespace's mirror and tunnel model, fed as the pipeline's state stage feeds them."""
 
-    def __init__(self, local: str = L, **settings: Any) -> None:
+    def __init__(self, local: str = L, key_manager: bool = True, **settings: Any) -> None:
         self.mirror = Mirror(netns="t", local_addrs=frozenset({local}))
-        self.model = TunnelModel(self.mirror, TunnelSettings(**settings))
+        self.model = TunnelModel(self.mirror, TunnelSettings(**settings), key_manager=lambda: key_manager)
         self.now = 0.0
         self.seen: list[dict[str, Any]] = []
         self.attached: list[bool] = []
@@ -612,3 +612,45 @@ def test_view_orders_by_urgency() -> None:
     views = sorted(s.model.views(), key=lambda v: urgency(v, s.now))
     assert [2, 1] == [v.reqid for v in views]
     assert (10.0, 16.0) == (views[0].soft_expiry, views[0].hard_expiry)
+
+
+def test_manual_rotation_to_a_new_reqid_is_a_handover() -> None:
+    """The second step of a Cilium-style rotation: new SAs under reqid 2, the out policy's
+    template switched to reqid 2, the reqid 1 SAs deleted later: reqid 2 comes up, reqid 1
+    ends as a teardown that names its heir; nothing says the rotation failed."""
+    s = Side(key_manager=False)
+    s.pid = 0
+    i1 = s.add(s.sa(0x10, R, L, reqid=1))
+    o1 = s.add(s.sa(0x20, L, R, reqid=1))
+    out = s.policy("out", reqid=1, index=1)
+    s.at(30)
+    s.add(s.sa(0x11, R, L, reqid=2))
+    s.add(s.sa(0x21, L, R, reqid=2))
+    s.policy("out", reqid=2, index=out.index, upd=True)
+    s.at(33)
+    s.delete(o1)
+    s.delete(i1)
+    s.at(40)
+    assert ["tunnel_up", "tunnel_up", "tunnel_down"] == s.types()
+    down = s.derived("tunnel_down")[0]
+    assert (1, True, False, "esp/2/192.0.2.1/192.0.2.2") == (
+        down["reqid"], down["teardown"], down["rekey_failed"], down["replaced_by"],
+    )  # fmt: skip
+
+
+def test_no_learned_deadline_without_a_key_manager() -> None:
+    """Manual keying rotates when its operator pleases: with no key manager listening the
+    rekey history promises nothing (no rekey_overdue), and a late deletion is a teardown."""
+    s = Side(key_manager=False)
+    s.pid = 0
+    i, o = s.add(s.sa(0x10, R, L)), s.add(s.sa(0x20, L, R))
+    s.at(5)
+    i2, o2 = s.add(s.sa(0x11, R, L)), s.add(s.sa(0x21, L, R))
+    s.delete(i)
+    s.delete(o)
+    s.at(60)
+    s.delete(i2)
+    s.delete(o2)
+    s.at(62)
+    assert ["tunnel_up", "rekey_completed", "tunnel_down"] == s.types()
+    assert (True, False) == (s.derived("tunnel_down")[0]["teardown"], s.derived("tunnel_down")[0]["rekey_failed"])

@@ -6,8 +6,9 @@ Both are per network namespace: open them inside the namespace
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
 
@@ -163,3 +164,27 @@ class ProcFile:
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+
+
+class KeyManagerPresence:
+    """Whether a key manager listens in a namespace, re-read at most every ``ttl`` seconds
+    of ``clock`` (a callable: trio's clock in the pipeline)."""
+
+    def __init__(
+        self, listeners: ProcFile, own_portids: Iterable[int], clock: Callable[[], float], ttl: float = 10.0
+    ) -> None:
+        self.listeners = listeners
+        self.own = frozenset(own_portids)
+        self.clock = clock
+        self.ttl = ttl
+        self._at = -math.inf
+        self._present = True
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self._at >= self.ttl:
+            self._at = now
+            lis = [li for li in xfrm_listeners(self.listeners.read()) if li.portid not in self.own]
+            self._present = bool(key_managers(lis))
+        return self._present
+
