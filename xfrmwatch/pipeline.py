@@ -338,9 +338,9 @@ async def serve_state(
                 except (UserError, trio.TooSlowError, OSError) as exc:
                     log.warning("reading SA counters failed", netns=mirror.netns, error=str(exc) or type(exc).__name__)
                     sas = []
+                out = stage.counters(sas, trio.current_time(), time.time())
                 now = trio.current_time()
                 next_poll = now + max(liveness_interval, 20 * (now - began))
-                out = stage.counters(sas, now, time.time())
                 if out.events:
                     await send.send(out)
                 continue
