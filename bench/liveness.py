@@ -26,16 +26,16 @@ import msgspec
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tempfile  # noqa: E402
+import tempfile
 
-from live import netns, require_root, run_batch, sh  # noqa: E402
+from live import netns, require_root, run_batch, sh
 
-from xfrmwatch import events as ev  # noqa: E402
-from xfrmwatch.decode import Decoder  # noqa: E402
-from xfrmwatch.mirror import Mirror  # noqa: E402
-from xfrmwatch.netlink.socket import XfrmSocket  # noqa: E402
-from xfrmwatch.pipeline import NetlinkKernel  # noqa: E402
-from xfrmwatch.tunnels import TunnelModel  # noqa: E402
+from xfrmwatch import events as ev
+from xfrmwatch.decode import Decoder
+from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.socket import XfrmSocket
+from xfrmwatch.pipeline import NetlinkKernel
+from xfrmwatch.tunnels import TunnelModel
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
