@@ -34,8 +34,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output import exec_hook
 from xfrmwatch.output.alertmanager import AlertmanagerConfig, AlertmanagerOutput
 from xfrmwatch.output.base import Output, OutputConfig

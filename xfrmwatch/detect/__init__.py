@@ -1,1 +1,1 @@
-"""Stage 4 of the pipeline: detection (rekey tracking, Sigma rules)."""
+"""Detection: rekey tracking (stage 2 of the pipeline, with the mirror), process names and the Sigma rules (stage 3)."""
