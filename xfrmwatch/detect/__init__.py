@@ -1,1 +1,1 @@
-"""Detection: rekey tracking (stage 2 of the pipeline, with the mirror), process names and the Sigma rules (stage 3)."""
+"""Stage 3 of the pipeline: process names and the Sigma rules."""
