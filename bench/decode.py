@@ -22,8 +22,9 @@ from pathlib import Path
 import msgspec
 
 from xfrmwatch import decode as decode_mod
-from xfrmwatch.decode import NLMSG_HDR, Decoder
 from xfrmwatch.netlink import xfrm as x
+from xfrmwatch.netlink.decode import Decoder
+from xfrmwatch.netlink.framing import NLMSG_HDR
 
 CACHES = (
     decode_mod._sel_cache,

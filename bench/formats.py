@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output.ecs import EcsRenderer
 from xfrmwatch.output.ocsf import OcsfRenderer
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import msgspec
 
-from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.alerting import Alerter
 from xfrmwatch.detect.pack import load
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.tunnels import TunnelModel
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"

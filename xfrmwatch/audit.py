@@ -13,9 +13,9 @@ from typing import Any
 import trio
 
 from . import events as ev
-from . import query
-from .decode import Decoder
+from .netlink import query
 from .netlink import xfrm as x
+from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, key_managers, xfrm_listeners, xfrm_stat
 from .netlink.socket import XfrmSocket

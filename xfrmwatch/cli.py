@@ -16,9 +16,8 @@ import msgspec
 import structlog
 import trio
 
-from . import __version__, levels, options, query
+from . import __version__, levels, options
 from . import events as ev
-from .decode import Decoder
 from .detect.alerting import Alerter
 from .errors import (
     EXIT_CAPABILITY,
@@ -37,6 +36,8 @@ from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse
 from .journal_stream import PriorityPrefix
 from .journal_stream import prefix as journal_prefix
 from .mirror import Mirror
+from .netlink import query
+from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -202,8 +203,86 @@ def _semantic(cfg: Config) -> list[tuple[list[str | int], str]]:
     return problems
 
 
+def _field_type(where: list[str | int], data: Any) -> Any:
+    """The declared type at a config path (an output's by its ``type``), or None."""
+    tp: Any = Config
+    node: Any = data
+    for step in where:
+        if isinstance(step, int):
+            args = typing.get_args(tp)
+            tp = args[0] if args else None
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+            if tp is AnyOutput:
+                tp = OUTPUT_CONFIGS.get(str(node.get("type"))) if isinstance(node, dict) else None
+        elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            tp = typing.get_type_hints(tp, include_extras=True).get(step)
+            node = node.get(step) if isinstance(node, dict) else None
+        else:
+            return None
+        while typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _choices(values: tuple[Any, ...]) -> str:
+    words = [str(v) for v in values]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def _value_at(data: Any, where: list[str | int]) -> Any:
+    for step in where:
+        if isinstance(step, int):
+            data = data[step] if isinstance(data, list) and step < len(data) else None
+        else:
+            data = data.get(step) if isinstance(data, dict) else None
+    return data
+
+
+def _reason(exc: msgspec.ValidationError, data: Any) -> tuple[list[str | int], str]:
+    """Where a validation error is, and what to say (choices spelled out)."""
+    msg = str(exc)
+    where = _path(msg)
+    reason = re.sub(r"\s*- at `\$.*?`", "", msg)
+    unknown = re.search(r"unknown field `([^`]+)`", reason)
+    if unknown:
+        return [*where, unknown.group(1)], reason
+    tp = _field_type(where, data)
+    if (where and where[-1] == "type") or "tag" in reason:
+        return where, reason.replace("Invalid value", "unknown output type") + f" (types: {', '.join(OUTPUT_CONFIGS)})"
+    if typing.get_origin(tp) is Literal:
+        name = [w for w in where if isinstance(w, str)][-1]
+        return where, f"{name} must be {_choices(typing.get_args(tp))}, not {_value_at(data, where)!r}"
+    return where, reason + " (at {where})"
+
+
+def _required(where: list[str | int], data: Any) -> bool:
+    """Whether the field at ``where`` has no default (removing it is a mistake of its own)."""
+    owner = _field_type(where[:-1], data)
+    if not (isinstance(owner, type) and issubclass(owner, msgspec.Struct)) or isinstance(where[-1], int):
+        return False
+    return any(f.name == where[-1] and f.required for f in msgspec.structs.fields(owner))
+
+
+def _remove(data: Any, where: list[str | int]) -> bool:
+    """Remove the mistake at ``where`` so the next attempt finds the next one: the key
+    (its default applies), or the whole table when the key is required."""
+    if not where:
+        return False
+    if where[-1] == "type" or _required(where, data):
+        return _remove(data, where[:-1])
+    parent = _value_at(data, where[:-1])
+    last = where[-1]
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+        return True
+    if isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+        del parent[last]
+        return True
+    return _remove(data, where[:-1])
+
+
 def parse(text: str, path: str = "<config>") -> Config:
-    """Parse and validate configuration text; raise ConfigError with file:line errors."""
+    """Parse and validate configuration text; raise ConfigError listing every mistake as file:line."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -211,21 +290,30 @@ def parse(text: str, path: str = "<config>") -> Config:
         line = m.group(1) if m else "1"
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError([f"{path}:{line}: {reason}"]) from None
-    try:
-        cfg = msgspec.convert(data, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        where = _path(msg)
-        reason = re.sub(r"\s*- at `\$.*?`", "", msg)
-        unknown = re.search(r"unknown field `([^`]+)`", reason)
-        if unknown:
-            where = [*where, unknown.group(1)]
-        if (where and where[-1] == "type") or "tag" in reason:
-            reason = reason.replace("Invalid value", "unknown output type") + f" (types: {', '.join(OUTPUT_CONFIGS)})"
-        raise ConfigError([f"{path}:{locate(text, where)}: {reason} (at {'.'.join(map(str, where)) or 'top level'})"]) from None
-    problems = _semantic(cfg)
-    if problems:
-        raise ConfigError([f"{path}:{locate(text, p)}: {reason}" for p, reason in problems])
+    errors: list[tuple[int, str]] = []
+    cfg: Config | None = None
+    # msgspec stops at the first mistake: take it out and look again; `outputs` maps the
+    # [[output]] tables left to their places in the file
+    outputs = list(range(len(data["output"]))) if isinstance(data.get("output"), list) else []
+    for _ in range(100):
+        try:
+            cfg = msgspec.convert(data, Config, strict=True)
+            break
+        except msgspec.ValidationError as exc:
+            where, reason = _reason(exc, data)
+            in_file = list(where)
+            if len(where) > 1 and where[0] == "output" and isinstance(where[1], int) and where[1] < len(outputs):
+                in_file[1] = outputs[where[1]]
+            errors.append((locate(text, in_file), reason.replace("{where}", ".".join(map(str, in_file)) or "top level")))
+            before = len(data["output"]) if isinstance(data.get("output"), list) else 0
+            if not _remove(data, where):
+                break
+            if isinstance(data.get("output"), list) and len(data["output"]) < before and isinstance(where[1], int):
+                del outputs[where[1]]
+    if cfg is not None:
+        errors += [(locate(text, p), reason) for p, reason in _semantic(cfg)]
+    if errors or cfg is None:
+        raise ConfigError([f"{path}:{line}: {reason}" for line, reason in sorted(errors, key=lambda e: e[0])])
     return cfg
 
 

@@ -35,12 +35,13 @@ import structlog
 import trio
 
 from . import events as ev
-from . import query
-from .decode import Decoder
+from .backoff import Backoff
 from .detect.alerting import Alerter
 from .detect.enrich import ProcessNames
 from .errors import UserError
 from .mirror import Mirror, SAEntry
+from .netlink import query
+from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import KeyManagerPresence, ProcFile
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
@@ -306,7 +307,7 @@ async def serve_state(
     next_poll = trio.current_time() + liveness_interval if liveness_interval > 0 else math.inf
     caught_up = True  # nothing is queued before the first batch says otherwise
     retry_at = 0.0
-    delay = 0.5
+    backoff = Backoff(0.5, 30.0)
     async with recv, send:
         task_status.started()
         while True:
@@ -314,14 +315,14 @@ async def serve_state(
                 try:
                     resynced = await sync_mirror(mirror, kernel)
                 except (UserError, trio.TooSlowError, OSError) as exc:
+                    delay = backoff.delay()
                     log.warning(
                         "resync failed: retrying", netns=mirror.netns, error=str(exc) or type(exc).__name__,
-                        retry_in=delay,
+                        retry_in=round(delay, 3),
                     )  # fmt: skip
                     retry_at = trio.current_time() + delay
-                    delay = min(delay * 2, 30.0)
                 else:
-                    delay = 0.5
+                    backoff.reset()
                     if resynced is None:
                         caught_up = False  # messages were lost since: wait until caught up again
                     else:

@@ -21,11 +21,11 @@ import structlog
 import trio
 
 from . import events as ev
-from .decode import Decoder
 from .netlink import xfrm as x
+from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, key_managers, xfrm_listeners
-from .netlink.socket import DEFAULT_RCVBUF, Overrun, XfrmSocket
+from .netlink.socket import DEFAULT_RCVBUF, MessagesLost, XfrmSocket
 from .timestamps import utc_precise
 
 log = structlog.get_logger("xfrmwatch.source")
@@ -193,7 +193,7 @@ async def serve_events(
             for _ in range(MAX_BATCH):
                 try:
                     data = receive()
-                except Overrun:
+                except MessagesLost:
                     log.warning("netlink receive buffer overrun: events were lost", netns=sock.netns)
                     events.append(overrun_event(sock))
                     continue

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink.decode import Decoder
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE.parent.parent / "tests" / "fixtures"

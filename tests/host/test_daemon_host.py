@@ -176,7 +176,7 @@ def test_config_check_errors_name_file_and_line(tmp_path: Path) -> None:
     assert 2 == p.returncode
     lines = p.stderr.strip().splitlines()
     assert [f"xfrmwatch: {cfg}:2: acquire must be auto, on or off, not 'sometimes'",
-            f"xfrmwatch: {cfg}:7: select must be all, alerts or events"] == lines  # fmt: skip
+            f"xfrmwatch: {cfg}:7: select must be all, alerts or events, not 'few'"] == lines  # fmt: skip
     cfg.write_text('[[output]]\ntype = "carrier-pigeon"\n')
     p = run_cli("config", "check", "--config", str(cfg))
     assert 2 == p.returncode and f"{cfg}:2: unknown output type" in p.stderr

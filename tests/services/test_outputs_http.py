@@ -34,8 +34,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output import exec_hook
 from xfrmwatch.output.alertmanager import AlertmanagerConfig, AlertmanagerOutput
 from xfrmwatch.output.base import Output, OutputConfig
@@ -827,7 +827,7 @@ async def test_exec_gets_json_and_environment(
         assert {k: v for k, v in env.items() if k.startswith("XFRM_")} == {
             "XFRM_EVENT_TYPE": "alert", "XFRM_TIME": a.time, "XFRM_RULE_ID": "573d274c", "XFRM_RULE_LEVEL": "high",
             "XFRM_RULE_TITLE": "Rekey overdue", "XFRM_NETNS": "ns1", "XFRM_SPI": "0x00000007", "XFRM_REQID": "7",
-            "XFRM_SRC": "192.0.2.1", "XFRM_DST": "192.0.2.2",
+            "XFRM_SRC": "192.0.2.1", "XFRM_DST": "192.0.2.2", "XFRM_TUNNEL_ID": "esp/7/192.0.2.1/192.0.2.2",
         }  # fmt: skip
         assert env["EXTRA"] == "yes" and "PATH" in env
         assert "HOME" not in env or "HOME" not in os.environ, "only PATH/LANG are inherited by default"

@@ -39,8 +39,8 @@ from support import IS_ROOT, ROOT
 
 from xfrmwatch import events as ev
 from xfrmwatch import levels as lv
-from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.pack import shipped_rules
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output import journald as jd
 from xfrmwatch.output.syslog import FACILITIES, SD_ID, SyslogConfig, SyslogOutput, sd_escape, sd_name_ok
 from xfrmwatch.timestamps import utc_precise

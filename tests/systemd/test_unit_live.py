@@ -189,8 +189,8 @@ def test_sandbox_reads_the_spd_but_xfrmwatch_never_writes_it(machine: Machine) -
 
 PROBE = """\
 import json, trio
-from xfrmwatch import query
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink import query
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.socket import XfrmSocket
 

@@ -70,3 +70,26 @@ def test_config_error_line_inside_a_multiline_array(tmp_path) -> None:  # type: 
     cfg.write_text('[[output]]\ntype = "exec"\nargv = [\n  "/bin/x",\n  "timeout=5",\n]\ntimeout = "x"\n')
     p = run_cli("config", "check", "--config", str(cfg))
     assert 2 == p.returncode and f"{cfg}:7:" in p.stderr
+
+
+def test_config_lists_every_mistake_at_its_line() -> None:
+    """msgspec stops at the first mistake; config parsing reports every one, each at its line."""
+    from xfrmwatch.config import ConfigError, parse
+
+    text = (
+        '[watch]\nbogus = 1\nrcvbuf = 5\n[[output]]\ntype = "file"\n'
+        '[[output]]\ntype = "stdout"\nqueue = 0\nselect = "x"\n'
+    )
+    try:
+        parse(text, "c.toml")
+    except ConfigError as exc:
+        errors = exc.errors
+    else:
+        raise AssertionError("no error")
+    assert [
+        "c.toml:2: Object contains unknown field `bogus`",
+        "c.toml:3: Expected `int` >= 4096 (at watch.rcvbuf)",
+        "c.toml:4: Object missing required field `path` (at output.0)",
+        "c.toml:8: Expected `int` >= 1 (at output.1.queue)",
+        "c.toml:9: select must be all, alerts or events, not 'x'",
+    ] == errors

@@ -17,9 +17,9 @@ import msgspec
 import pytest
 from support import ROOT, assert_no_keys, validate_event
 
-from xfrmwatch.decode import Decoder
 from xfrmwatch.errors import NotFoundError
 from xfrmwatch.netlink import xfrm as x
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink.socket import _scan_reply
 
 FIX = ROOT / "tests" / "fixtures"

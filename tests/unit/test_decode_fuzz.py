@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from support import validate_event
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.netlink import xfrm as x
+from xfrmwatch.netlink.decode import Decoder
 
 DEC = Decoder("fuzz")
 ENC = msgspec.json.Encoder()

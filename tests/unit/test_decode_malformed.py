@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from support import ROOT, assert_no_keys, validate_event
 
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink.decode import Decoder
 
 FIX = ROOT / "tests" / "fixtures"
 NEWSA = (FIX / "uml/sa/0001-NEWSA.bin").read_bytes()

@@ -21,7 +21,7 @@ import pytest
 from support import ROOT, assert_no_keys
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output.ecs import ECS_TYPES, ECS_VERSION, EcsRenderer
 from xfrmwatch.output.ocsf import OCSF_TYPES, OCSF_VERSION, OcsfRenderer
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import ROOT
 
-from xfrmwatch.decode import Decoder
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.output.ecs import EcsRenderer
 from xfrmwatch.output.journald import JournalRenderer
 from xfrmwatch.output.ocsf import OcsfRenderer

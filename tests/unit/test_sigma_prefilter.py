@@ -5,8 +5,8 @@ from pathlib import Path
 from support import ROOT
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.detect.sigma import load_rules
+from xfrmwatch.netlink.decode import Decoder
 
 HEAD = "logsource:\n    product: linux\n    service: xfrm\n"
 EVENTS = [

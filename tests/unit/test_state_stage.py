@@ -13,8 +13,8 @@ import trio
 from support import ROOT, validate_event
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.pipeline import (
     OutBatch,
     RulesStage,

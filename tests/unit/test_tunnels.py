@@ -16,8 +16,8 @@ import pytest
 from support import ROOT, validate_event
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.timestamps import utc, utc_precise
 from xfrmwatch.tunnels import TunnelModel, TunnelSettings
 

@@ -1,1 +1,1 @@
-"""Stage 4 of the pipeline: detection (rekey tracking, Sigma rules)."""
+"""Stage 3 of the pipeline: process names and the Sigma rules."""

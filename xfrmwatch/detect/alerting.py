@@ -1,4 +1,4 @@
-"""The rules in the detection stage: every event in, the alerts it raises out.
+"""The rules in stage 3 of the pipeline: every event in, the alerts it raises out.
 
 An :class:`Alerter` pairs the shared, immutable rule set with this namespace's
 own rule state.  A reload swaps the rule set (and starts a fresh state).

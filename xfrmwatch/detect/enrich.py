@@ -1,4 +1,4 @@
-"""Enrichment before detection: who made a change (nlmsg_pid -> process name).
+"""Stage 3 of the pipeline, before the rules: who made a change (nlmsg_pid -> process name).
 
 A ``tunnel_down`` carries the nlmsg_pid of the request that removed the tunnel."""
 

@@ -20,6 +20,7 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQ
 
 from ..errors import NEED_CAP, CapabilityError, KernelError, NoXfrmError, UserError
 from . import xfrm as x
+from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
 from .netns import entered
 from .proc import ProcFile, socket_drops
 
@@ -27,9 +28,6 @@ log = structlog.get_logger("xfrmwatch.netlink")
 
 DEFAULT_RCVBUF = 32 * 1024 * 1024
 RECV_BUFSIZE = 1024 * 1024
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-_NLMSG_HDR = struct.Struct("=IHHII")
 _ERR = struct.Struct("=i")
 
 READ_ONLY_REQUESTS = frozenset(
@@ -44,7 +42,7 @@ READ_ONLY_REQUESTS = frozenset(
 )
 
 
-class Overrun(Exception):
+class MessagesLost(Exception):
     """ENOBUFS: the kernel dropped messages for this socket."""
 
 
@@ -149,7 +147,7 @@ class XfrmSocket:
         the caller reads everything available, then waits with :meth:`wait_readable`).
 
         Datagrams not sent by the kernel (source port id != 0) are dropped.
-        Raises :class:`Overrun` on ENOBUFS: never swallowed.
+        Raises :class:`MessagesLost` on ENOBUFS: never swallowed.
         """
         recv = self._raw.recvfrom_into
         while True:
@@ -159,7 +157,7 @@ class XfrmSocket:
                 return None
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    raise Overrun() from None
+                    raise MessagesLost() from None
                 raise
             if address[0] != 0:
                 continue
@@ -170,14 +168,14 @@ class XfrmSocket:
         """Receive one datagram from the kernel.
 
         Datagrams not sent by the kernel (source port id != 0) are dropped.
-        Raises :class:`Overrun` on ENOBUFS: never swallowed.
+        Raises :class:`MessagesLost` on ENOBUFS: never swallowed.
         """
         while True:
             try:
                 n, address = await self._sock.recvfrom_into(self._buf, 0, _stdsocket.MSG_TRUNC)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    raise Overrun() from None
+                    raise MessagesLost() from None
                 raise
             if address[0] != 0:
                 continue
@@ -211,7 +209,7 @@ class XfrmSocket:
         while True:
             try:
                 data = self.receive_nowait()
-            except Overrun:
+            except MessagesLost:
                 raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
             if data is None:
                 with trio.fail_after(10):
@@ -250,16 +248,15 @@ class _DumpInterrupted(Exception):
 
 def _scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
     """Check one reply datagram: (saw NLMSG_DONE or a final reply, dump interrupted)."""
-    off = 0
     done = False
     intr = False
-    while off + 16 <= len(data):
-        mlen, mtype, flags, mseq, _ = _NLMSG_HDR.unpack_from(data, off)
-        if mlen < 16:
+    for item in iter_messages(data):
+        if isinstance(item, str):  # a framing error: the decoder reports it
             break
+        mtype, flags, mseq, _, off, end = item
         if mseq == seq:
             if mtype == NLMSG_ERROR:
-                code = _ERR.unpack_from(data, off + 16)[0] if mlen >= 20 else -errno.EIO
+                code = _ERR.unpack_from(data, off)[0] if end - off >= _ERR.size else -errno.EIO
                 if code:
                     raise kernel_error(-code, what)
                 done = True
@@ -267,7 +264,6 @@ def _scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
                 done = True
             if flags & NLM_F_DUMP_INTR:
                 intr = True
-        off += (mlen + 3) & ~3
     return done, intr
 
 

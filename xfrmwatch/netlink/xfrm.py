@@ -3,7 +3,7 @@
 The layouts are pyroute2 ``nlmsg``/``nla`` classes (``fields`` in native byte
 order with explicit padding, ``nla_map`` naming every attribute), so pyroute2
 encodes the requests and can decode any message independently.  The fast
-decoder in :mod:`xfrmwatch.decode` compiles the very same ``fields`` into
+decoder in :mod:`xfrmwatch.netlink.decode` compiles the very same ``fields`` into
 precompiled :class:`struct.Struct` objects.  Sizes are checked against the
 kernel's (x86_64) in the unit tests.
 

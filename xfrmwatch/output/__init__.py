@@ -1,1 +1,1 @@
-"""Outputs: renderers turn events into lines; writers put them somewhere."""
+"""Stage 4 of the pipeline: outputs of `xfrmwatch run` and the renderers of every format."""

@@ -13,7 +13,9 @@ dropped.  Every drop is counted through :meth:`Output.drop`, so it reaches
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -22,7 +24,9 @@ from .. import events as ev
 from ..backoff import Backoff
 from .base import Output
 
-__all__ = ["NETWORK_ERRORS", "Reachability", "RetryingSender", "Undeliverable", "error_reason"]
+__all__ = [
+    "NETWORK_ERRORS", "Reachability", "RetryingOutput", "RetryingSender", "Undeliverable", "error_reason",
+]  # fmt: skip
 
 #: what a broken or unreachable peer raises
 NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
@@ -124,3 +128,41 @@ class RetryingSender:
             if self._drain_deadline is None and recv.statistics().open_send_channels == 0:
                 self._drain_deadline = trio.current_time() + self.drain_timeout
             await self.backoff.sleep()
+
+
+class RetryingOutput(Output):
+    """An output that renders each event to bytes and sends them, one at a time, to a
+    peer that may be down (through its :attr:`sender`)."""
+
+    render: Callable[[ev.Event], bytes]
+    sender: RetryingSender
+
+    def frame(self, data: bytes) -> bytes:
+        """The rendered event as it goes on the wire (default: as is)."""
+        return data
+
+    @abc.abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Send one framed item (connecting first if needed); raise a network error,
+        or :class:`Undeliverable` for an item that can never be sent."""
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Drop the connection (after a network error, and at the end)."""
+
+    async def run(
+        self,
+        recv: trio.MemoryReceiveChannel[ev.Event],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        try:
+            async with recv:
+                async for e in recv:
+                    data = self.rendered(e, self.render)
+                    if data is not None:
+                        await self.sender.deliver(partial(self.send, self.frame(data)), self.disconnect, recv)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.disconnect()

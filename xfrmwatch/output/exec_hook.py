@@ -16,7 +16,7 @@ environment variables:
 * ``XFRM_EVENT_TYPE`` (``alert`` for an alert), ``XFRM_TIME``, ``XFRM_NETNS``;
 * for an alert: ``XFRM_RULE_ID``, ``XFRM_RULE_LEVEL``, ``XFRM_RULE_TITLE``;
 * when the event (for an alert: its first triggering event) has them:
-  ``XFRM_SPI``, ``XFRM_REQID``, ``XFRM_SRC``, ``XFRM_DST``;
+  ``XFRM_SPI``, ``XFRM_REQID``, ``XFRM_SRC``, ``XFRM_DST``, ``XFRM_TUNNEL_ID``;
 * ``PATH`` (and ``LANG``) from the daemon, plus ``env`` from the configuration;
   the rest of the daemon's environment only with ``inherit_env = true``.
 

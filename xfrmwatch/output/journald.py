@@ -66,7 +66,6 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,8 +77,8 @@ from .. import events as ev
 from ..backoff import Backoff
 from ..levels import severity
 from ..subject import attributes
-from .base import DropSink, NotNegative, Output, OutputConfig, Positive
-from .delivery import RetryingSender, Undeliverable
+from .base import DropSink, NotNegative, OutputConfig, Positive
+from .delivery import RetryingOutput, RetryingSender, Undeliverable
 from .render import event_label, event_type, summary
 
 log = structlog.get_logger("xfrmwatch.output.journald")
@@ -193,7 +192,7 @@ _TOO_BIG = frozenset({errno.EMSGSIZE, errno.ENOBUFS})
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
-class JournaldOutput(Output):
+class JournaldOutput(RetryingOutput):
     type = "journald"
 
     def __init__(self, config: JournaldConfig, drops: DropSink | None = None) -> None:
@@ -208,22 +207,6 @@ class JournaldOutput(Output):
         #: entries sent through a memfd (too large for one datagram)
         self.sent_memfd = 0
 
-    async def run(
-        self,
-        recv: trio.MemoryReceiveChannel[ev.Event],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        try:
-            async with recv:
-                async for e in recv:
-                    payload = self.rendered(e, self.render)
-                    if payload is not None:
-                        await self.sender.deliver(partial(self._send, payload), self._disconnect, recv)
-        finally:
-            await self._disconnect()
-
     # --- connection -----------------------------------------------------------------------
 
     async def _connect(self) -> trio.socket.SocketType:
@@ -237,12 +220,12 @@ class JournaldOutput(Output):
             self._sock = sock
         return self._sock
 
-    async def _disconnect(self) -> None:
+    async def disconnect(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    async def _send(self, payload: bytes) -> None:
+    async def send(self, payload: bytes) -> None:
         sock = await self._connect()
         with trio.fail_after(self.cfg.send_timeout):
             try:

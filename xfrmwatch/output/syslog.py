@@ -78,7 +78,6 @@ import ssl
 import typing
 from collections.abc import Callable
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -90,8 +89,8 @@ from .. import events as ev
 from ..backoff import Backoff
 from ..levels import severity
 from ..subject import attributes
-from .base import DropSink, NotNegative, Output, OutputConfig, Positive
-from .delivery import RetryingSender, Undeliverable
+from .base import DropSink, NotNegative, OutputConfig, Positive
+from .delivery import RetryingOutput, RetryingSender, Undeliverable
 from .render import event_label, event_type, json_renderer, summary
 
 log = structlog.get_logger("xfrmwatch.output.syslog")
@@ -387,7 +386,7 @@ class _Stream(_Transport):
 
 # --- the output ---------------------------------------------------------------------------------
 
-class SyslogOutput(Output):
+class SyslogOutput(RetryingOutput):
     type = "syslog"
 
     def __init__(self, config: SyslogConfig, drops: DropSink | None = None) -> None:
@@ -419,25 +418,10 @@ class SyslogOutput(Output):
     def reopen(self) -> None:
         self._reconnect = True
 
-    async def run(
-        self,
-        recv: trio.MemoryReceiveChannel[ev.Event],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        try:
-            async with recv:
-                async for e in recv:
-                    msg = self.rendered(e, self.render)
-                    if msg is None:
-                        continue
-                    if self.scheme in ("tcp", "tls"):
-                        msg = b"%d " % len(msg) + msg  # octet counting (RFC 6587 3.4.1)
-                    await self.sender.deliver(partial(self._send, msg), self._disconnect, recv)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._disconnect()
+    def frame(self, data: bytes) -> bytes:
+        if self.scheme in ("tcp", "tls"):
+            return b"%d " % len(data) + data  # octet counting (RFC 6587 3.4.1)
+        return data
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -455,7 +439,7 @@ class SyslogOutput(Output):
     async def _connect(self) -> _Transport:
         if self._conn is not None and (self._reconnect or self._conn.peer_closed()):
             self._reconnect = False
-            await self._disconnect()
+            await self.disconnect()
         if self._conn is None:
             with trio.fail_after(self.cfg.connect_timeout):
                 if self.scheme == "unix":
@@ -468,12 +452,12 @@ class SyslogOutput(Output):
             self.connects += 1
         return self._conn
 
-    async def _disconnect(self) -> None:
+    async def disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.aclose()
 
-    async def _send(self, msg: bytes) -> None:
+    async def send(self, msg: bytes) -> None:
         conn = await self._connect()
         with trio.fail_after(self.cfg.send_timeout):
             try:

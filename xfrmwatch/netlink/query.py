@@ -16,13 +16,13 @@ from typing import Any
 import structlog
 import trio
 
-from . import events as ev
+from .. import events as ev
+from ..errors import KernelError, NotFoundError, UsageError
+from . import xfrm as x
 from .decode import FAMILY_NUMBERS, Decoder
-from .errors import KernelError, NotFoundError, UsageError
-from .netlink import xfrm as x
-from .netlink.socket import XfrmSocket
+from .socket import XfrmSocket
 
-log = structlog.get_logger("xfrmwatch.query")
+log = structlog.get_logger("xfrmwatch.netlink.query")
 
 
 def _decode_all(decoder: Decoder, datagrams: list[bytes]) -> list[ev.Event]:

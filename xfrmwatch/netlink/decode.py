@@ -16,14 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import events as ev
-from .netlink import xfrm as x
-from .timestamps import utc, utc_precise
-
-NLMSG_HDR = struct.Struct("=IHHII")
-NLA_HDR = struct.Struct("=HH")
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
-_NLA_TYPE_MASK = 0x3FFF
+from .. import events as ev
+from ..timestamps import utc, utc_precise
+from . import xfrm as x
+from .framing import NLA_HDR, NLA_TYPE_MASK, iter_messages
 
 
 def _compile(fields: x.Fields) -> struct.Struct:
@@ -328,12 +324,12 @@ def iter_attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]
             raise MalformedError(f"{end - off} trailing bytes after the last attribute")
         alen, atype = NLA_HDR.unpack_from(buf, off)
         if alen < 4:
-            raise MalformedError(f"attribute type {atype & _NLA_TYPE_MASK} has length {alen} < 4")
+            raise MalformedError(f"attribute type {atype & NLA_TYPE_MASK} has length {alen} < 4")
         if off + alen > end:
             raise MalformedError(
-                f"attribute type {atype & _NLA_TYPE_MASK} (length {alen}) runs past the end of the message"
+                f"attribute type {atype & NLA_TYPE_MASK} (length {alen}) runs past the end of the message"
             )
-        yield atype & _NLA_TYPE_MASK, off + 4, alen - 4
+        yield atype & NLA_TYPE_MASK, off + 4, alen - 4
         off += (alen + 3) & ~3
 
 
@@ -579,7 +575,7 @@ def decode_attrs(
         if end - off < 4:
             raise MalformedError(f"{end - off} trailing bytes after the last attribute")
         alen, atype = unpack_hdr(buf, off)
-        atype &= _NLA_TYPE_MASK
+        atype &= NLA_TYPE_MASK
         if alen < 4:
             raise MalformedError(f"attribute type {atype} has length {alen} < 4")
         if off + alen > end:
@@ -883,29 +879,3 @@ class Decoder:
                 continue
             out.append(self.decode_message(mtype, seq, pid, data, off, end, mono, wall_s))
         return out
-
-
-def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, int, int, int] | str]:
-    """Split a datagram into (type, flags, seq, pid, body offset, body end).
-
-    A framing error is yielded as a string (the reason) and ends the walk.
-    """
-    off = 0
-    total = len(data)
-    while off < total:
-        if total - off < 16:
-            yield f"{total - off} trailing bytes, shorter than a netlink header"
-            return
-        mlen, mtype, flags, seq, pid = NLMSG_HDR.unpack_from(data, off)
-        if mlen < 16:
-            yield f"nlmsg_len {mlen} is shorter than the header"
-            return
-        if off + mlen > total:
-            yield f"nlmsg_len {mlen} runs past the end of the datagram ({total - off} bytes left)"
-            return
-        yield mtype, flags, seq, pid, off + 16, off + mlen
-        nxt = off + ((mlen + 3) & ~3)
-        if nxt > total and off + mlen < total:
-            yield "bad alignment: the next message does not start on a 4-byte boundary"
-            return
-        off = nxt
