@@ -64,6 +64,8 @@ from .mirror import Mirror, PairKey, SAEntry, pair_key, policy_key
 from .timestamps import utc_precise
 
 Direction = Literal["in", "out"]
+#: an SA within its tunnel: (spi, dst); a manual pair may use one SPI both ways
+MemberKey = tuple[str, str]
 #: how an out policy names a tunnel: by reqid, or (reqid 0, tunnel mode) by its endpoints
 LinkKey = tuple[int, str, str, str]  # (reqid, proto, "", "") or (0, proto, lower, higher)
 
@@ -95,6 +97,10 @@ class TunnelSettings:
             raise ValueError("history_factor must be above 1")
 
 
+def _key(sa: ev.SA) -> MemberKey:
+    return (sa.spi, sa.dst)
+
+
 def larval(sa: ev.SA) -> bool:
     """A state with no keys yet: an ACQUIRE's larval state or a reserved SPI."""
     return sa.spi == "0x00000000" or (sa.aead is None and sa.enc is None and sa.auth is None and sa.comp is None)
@@ -109,6 +115,7 @@ class _Member:
     """One SA of a tunnel as the model knows it."""
 
     spi: str
+    dst: str
     dir: Direction
     installed: float  # mono
     generation: int
@@ -132,8 +139,8 @@ class _Rekey:
     first_new: float | None = None
     last_new: float | None = None
     complete_at: float | None = None
-    old: dict[str, Direction] = field(default_factory=dict)
-    new: dict[str, Direction] = field(default_factory=dict)
+    old: dict[MemberKey, Direction] = field(default_factory=dict)
+    new: dict[MemberKey, Direction] = field(default_factory=dict)
     initiator: bool | None = None
     collision: bool = False
 
@@ -141,6 +148,7 @@ class _Rekey:
 @dataclass(slots=True)
 class _Removal:
     spi: str
+    dst: str
     dir: Direction
     reason: ev.DownReason
     nlmsg_pid: int
@@ -157,7 +165,7 @@ class Tunnel:
     dst: str
     mode: str
     state: ev.TunnelState = "establishing"
-    members: dict[str, _Member] = field(default_factory=dict)
+    members: dict[MemberKey, _Member] = field(default_factory=dict)
     dirs_seen: set[Direction] = field(default_factory=set)
     created: float = 0.0
     up_at: float | None = None
@@ -372,9 +380,9 @@ class TunnelModel:
 
     def _add_member(self, t: Tunnel, entry: SAEntry) -> _Member:
         d = self._dir(t, entry)
-        m = _Member(spi=entry.sa.spi, dir=d, installed=entry.age_offset, generation=entry.generation,
-                    bytes=entry.sa.current.bytes, packets=entry.sa.current.packets)  # fmt: skip
-        t.members[entry.sa.spi] = m
+        m = _Member(spi=entry.sa.spi, dst=entry.sa.dst, dir=d, installed=entry.age_offset,
+                    generation=entry.generation, bytes=entry.sa.current.bytes, packets=entry.sa.current.packets)  # fmt: skip
+        t.members[_key(entry.sa)] = m
         t.dirs_seen.add(d)
         return m
 
@@ -502,7 +510,7 @@ class TunnelModel:
         sa = entry.sa
         pk = pair_key(sa)
         t = self.tunnels.get(pk)
-        if t is not None and sa.spi in t.members:
+        if t is not None and _key(sa) in t.members:
             return  # an update of an SA we know (counters, a filled-in reservation)
         fresh = t is None
         t = self._tunnel_for(entry, now)
@@ -513,7 +521,7 @@ class TunnelModel:
         if t.break_at is not None and t.removals and not older:
             # what was removed comes back under the same key within the grace time
             # (break-before-make reauthentication): a replacement, judged as a rekey
-            self._begin_rekey(t, now, {r.spi: r.dir for r in t.removals})
+            self._begin_rekey(t, now, {(r.spi, r.dst): r.dir for r in t.removals})
         if fresh or t.state in ("establishing", "down"):  # "down": one direction was left
             if {"in", "out"} <= {o.dir for o in t.members.values()}:
                 self._up(t, now, wall, out)
@@ -530,7 +538,7 @@ class TunnelModel:
             and any(o.installed >= t.gen_started for o in older)
         ):
             return  # a straggler of the rekey just completed (a collision's second pair)
-        r = self._begin_rekey(t, now, {o.spi: o.dir for o in t.members.values() if o is not m})
+        r = self._begin_rekey(t, now, {k: o.dir for k, o in t.members.items() if o is not m})
         if r.first_new is None:
             r.first_new = now
             r.complete_at = now + self.s.settle
@@ -539,16 +547,16 @@ class TunnelModel:
                 r.initiator = self._responder_evident(t, r, now)
         if any(v == d for v in r.new.values()):
             r.collision = True
-        r.new[sa.spi] = d
+        r.new[_key(sa)] = d
         r.last_new = now
-        r.old.pop(sa.spi, None)
+        r.old.pop(_key(sa), None)
         t.state = "rekeying" if not t.overdue else t.state
 
-    def _begin_rekey(self, t: Tunnel, now: float, old: dict[str, Direction]) -> _Rekey:
+    def _begin_rekey(self, t: Tunnel, now: float, old: dict[MemberKey, Direction]) -> _Rekey:
         r = t.rekey
         if r is None:
             r = t.rekey = _Rekey()
-        r.old.update((spi, d) for spi, d in old.items() if spi not in r.new)
+        r.old.update((k, d) for k, d in old.items() if k not in r.new)
         return r
 
     def _responder_evident(self, t: Tunnel, r: _Rekey, now: float) -> bool | None:
@@ -558,16 +566,16 @@ class TunnelModel:
             return True
         soft = [
             e.soft_deadline
-            for spi in r.old
-            if (e := self._entry(t, spi)) is not None and e.soft_deadline is not None
+            for k in r.old
+            if (e := self._entry(t, k)) is not None and e.soft_deadline is not None
         ]
         if soft and min(soft) > now + 1.0:
             return False
         return None
 
-    def _entry(self, t: Tunnel, spi: str) -> SAEntry | None:
+    def _entry(self, t: Tunnel, k: MemberKey) -> SAEntry | None:
         for e in self.mirror.pair_sas(t.key):
-            if e.sa.spi == spi:
+            if _key(e.sa) == k:
                 return e
         return None
 
@@ -586,7 +594,7 @@ class TunnelModel:
             t = self._tunnel_for(entry, now)
             self._add_member(t, entry)
             t.state = "up"
-        m = t.members.get(entry.sa.spi)
+        m = t.members.get(_key(entry.sa))
         if m is None:
             m = self._add_member(t, entry)
         newer = [o for o in t.members.values() if o.dir == m.dir and o.generation > m.generation]
@@ -595,7 +603,7 @@ class TunnelModel:
         r = t.rekey
         if r is not None and (r.started is not None or r.first_new is not None):
             return  # the other direction of the same generation, or already being replaced
-        r = self._begin_rekey(t, now, {o.spi: o.dir for o in t.members.values()})
+        r = self._begin_rekey(t, now, {k: o.dir for k, o in t.members.items()})
         r.started = now
         r.initiator = True
         r.soft_spi = m.spi
@@ -645,12 +653,13 @@ class TunnelModel:
         t = self.tunnels.get(pk)
         if t is None:
             return
-        m = t.members.pop(entry.sa.spi, None)
+        k = _key(entry.sa)
+        m = t.members.pop(k, None)
         if m is None:
             return
         if t.rekey is not None:
-            t.rekey.new.pop(m.spi, None)
-        t.removals.append(_Removal(m.spi, m.dir, reason, e.nlmsg_pid, e.process))
+            t.rekey.new.pop(k, None)
+        t.removals.append(_Removal(m.spi, m.dst, m.dir, reason, e.nlmsg_pid, e.process))
         self._schedule_break(t, now)
 
     def _reconcile(self, keys: Iterable[PairKey], reason: ev.DownReason, e: ev.Event, now: float) -> None:
@@ -659,12 +668,12 @@ class TunnelModel:
             t = self.tunnels.get(pk)
             if t is None:
                 continue
-            live = {s.sa.spi for s in self.mirror.pair_sas(pk)}
-            for spi in [s for s in t.members if s not in live]:
-                m = t.members.pop(spi)
+            live = {_key(s.sa) for s in self.mirror.pair_sas(pk)}
+            for k in [k for k in t.members if k not in live]:
+                m = t.members.pop(k)
                 if t.rekey is not None:
-                    t.rekey.new.pop(spi, None)
-                t.removals.append(_Removal(spi, m.dir, reason, e.nlmsg_pid, e.process))
+                    t.rekey.new.pop(k, None)
+                t.removals.append(_Removal(m.spi, m.dst, m.dir, reason, e.nlmsg_pid, e.process))
             if t.removals:
                 self._schedule_break(t, now)
 
@@ -752,7 +761,7 @@ class TunnelModel:
                 continue
             pk = pair_key(entry.sa)
             t = self.tunnels.get(pk)
-            if t is None or entry.sa.spi not in t.members:
+            if t is None or _key(entry.sa) not in t.members:
                 self._sa_added(entry, now, wall, out)
         self._pol_links.clear()
         self._pols_by_link.clear()
@@ -787,7 +796,7 @@ class TunnelModel:
     def _has_limits(self, t: Tunnel) -> bool:
         """Whether the kernel will tell (EXPIRE) when the current generation is due."""
         for e in self.mirror.pair_sas(t.key):
-            if e.sa.spi not in t.members:
+            if _key(e.sa) not in t.members:
                 continue
             lft = e.sa.lifetime
             if any(
@@ -849,8 +858,8 @@ class TunnelModel:
         out.append(
             ev.RekeyCompleted(
                 **self._common(t, now, wall),
-                old_spis=sorted(r.old),
-                new_spis=sorted(r.new),
+                old_spis=sorted(spi for spi, _ in r.old),
+                new_spis=sorted(spi for spi, _ in r.new),
                 initiator=r.initiator,
                 duration_seconds=round(max(0.0, end - begin), 6),
                 collision=r.collision,
@@ -899,7 +908,7 @@ class TunnelModel:
         touched: set[PairKey] = set()
         for sa in sas:
             t = self.tunnels.get(pair_key(sa))
-            m = None if t is None else t.members.get(sa.spi)
+            m = None if t is None else t.members.get(_key(sa))
             if t is None or m is None:
                 continue
             db, dp = max(0, sa.current.bytes - m.bytes), max(0, sa.current.packets - m.packets)
@@ -952,8 +961,9 @@ class TunnelModel:
         reqid, proto, _, _ = t.key
         soft = hard = nxt = None
         basis: ev.DeadlineBasis | None = None
-        entries = {e.sa.spi: e for e in self.mirror.pair_sas(t.key) if e.sa.spi in t.members}
-        cur = [entries[s] for s in (spi_in, spi_out) if s is not None and s in entries]
+        entries = {_key(e.sa): e for e in self.mirror.pair_sas(t.key)}
+        cur = [entries[(m.spi, m.dst)] for m in (t.current("in"), t.current("out"))
+               if m is not None and (m.spi, m.dst) in entries]  # fmt: skip
         softs = [e.soft_deadline for e in cur if e.soft_deadline is not None]
         hards = [e.hard_deadline for e in cur if e.hard_deadline is not None]
         if softs or hards:

@@ -654,3 +654,19 @@ def test_no_learned_deadline_without_a_key_manager() -> None:
     s.at(62)
     assert ["tunnel_up", "rekey_completed", "tunnel_down"] == s.types()
     assert (True, False) == (s.derived("tunnel_down")[0]["teardown"], s.derived("tunnel_down")[0]["rekey_failed"])
+
+
+def test_one_spi_both_ways() -> None:
+    """Manual keying often uses one SPI in both directions: still two members, one tunnel;
+    deleting one of them is a lone deletion (partial), not a no-op."""
+    s = Side(key_manager=False)
+    s.pid = 0
+    i = s.add(s.sa(0x42, R, L))
+    s.add(s.sa(0x42, L, R))
+    s.at(3)
+    up = s.derived("tunnel_up")[0]
+    assert ("0x00000042", "0x00000042") == (up["spi_in"], up["spi_out"])
+    s.delete(i)
+    s.at(4)
+    down = s.derived("tunnel_down")[0]
+    assert (True, ["0x00000042"]) == (down["partial"], down["spis"])
