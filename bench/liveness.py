@@ -31,8 +31,8 @@ import tempfile
 from live import netns, require_root, run_batch, sh
 
 from xfrmwatch import events as ev
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink.socket import XfrmSocket
 from xfrmwatch.pipeline import NetlinkKernel
 from xfrmwatch.tunnels import TunnelModel
