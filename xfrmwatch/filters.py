@@ -2,19 +2,22 @@
 
 Each given dimension must match (AND); within a dimension, an event matches
 when any of its values does (an SA's endpoint or its selector, a policy's
-selector or one of its templates...).  ``overrun`` and ``malformed`` events
-always pass: a filter never hides a loss.
+selector or one of its templates...), as :func:`xfrmwatch.subject.subject`
+says: a derived tunnel event or an alert is about the reqid, SPIs and
+endpoints it names (an alert: those of its triggering events), so
+``--reqid 7`` shows the tunnel events and alerts of reqid 7.  ``overrun`` and
+``malformed`` events always pass: a filter never hides a loss.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import events as ev
 from .errors import UsageError
 from .netlink import xfrm as x
+from .subject import subject
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,147 +75,6 @@ def _in(addr_or_cidr: str, net: Network) -> bool:
     return other.version == net.version and other.subnet_of(net)  # type: ignore[arg-type]
 
 
-# --- what each event offers per dimension -------------------------------------------
-
-
-def _sas(e: ev.Event) -> Iterator[ev.SA]:
-    sa = getattr(e, "sa", None)
-    if isinstance(sa, ev.SA):
-        yield sa
-
-
-def _policies(e: ev.Event) -> Iterator[ev.Policy]:
-    pol = getattr(e, "policy", None)
-    if isinstance(pol, ev.Policy):
-        yield pol
-
-
-def _selectors(e: ev.Event) -> Iterator[ev.Selector]:
-    for sa in _sas(e):
-        yield sa.sel
-    for pol in _policies(e):
-        yield pol.sel
-    for name in ("policy_id",):
-        pid = getattr(e, name, None)
-        if isinstance(pid, ev.PolicyId):
-            yield pid.sel
-    sel = getattr(e, "sel", None)
-    if isinstance(sel, ev.Selector):
-        yield sel
-
-
-def _endpoints(e: ev.Event, side: str) -> Iterator[str]:
-    """Addresses on one side (``src`` or ``dst``): SA endpoints, then selectors."""
-    for sa in _sas(e):
-        yield getattr(sa, side)
-    for pol in _policies(e):
-        for t in pol.tmpl:
-            yield getattr(t, side)
-    for sel in _selectors(e):
-        yield getattr(sel, side)
-    if isinstance(e, ev.DelSA) and side == "dst":
-        yield e.id.dst
-    if isinstance(e, ev.AcquireEvent):
-        yield getattr(e.acquire, side)
-    if isinstance(e, ev.NewAE):
-        yield getattr(e.ae, side)
-    if isinstance(e, ev.Mapping):
-        if side == "dst":
-            yield e.id.dst
-        else:
-            yield e.old_src
-            yield e.new_src
-    if isinstance(e, ev.Migrate):
-        for m in e.migrate:
-            yield getattr(m, "old_" + side)
-            yield getattr(m, "new_" + side)
-
-
-def _protos(e: ev.Event) -> Iterator[str]:
-    for sa in _sas(e):
-        yield sa.proto
-    for pol in _policies(e):
-        for t in pol.tmpl:
-            yield t.proto
-    if isinstance(e, ev.DelSA):
-        yield e.id.proto
-    if isinstance(e, ev.FlushSA):
-        yield e.proto
-    if isinstance(e, ev.AcquireEvent):
-        yield e.acquire.proto
-    if isinstance(e, ev.NewAE):
-        yield e.ae.proto
-    if isinstance(e, ev.Mapping):
-        yield e.id.proto
-    if isinstance(e, ev.Report):
-        yield e.proto
-    if isinstance(e, ev.Migrate):
-        for m in e.migrate:
-            yield m.proto
-
-
-def _spis(e: ev.Event) -> Iterator[str]:
-    for sa in _sas(e):
-        yield sa.spi
-    for pol in _policies(e):
-        for t in pol.tmpl:
-            yield t.spi
-    if isinstance(e, ev.DelSA):
-        yield e.id.spi
-    if isinstance(e, ev.AcquireEvent):
-        yield e.acquire.spi
-    if isinstance(e, ev.NewAE):
-        yield e.ae.spi
-    if isinstance(e, ev.Mapping):
-        yield e.id.spi
-
-
-def _reqids(e: ev.Event) -> Iterator[int]:
-    for sa in _sas(e):
-        yield sa.reqid
-    for pol in _policies(e):
-        for t in pol.tmpl:
-            yield t.reqid
-    if isinstance(e, (ev.NewAE,)):
-        yield e.ae.reqid
-    if isinstance(e, ev.Mapping):
-        yield e.reqid
-    if isinstance(e, ev.Migrate):
-        for m in e.migrate:
-            yield m.reqid
-
-
-def _marks(e: ev.Event) -> Iterator[ev.Mark]:
-    for sa in _sas(e):
-        if sa.mark is not None:
-            yield sa.mark
-    for pol in _policies(e):
-        if pol.mark is not None:
-            yield pol.mark
-    if isinstance(e, ev.NewAE) and e.ae.mark is not None:
-        yield e.ae.mark
-
-
-def _ifindexes(e: ev.Event) -> Iterator[int]:
-    for sel in _selectors(e):
-        if sel.ifindex:
-            yield sel.ifindex
-    for sa in _sas(e):
-        if sa.offload is not None:
-            yield sa.offload.ifindex
-
-
-def _dirs(e: ev.Event) -> Iterator[str]:
-    for pol in _policies(e):
-        yield pol.dir
-    pid = getattr(e, "policy_id", None)
-    if isinstance(pid, ev.PolicyId):
-        yield pid.dir
-    for sa in _sas(e):
-        if sa.dir is not None:
-            yield sa.dir
-
-
 @dataclass(frozen=True)
 class Filter:
     """A conjunction of ``ip xfrm``-style conditions; empty matches everything."""
@@ -228,27 +90,31 @@ class Filter:
     types: frozenset[str] = field(default_factory=frozenset)
 
     def match(self, e: ev.Event) -> bool:
+        """Whether ``e`` passes; each dimension is asked of :func:`~xfrmwatch.subject.subject`
+        (so derived events and alerts are judged by what they are about)."""
         if isinstance(e, ALWAYS_SHOWN):
             return True
         if self.types and e.__struct_config__.tag not in self.types:
             return False
+        if not (self.src or self.dst or self.proto or self.spi is not None or self.reqid is not None
+                or self.mark or self.ifindex is not None or self.dir):  # fmt: skip
+            return True
+        s = subject(e)
         src, dst = self.src, self.dst
-        if src is not None and not any(_in(a, src) for a in _endpoints(e, "src")):
+        if src is not None and not any(_in(a, src) for a in s.src):
             return False
-        if dst is not None and not any(_in(a, dst) for a in _endpoints(e, "dst")):
+        if dst is not None and not any(_in(a, dst) for a in s.dst):
             return False
-        if self.proto is not None and not any(
-            p == self.proto or p == "any" for p in _protos(e)
-        ):
+        if self.proto is not None and not any(p == self.proto or p == "any" for p in s.proto):
             return False
-        if self.spi is not None and not any(int(s, 16) == self.spi for s in _spis(e)):
+        if self.spi is not None and not any(int(x, 16) == self.spi for x in s.spi):
             return False
-        if self.reqid is not None and self.reqid not in _reqids(e):
+        if self.reqid is not None and self.reqid not in s.reqid:
             return False
         if self.mark is not None:
             value, mask = self.mark
-            if not any(m.value & mask == value & mask for m in _marks(e)):
+            if not any(m.value & mask == value & mask for m in s.mark):
                 return False
-        if self.ifindex is not None and self.ifindex not in _ifindexes(e):
+        if self.ifindex is not None and self.ifindex not in s.ifindex:
             return False
-        return self.dir is None or self.dir in _dirs(e)
+        return self.dir is None or self.dir in s.dir

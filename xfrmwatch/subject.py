@@ -1,179 +1,208 @@
-"""What an event is about: the tunnel, SAs, policies and endpoints it names.
+"""What an event is about: ONE answer, used by every consumer.
 
-:func:`attributes` lists, per dimension, every value an event names (an
-alert: those of its triggering events).
+:func:`subject` reads an event once and returns its :class:`Subject`: the
+namespace, and per dimension every value the event names, in the order met:
+tunnel ids, reqids, SPIs, XFRM protocols, source and destination addresses
+(SA endpoints, selectors, template endpoints, NAT and migration addresses),
+directions, marks, interface indexes, and every address with the field path
+it came from.  An alert is about what its triggering events are about (an alert
+without events: what its ``group`` names).
+
+The walk goes by field *name*, not by event class, so derived events are read
+the same way whatever fields they carry (the tunnel events' flat ``reqid``,
+``proto``, ``src``, ``dst``, ``tunnel_id``, ``spi``, ``spi_in``, ``spi_out``,
+``old_spis``, ``new_spis``, ``spis``), and records nested under ``sa``, ``id``,
+``policy``, ``policy_id``, ``sel``, ``acquire``, ``ae``, ``migrate``, ``tmpl``,
+``offload`` and ``kmaddress`` are read by the names of their fields.
+
+Consumers: ``monitor``'s filters (:mod:`xfrmwatch.filters`), the journal fields
+and the syslog SD-PARAMs (:meth:`Subject.values`), the webhook, exec and
+Alertmanager fields (:meth:`Subject.first`), the ECS ``related.ip`` and OCSF
+observables (:attr:`Subject.addresses`), the audit table (:meth:`Subject.describe`).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from . import events as ev
 
-__all__ = ["ATTRIBUTES", "attributes", "subject_fields"]
+__all__ = ["DIMENSIONS", "Subject", "subject"]
 
-_UNSPEC_ADDRS = frozenset({"", "0.0.0.0", "::", "0.0.0.0/0", "::/0"})
+#: the dimensions a consumer prints, in this order (journal fields, SD-PARAMs)
+DIMENSIONS = ("spi", "reqid", "src", "dst", "proto", "dir", "tunnel_id")
+
+#: field name -> dimension, for the values an event (or a record in it) carries
+_VALUE_FIELDS: dict[str, str] = {
+    "tunnel_id": "tunnel_id",
+    "reqid": "reqid",
+    "spi": "spi", "spi_in": "spi", "spi_out": "spi", "new_spis": "spi", "old_spis": "spi", "spis": "spi",
+    "proto": "proto",
+    "src": "src", "old_src": "src", "new_src": "src",
+    "dst": "dst", "old_dst": "dst", "new_dst": "dst",
+    "dir": "dir",
+    "mark": "mark",
+    "ifindex": "ifindex",
+    "coaddr": "address", "local": "address", "remote": "address",
+}  # fmt: skip
+#: read first, so the SA an event is about leads (then the outbound SA of a tunnel)
+_FIELD_ORDER = {"spi": 0, "spi_out": 1, "spi_in": 2}
+#: fields holding records (or lists of records) to read in turn
+_NESTED = frozenset({"sa", "id", "policy", "policy_id", "sel", "acquire", "ae", "migrate", "tmpl", "offload", "kmaddress"})
+#: in a selector, ``proto`` is the IP protocol of the traffic, not the XFRM protocol
+_SELECTOR_SKIP = frozenset({"proto"})
+_UNSPECIFIED = frozenset({"", "0.0.0.0", "::", "0.0.0.0/0", "::/0"})
 _ZERO_SPI = "0x00000000"
 
 
-#: the attribute names :func:`attributes` returns, in order
-ATTRIBUTES = ("spi", "reqid", "src", "dst", "proto", "dir")
+def _host(value: str) -> str | None:
+    """The address of a plain address or a single-host prefix (/32, /128), else None."""
+    addr, _, plen = value.partition("/")
+    if value in _UNSPECIFIED or addr in _UNSPECIFIED:
+        return None
+    if plen and not ((plen == "32" and ":" not in addr) or plen == "128"):
+        return None
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    return addr
 
 
-class _Attrs:
-    __slots__ = ("values",)
+@dataclass(frozen=True)
+class Subject:
+    """What one event is about; each dimension lists distinct values in the order met."""
+
+    netns: str
+    tunnel_id: tuple[str, ...] = ()
+    reqid: tuple[int, ...] = ()
+    spi: tuple[str, ...] = ()
+    proto: tuple[str, ...] = ()
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    dir: tuple[str, ...] = ()
+    mark: tuple[ev.Mark, ...] = ()
+    ifindex: tuple[int, ...] = ()
+    #: every specified host address, with the event field path it came from
+    addresses: tuple[tuple[str, str], ...] = field(default=())
+
+    def values(self) -> dict[str, list[str]]:
+        """Per dimension of :data:`DIMENSIONS`, the values as strings, leaving out what names
+        nothing in particular: zero SPIs, zero template reqids, wildcard addresses."""
+        out: dict[str, list[str]] = {}
+        for dim in DIMENSIONS:
+            vals = [str(v) for v in getattr(self, dim)]
+            if dim in ("src", "dst"):
+                vals = [v for v in vals if v not in _UNSPECIFIED]
+            elif dim == "spi":
+                vals = [v for v in vals if v != _ZERO_SPI]
+            out[dim] = vals
+        return out
+
+    def first(self) -> dict[str, str]:
+        """``netns``, and the first value of each dimension the event names (for one-value
+        fields: webhook and exec variables, Alertmanager labels)."""
+        out = {"netns": self.netns}
+        for dim, vals in self.values().items():
+            if vals:
+                out[dim] = vals[0]
+        return out
+
+    def describe(self) -> str:
+        """One line: ``esp spi 0x... 192.0.2.1 -> 192.0.2.2 reqid 1 dir out`` (what is known)."""
+        f = self.first()
+        parts = [f["proto"]] if "proto" in f else []
+        if "spi" in f:
+            parts.append(f"spi {f['spi']}")
+        if "src" in f or "dst" in f:
+            parts.append(f"{f.get('src', '*')} -> {f.get('dst', '*')}")
+        for dim in ("reqid", "dir"):
+            if dim in f:
+                parts.append(f"{dim} {f[dim]}")
+        return " ".join(parts) or "-"
+
+
+@functools.cache
+def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(sorted(cls.__struct_fields__, key=lambda n: _FIELD_ORDER.get(n, len(_FIELD_ORDER))))
+
+
+class _Walk:
+    __slots__ = ("addresses", "dims")
 
     def __init__(self) -> None:
-        self.values: dict[str, list[str]] = {k: [] for k in ATTRIBUTES}
+        self.dims: dict[str, dict[Any, None]] = {d: {} for d in (*DIMENSIONS, "mark", "ifindex")}
+        self.addresses: dict[tuple[str, str], None] = {}
 
-    def add(self, key: str, value: object) -> None:
-        if value is None:
+    def value(self, dim: str, name: str, path: str, v: Any, in_template: bool) -> None:
+        if v is None:
             return
-        s = str(value)
-        if key in ("src", "dst") and s in _UNSPEC_ADDRS:
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                self.value(dim, name, path, x, in_template)
             return
-        if key == "spi" and s == _ZERO_SPI:
+        if dim == "reqid" and in_template and not v:
+            return  # a template's reqid 0 means "any"
+        if dim == "ifindex" and not v:
             return
-        if s and s not in self.values[key]:
-            self.values[key].append(s)
+        if dim in ("src", "dst", "address") and isinstance(v, str):
+            host = _host(v)
+            if host is not None:
+                self.addresses[(path + name, host)] = None
+            if dim == "address":
+                return
+        self.dims[dim][v] = None
 
-    def sa(self, sa: ev.SA) -> None:
-        self.add("spi", sa.spi)
-        self.add("reqid", sa.reqid)
-        self.add("src", sa.src)
-        self.add("dst", sa.dst)
-        self.add("proto", sa.proto)
-        self.add("dir", sa.dir)
+    def record(self, obj: msgspec.Struct, path: str, *, selector: bool = False, in_template: bool = False) -> None:
+        for name in _fields(type(obj)):
+            v = getattr(obj, name)
+            if v is None:
+                continue
+            if name in _NESTED:
+                sub = f"{path}{name}."
+                items = v if isinstance(v, list) else [v]
+                for item in items:
+                    if isinstance(item, msgspec.Struct):
+                        self.record(item, sub, selector=name == "sel", in_template=name in ("tmpl", "migrate"))
+                continue
+            dim = _VALUE_FIELDS.get(name)
+            if dim is None or (selector and name in _SELECTOR_SKIP):
+                continue
+            self.value(dim, name, path, v, in_template)
 
-    def sel(self, sel: ev.Selector) -> None:
-        self.add("src", sel.src)
-        self.add("dst", sel.dst)
-
-    def policy(self, p: ev.Policy) -> None:
-        self.sel(p.sel)
-        self.add("dir", p.dir)
-        for t in p.tmpl:
-            self.add("proto", t.proto)
-            if t.reqid:
-                self.add("reqid", t.reqid)
-            self.add("spi", t.spi)
-            self.add("src", t.src)
-            self.add("dst", t.dst)
-
-    def event(self, e: Any) -> None:
-        if isinstance(e, (ev.SaEvent, ev.Expire, ev.SaState)):
-            self.sa(e.sa)
-        elif isinstance(e, (ev.DelSA, ev.Mapping)):
-            self.add("spi", e.id.spi)
-            self.add("dst", e.id.dst)
-            self.add("proto", e.id.proto)
-            if isinstance(e, ev.DelSA):
-                if e.sa is not None:
-                    self.sa(e.sa)
-            else:
-                self.add("reqid", e.reqid)
-                self.add("src", e.old_src)
-                self.add("src", e.new_src)
-        elif isinstance(e, (ev.PolicyEvent, ev.PolExpire, ev.PolicyState)):
-            self.policy(e.policy)
-        elif isinstance(e, ev.DelPolicy):
-            if e.policy is not None:
-                self.policy(e.policy)
-            else:
-                self.sel(e.policy_id.sel)
-                self.add("dir", e.policy_id.dir)
-        elif isinstance(e, ev.AcquireEvent):
-            a = e.acquire
-            self.add("spi", a.spi)
-            self.add("src", a.src)
-            self.add("dst", a.dst)
-            self.add("proto", a.proto)
-            self.policy(e.policy)
-        elif isinstance(e, ev.NewAE):
-            ae = e.ae
-            self.add("spi", ae.spi)
-            self.add("reqid", ae.reqid)
-            self.add("src", ae.src)
-            self.add("dst", ae.dst)
-            self.add("proto", ae.proto)
-        elif isinstance(e, ev.Report):
-            self.add("proto", e.proto)
-            self.sel(e.sel)
-        elif isinstance(e, ev.Migrate):
-            self.add("dir", e.policy_id.dir)
-            for m in e.migrate:
-                self.add("proto", m.proto)
-                if m.reqid:
-                    self.add("reqid", m.reqid)
-                for addr in (m.old_src, m.new_src):
-                    self.add("src", addr)
-                for addr in (m.old_dst, m.new_dst):
-                    self.add("dst", addr)
-        elif isinstance(e, ev.FlushSA):
-            self.add("proto", e.proto)
-        elif isinstance(e, ev.TunnelEvent):
-            for spi in tunnel_spis(e):
-                self.add("spi", spi)
-            self.add("reqid", e.reqid)
-            self.add("src", e.src)
-            self.add("dst", e.dst)
-            self.add("proto", e.proto)
-        elif isinstance(e, ev.Alert):
-            for sub in e.events:
-                self.event(sub)
+    def event(self, e: Any, path: str = "") -> None:
+        if isinstance(e, ev.Alert):
+            for t in e.events:
+                self.event(t, path + "events.")
+            if not e.events:
+                for key, value in e.group.items():
+                    dim = _VALUE_FIELDS.get(key.rsplit(".", 1)[-1])
+                    if dim is not None and dim not in ("mark", "ifindex", "address"):
+                        self.value(dim, key, "group.", int(value) if dim == "reqid" and value.isdigit() else value, False)
+            return
+        self.record(e, path)
 
 
-def tunnel_spis(e: ev.TunnelEvent) -> list[str]:
-    """The SPIs a tunnel event names, the one it is about first (``spi``), then the
-    current ones, then those it lists (old, new, gone)."""
-    out: list[str] = []
-    for spi in (
-        getattr(e, "spi", None), e.spi_out, e.spi_in,
-        *getattr(e, "new_spis", ()), *getattr(e, "old_spis", ()), *getattr(e, "spis", ()),
-    ):  # fmt: skip
-        if spi and spi not in out:
-            out.append(spi)
-    return out
-
-
-def attributes(e: ev.Event) -> dict[str, list[str]]:
-    """What an event is about: SPIs, reqids, addresses (SA endpoints, selectors,
-    non-wildcard template endpoints), protocols, directions.  Each a list of
-    distinct strings (possibly empty); an alert has those of its events.  Zero
-    SPIs, zero template reqids and wildcard addresses are left out."""
-    a = _Attrs()
-    a.event(e)
-    return a.values
-
-
-def subject_fields(e: ev.Event) -> dict[str, str]:
-    """What an event (for an alert: its first triggering event) is about:
-    ``netns`` always, and ``spi``, ``reqid``, ``src``, ``dst`` where it has them."""
-    out: dict[str, str] = {"netns": e.netns}
-    first: Any = e
-    if isinstance(e, ev.Alert):
-        if not e.events:
-            for key in ("reqid", "spi", "src", "dst"):
-                for gk, gv in e.group.items():
-                    if gk == key or gk.endswith("." + key):
-                        out.setdefault(key, gv)
-            return out
-        first = e.events[0]
-    sa = getattr(first, "sa", None)
-    if isinstance(sa, ev.SA):
-        out.update(spi=sa.spi, reqid=str(sa.reqid), src=sa.src, dst=sa.dst)
-    elif isinstance(first, ev.TunnelEvent):
-        out.update(reqid=str(first.reqid), src=first.src, dst=first.dst, tunnel_id=first.tunnel_id)
-        spis = tunnel_spis(first)
-        if spis:
-            out["spi"] = spis[0]
-    elif isinstance(first, ev.DelSA):
-        out.update(spi=first.id.spi, dst=first.id.dst)
-    elif isinstance(first, ev.NewAE):
-        a = first.ae
-        out.update(spi=a.spi, reqid=str(a.reqid), src=a.src, dst=a.dst)
-    elif isinstance(first, ev.Mapping):
-        out.update(spi=first.id.spi, reqid=str(first.reqid), src=first.new_src, dst=first.id.dst)
-    elif isinstance(first, ev.AcquireEvent):
-        out.update(src=first.acquire.src, dst=first.acquire.dst)
-    return out
+def subject(e: ev.Event) -> Subject:
+    """What ``e`` is about (see the module's description)."""
+    w = _Walk()
+    w.event(e)
+    d = w.dims
+    return Subject(
+        netns=e.netns,
+        tunnel_id=tuple(d["tunnel_id"]),
+        reqid=tuple(d["reqid"]),
+        spi=tuple(d["spi"]),
+        proto=tuple(d["proto"]),
+        src=tuple(d["src"]),
+        dst=tuple(d["dst"]),
+        dir=tuple(d["dir"]),
+        mark=tuple(d["mark"]),
+        ifindex=tuple(d["ifindex"]),
+        addresses=tuple(w.addresses),
+    )

@@ -827,7 +827,8 @@ async def test_exec_gets_json_and_environment(
         assert {k: v for k, v in env.items() if k.startswith("XFRM_")} == {
             "XFRM_EVENT_TYPE": "alert", "XFRM_TIME": a.time, "XFRM_RULE_ID": "573d274c", "XFRM_RULE_LEVEL": "high",
             "XFRM_RULE_TITLE": "Rekey overdue", "XFRM_NETNS": "ns1", "XFRM_SPI": "0x00000007", "XFRM_REQID": "7",
-            "XFRM_SRC": "192.0.2.1", "XFRM_DST": "192.0.2.2", "XFRM_TUNNEL_ID": "esp/7/192.0.2.1/192.0.2.2",
+            "XFRM_SRC": "192.0.2.1", "XFRM_DST": "192.0.2.2", "XFRM_PROTO": "esp",
+            "XFRM_TUNNEL_ID": "esp/7/192.0.2.1/192.0.2.2",
         }  # fmt: skip
         assert env["EXTRA"] == "yes" and "PATH" in env
         assert "HOME" not in env or "HOME" not in os.environ, "only PATH/LANG are inherited by default"

@@ -52,7 +52,7 @@ import trio
 
 from .. import events as ev
 from ..backoff import Backoff
-from ..subject import subject_fields
+from ..subject import subject
 from ..timestamps import utc_precise
 from .base import DropSink, Output, OutputConfig, Positive
 from .http import AUTH_STATUSES, USER_AGENT, TokenFile, redact_url, retryable
@@ -163,7 +163,7 @@ class AlertmanagerOutput(Output):
     # --- the alert table (consumer side, never awaits) ----------------------------------
 
     def labels_of(self, a: ev.Alert) -> dict[str, str]:
-        f = subject_fields(a)
+        f = subject(a).first()
         labels = {
             **self.cfg.labels,
             "alertname": a.rule.title or a.rule.id,
@@ -177,7 +177,7 @@ class AlertmanagerOutput(Output):
         return labels
 
     def _annotations(self, a: ev.Alert) -> dict[str, str]:
-        f = subject_fields(a)
+        f = subject(a).first()
         first = a.events[0].__struct_config__.tag if a.events else None
         what = ", ".join(f"{k} {f[k]}" for k in ("spi", "reqid", "src", "dst") if f.get(k))
         desc = f"Rule {a.rule.title or a.rule.id} ({a.rule.level}) matched"
@@ -199,9 +199,9 @@ class AlertmanagerOutput(Output):
             return None
         first = a.events[0]
         tag = str(first.__struct_config__.tag)
-        reqid = getattr(first, "reqid", None)
-        if tag in RESOLVED_BY and isinstance(reqid, int):
-            return (tag, first.netns, reqid)
+        reqids = subject(first).reqid
+        if tag in RESOLVED_BY and reqids:
+            return (tag, first.netns, reqids[0])
         return None
 
     def _mark(self, key: AlertKey, t: _Tracked) -> None:

@@ -15,8 +15,10 @@ environment variables:
 
 * ``XFRM_EVENT_TYPE`` (``alert`` for an alert), ``XFRM_TIME``, ``XFRM_NETNS``;
 * for an alert: ``XFRM_RULE_ID``, ``XFRM_RULE_LEVEL``, ``XFRM_RULE_TITLE``;
-* when the event (for an alert: its first triggering event) has them:
-  ``XFRM_SPI``, ``XFRM_REQID``, ``XFRM_SRC``, ``XFRM_DST``, ``XFRM_TUNNEL_ID``;
+* what the event is about (:func:`xfrmwatch.subject.subject`; for an alert: its
+  triggering events), the first value of each it has: ``XFRM_SPI``,
+  ``XFRM_REQID``, ``XFRM_SRC``, ``XFRM_DST``, ``XFRM_PROTO``, ``XFRM_DIR``,
+  ``XFRM_TUNNEL_ID``;
 * ``PATH`` (and ``LANG``) from the daemon, plus ``env`` from the configuration;
   the rest of the daemon's environment only with ``inherit_env = true``.
 
@@ -37,7 +39,7 @@ import structlog
 import trio
 
 from .. import events as ev
-from ..subject import subject_fields
+from ..subject import subject
 from .base import DropSink, Output, OutputConfig, Positive
 from .render import json_renderer
 
@@ -67,7 +69,7 @@ def hook_env(e: ev.Event) -> dict[str, str]:
     env = {"XFRM_EVENT_TYPE": str(e.__struct_config__.tag), "XFRM_TIME": e.time}
     if isinstance(e, ev.Alert):
         env.update(XFRM_RULE_ID=e.rule.id, XFRM_RULE_LEVEL=e.rule.level, XFRM_RULE_TITLE=e.rule.title)
-    for k, v in subject_fields(e).items():
+    for k, v in subject(e).first().items():
         env[f"XFRM_{k.upper()}"] = v
     return env
 

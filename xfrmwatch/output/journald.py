@@ -23,9 +23,10 @@ Fields (see :class:`JournalRenderer`)::
     MESSAGE_ID         fixed per event type, and per rule for alerts (see below)
     SYSLOG_IDENTIFIER  xfrmwatch
     XFRM_TYPE, XFRM_KIND, XFRM_NETNS (omitted for the daemon's own namespace),
-    XFRM_SPI, XFRM_REQID, XFRM_SRC, XFRM_DST, XFRM_PROTO, XFRM_DIR (each
-    repeated when an event names several, e.g. a policy's templates or an
-    alert's triggering events; ``journalctl XFRM_SPI=0x0000c0de`` matches any),
+    XFRM_SPI, XFRM_REQID, XFRM_SRC, XFRM_DST, XFRM_PROTO, XFRM_DIR,
+    XFRM_TUNNEL_ID: what the event is about (:func:`xfrmwatch.subject.subject`),
+    each repeated when an event names several, e.g. a policy's templates or an
+    alert's triggering events; ``journalctl XFRM_SPI=0x0000c0de`` matches any,
     XFRM_PROCESS, RULE_ID, RULE_LEVEL, RULE_TITLE, RULE_TAG (repeated),
     XFRM_JSON          the whole event as JSON (the documented schema)
 
@@ -76,7 +77,7 @@ import trio
 from .. import events as ev
 from ..backoff import Backoff
 from ..levels import severity
-from ..subject import attributes
+from ..subject import subject
 from .base import DropSink, NotNegative, OutputConfig, Positive
 from .delivery import RetryingOutput, RetryingSender, Undeliverable
 from .render import event_label, event_type, summary
@@ -150,7 +151,7 @@ class JournalRenderer:
         ]
         if e.netns:
             out.append(("XFRM_NETNS", e.netns))
-        for key, values in attributes(e).items():
+        for key, values in subject(e).values().items():
             name = "XFRM_" + key.upper()
             out.extend((name, v) for v in values)
         if e.process:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from .. import events as ev
-from ..subject import tunnel_spis
+from ..subject import subject
 from .render import event_type, summary
 
 #: Mapped top-level fields: removed from the native copy (``xfrm`` / ``unmapped``).
@@ -240,7 +240,7 @@ def _net_migrate(e: ev.Migrate) -> Net | None:
 
 
 def _net_tunnel(e: ev.TunnelEvent) -> Net:
-    spis = tunnel_spis(e)
+    spis = subject(e).spi
     return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=spis[0] if spis else None)
 
 
@@ -285,117 +285,12 @@ def net(e: ev.Event) -> Net | None:
     return f(e) if f is not None else None
 
 
-Addrs = list[tuple[str, str]]
-
-
-def _sel_addrs(prefix: str, sel: ev.Selector, out: Addrs) -> None:
-    for k, cidr in (("src", sel.src), ("dst", sel.dst)):
-        h = host_of(cidr)
-        if h:
-            out.append((f"{prefix}sel.{k}", h))
-
-
-def _policy_addrs(prefix: str, p: ev.Policy, out: Addrs) -> None:
-    _sel_addrs(prefix, p.sel, out)
-    for t in p.tmpl:
-        out += ((f"{prefix}tmpl.src", t.src), (f"{prefix}tmpl.dst", t.dst))
-
-
-def _a_sa(e: Any, pre: str, out: Addrs) -> None:
-    out += ((pre + "sa.src", e.sa.src), (pre + "sa.dst", e.sa.dst))
-
-
-def _a_delsa(e: ev.DelSA, pre: str, out: Addrs) -> None:
-    if e.sa is not None:
-        _a_sa(e, pre, out)
-    else:
-        out.append((pre + "id.dst", e.id.dst))
-
-
-def _a_policy(e: Any, pre: str, out: Addrs) -> None:
-    _policy_addrs(pre + "policy.", e.policy, out)
-
-
-def _a_delpolicy(e: ev.DelPolicy, pre: str, out: Addrs) -> None:
-    if e.policy is not None:
-        _policy_addrs(pre + "policy.", e.policy, out)
-    else:
-        _sel_addrs(pre + "policy_id.", e.policy_id.sel, out)
-
-
-def _a_acquire(e: ev.AcquireEvent, pre: str, out: Addrs) -> None:
-    out += ((pre + "acquire.src", e.acquire.src), (pre + "acquire.dst", e.acquire.dst))
-    _policy_addrs(pre + "policy.", e.policy, out)
-
-
-def _a_newae(e: ev.NewAE, pre: str, out: Addrs) -> None:
-    out += ((pre + "ae.src", e.ae.src), (pre + "ae.dst", e.ae.dst))
-
-
-def _a_mapping(e: ev.Mapping, pre: str, out: Addrs) -> None:
-    out += ((pre + "old_src", e.old_src), (pre + "new_src", e.new_src), (pre + "id.dst", e.id.dst))
-
-
-def _a_migrate(e: ev.Migrate, pre: str, out: Addrs) -> None:
-    for m in e.migrate:
-        out += (
-            (pre + "migrate.old_src", m.old_src),
-            (pre + "migrate.old_dst", m.old_dst),
-            (pre + "migrate.new_src", m.new_src),
-            (pre + "migrate.new_dst", m.new_dst),
-        )
-    if e.kmaddress is not None:
-        out += ((pre + "kmaddress.local", e.kmaddress.local), (pre + "kmaddress.remote", e.kmaddress.remote))
-
-
-def _a_tunnel(e: Any, pre: str, out: Addrs) -> None:
-    out += ((pre + "src", e.src), (pre + "dst", e.dst))
-
-
-def _a_report(e: ev.Report, pre: str, out: Addrs) -> None:
-    _sel_addrs(pre, e.sel, out)
-    if e.coaddr:
-        out.append((pre + "coaddr", e.coaddr))
-
-
-def _a_alert(e: ev.Alert, pre: str, out: Addrs) -> None:
-    for t in e.events:
-        f = _ADDRS.get(type(t))
-        if f is not None:
-            f(t, "events.", out)
-
-
-_ADDRS: dict[type, Callable[[Any, str, Addrs], None]] = {
-    ev.NewSA: _a_sa,
-    ev.UpdSA: _a_sa,
-    ev.Expire: _a_sa,
-    ev.SaState: _a_sa,
-    ev.DelSA: _a_delsa,
-    ev.NewPolicy: _a_policy,
-    ev.UpdPolicy: _a_policy,
-    ev.PolExpire: _a_policy,
-    ev.PolicyState: _a_policy,
-    ev.DelPolicy: _a_delpolicy,
-    ev.AcquireEvent: _a_acquire,
-    ev.NewAE: _a_newae,
-    ev.Mapping: _a_mapping,
-    ev.Migrate: _a_migrate,
-    **{cls: _a_tunnel for cls in ev.TUNNEL_EVENTS},
-    ev.Report: _a_report,
-    ev.Alert: _a_alert,
-}
-
-
-def addresses(e: ev.Event) -> Addrs:
-    """Every specified address the event names, as (native field path, address): SA and
-    template endpoints, single-host selectors, ACQUIRE/MAPPING/MIGRATE addresses.
-    An alert's are those of its triggering events (paths ``events.*``)."""
-    f = _ADDRS.get(type(e))
-    if f is None:
-        return []
-    out: Addrs = []
-    f(e, "", out)
-    return [pa for pa in dict.fromkeys(out) if pa[1] not in _UNSPECIFIED]
+def addresses(e: ev.Event) -> list[tuple[str, str]]:
+    """Every specified host address the event names, as (native field path, address):
+    SA and template endpoints, single-host selectors, ACQUIRE/MAPPING/MIGRATE addresses;
+    an alert's are those of its triggering events (paths ``events.*``).  From
+    :func:`xfrmwatch.subject.subject`."""
+    return list(subject(e).addresses)
 
 
 def ips(e: ev.Event) -> list[str]:

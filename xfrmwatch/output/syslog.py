@@ -33,7 +33,8 @@ A message (RFC 5424)::
   APP-NAME ``xfrmwatch``; PROCID: our pid; MSGID: the event type.
 * STRUCTURED-DATA: one ``xfrm@<enterprise_id>`` element with ``type``, ``netns`` (omitted for the
   daemon's own namespace), ``spi``, ``reqid``, ``src``, ``dst``, ``proto``,
-  ``dir`` (each repeated when the event names several; RFC 5424 allows
+  ``dir``, ``tunnel_id`` (what the event is about, :func:`xfrmwatch.subject.subject`;
+  each repeated when the event names several; RFC 5424 allows
   repeated SD-PARAMs), ``process``, and for alerts ``rule_id`` and ``level``.
   Values escape ``"``, ``\\`` and ``]`` with a backslash.  ``enterprise_id``
   defaults to 32473, the number RFC 5612 reserves for documentation and
@@ -88,7 +89,7 @@ import trio
 from .. import events as ev
 from ..backoff import Backoff
 from ..levels import severity
-from ..subject import attributes
+from ..subject import subject
 from .base import DropSink, NotNegative, OutputConfig, Positive
 from .delivery import RetryingOutput, RetryingSender, Undeliverable
 from .render import event_label, event_type, json_renderer, summary
@@ -176,7 +177,7 @@ class SyslogRenderer:
         out = [("type", event_type(e))]
         if e.netns:
             out.append(("netns", e.netns))
-        for key, values in attributes(e).items():
+        for key, values in subject(e).values().items():
             out.extend((key, v) for v in values)
         if e.process:
             out.append(("process", e.process))

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import events as ev
+from ..subject import subject
 from .render import _alg, sel_summary
 
 
@@ -83,15 +84,9 @@ def print_info(info: dict[str, Any]) -> None:
 
 def _subject(a: ev.Alert) -> str:
     for e in a.events:
-        sa = getattr(e, "sa", None)
-        if isinstance(sa, ev.SA):
-            return f"{sa.proto} spi {sa.spi} {sa.src} -> {sa.dst} reqid {sa.reqid}"
-        pol = getattr(e, "policy", None)
-        if isinstance(pol, ev.Policy):
-            return f"policy {sel_summary(pol.sel)} dir {pol.dir} index {pol.index}"
         if isinstance(e, ev.NetnsState):
             return ", ".join(e.xfrm_stat_nonzero) or "namespace"
-    return "-"
+    return subject(a).describe()
 
 
 def print_findings(findings: list[ev.Alert], netns: str) -> None:
