@@ -153,8 +153,9 @@ def _ipsec_conf(
 
 # pluto's log (default level): one line per CHILD_SA it installed, set-up and every rekey:
 #   "net" #2: initiator established Child SA using #1; IPsec tunnel [...] {ESP/ESN=>0x...
-#   "net" #2: responder established Child SA using #1; ...
-_ESTABLISHED = re.compile(r'"[^"]+" #(\d+): (?:\w+ )?established Child SA')
+#   "net" #3: initiator rekeyed Child SA #2 using #1; IPsec tunnel [...]
+#   "net" #3: responder rekeyed Child SA #2 using #1; ...   (checked against the recordings)
+_ESTABLISHED = re.compile(r'"[^"]+" #(\d+): (?:initiator|responder) (?:established|rekeyed) Child SA')
 
 
 class LibrePair(NsPair):
@@ -233,7 +234,14 @@ class LibrePair(NsPair):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{s.name}: pluto's ctl socket never answered:\n{self.log(s.name)[-3000:]}")
             time.sleep(0.2)
-        # pluto loads its connections through addconn (auto=add): wait for ours
+        # what `ipsec start` does next: addconn tells pluto to listen and loads auto=add conns
+        addconn = subprocess.run(
+            ["ip", "netns", "exec", s.ns, str(_libexec() / "ipsec" / "addconn"),
+             "--ctlsocket", str(s.ctl), "--config", str(s.conf), "--autoall"],
+            env=daemon_env(), capture_output=True, text=True, timeout=self.timeout,
+        )  # fmt: skip
+        with open(s.whack_log, "a") as f:
+            f.write(f"$ addconn --autoall  (rc={addconn.returncode})\n{addconn.stdout}{addconn.stderr}\n")
         while CONN not in self.whack(s.name, "--status").stdout.split('"'):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{s.name}: connection {CONN} never loaded:\n{self.log(s.name)[-3000:]}")
@@ -371,6 +379,9 @@ def libre_pair(
                 "retransmit-timeout": f"{retransmit_timeout:g}s",
                 "retransmit-interval": str(retransmit_interval_ms),
                 "auto": "add",
+                # the default "ipsec _updown" would find strongSwan's /usr/sbin/ipsec in PATH;
+                # /usr/libexec is Libreswan's in pluto's mount namespace
+                "leftupdown": "/usr/libexec/ipsec/_updown",
                 **(options or {}),
             }
             s.conf.write_text(

@@ -113,7 +113,8 @@ def _strongswan_conf(*, log_levels: Mapping[str, int], charon_options: Mapping[s
             filelog {
                 swan {
                     path = /run/charon.log
-                    time_format = %%H:%%M:%%S
+                    time_format = %%Y-%%m-%%d %%H:%%M:%%S
+                    time_add_ms = yes
                     ike_name = yes
                     append = no
                     flush_line = yes
@@ -242,14 +243,11 @@ class Side:
         return self.dir / "charon.pid"
 
 
-# charon's log lines (ike 2 / chd 2) that count CHILD_SA rekeys, per side:
-#   "CHILD_SA net{2} established with SPIs ..."  every CHILD_SA installed (set-up, rekeys,
-#                                                 both CHILD_SAs of a collision)
-#   "closing CHILD_SA net{1} ..."                 (not counted)
-# A rekey's new CHILD_SA is logged by the initiator as "... established" after
-# "rekeying CHILD_SA"/"initiating CREATE_CHILD_SA", and by the responder too.
+# charon's log lines (ike 2) that count CHILD_SAs, per side: "CHILD_SA net{1} established
+# with SPIs ..." at the set-up; a rekey's new CHILD_SA is logged twice, "inbound CHILD_SA
+# net{2} established ..." when its inbound SA is installed and "outbound ..." when the
+# outbound one is (charon 5.9.8, both sides).
 _ESTABLISHED = re.compile(r"CHILD_SA (\S+)\{(\d+)\} established")
-_COLLISION_LOSER = re.compile(r"CHILD_SA rekey collision (lost|won)")
 
 
 class SwanPair(NsPair):
@@ -291,7 +289,7 @@ class SwanPair(NsPair):
     def established(self, side: str) -> list[tuple[str, int]]:
         """Every CHILD_SA this side's charon logged as established: (name, unique id), in order
         (the set-up, then one per rekey; a rekey collision shows two)."""
-        return [(m.group(1), int(m.group(2))) for m in _ESTABLISHED.finditer(self.log(side))]
+        return list(dict.fromkeys((m.group(1), int(m.group(2))) for m in _ESTABLISHED.finditer(self.log(side))))
 
     # -- charon -----------------------------------------------------------------
     def charon_pid(self, side: str) -> int:
