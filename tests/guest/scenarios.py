@@ -249,19 +249,26 @@ def _until_end(run: Run, log: str) -> str:
 
 def swan_facts(run: Run, p: SwanPair) -> None:
     """Rekeys as charon logged them up to the ``end`` marker, per side: CHILD_SAs established
-    (set-up included) and those deleted as redundant after a rekey collision."""
+    (set-up included) and rekey collisions (each makes one CHILD_SA too many)."""
     per_side: dict[str, Any] = {}
+    logs = {side: _until_end(run, p.log(side)) for side in SIDES}
+    # an IKE reauthentication (logged by the side that starts it) makes new CHILD_SAs on both
+    # sides that are not CHILD_SA rekeys
+    reauths = max(len(re.findall(r"reauthenticating IKE_SA", logs[side])) for side in SIDES)
     for side in SIDES:
-        log = _until_end(run, p.log(side))
+        log = logs[side]
         # charon 5.9.8 logs a rekeyed CHILD_SA twice ("inbound CHILD_SA net{2} established",
         # then "outbound ..."): count unique ids
         est = [name for name, _ in dict.fromkeys(re.findall(r"CHILD_SA (\S+)\{(\d+)\} established", log))]
-        redundant = len(re.findall(r"rekey collision (?:won|lost), deleting (?:redundant|rekeyed)", log))
+        # a collision: both sides log it once and install both CHILD_SAs (one is then deleted)
+        redundant = len(re.findall(r"detected CHILD_REKEY collision with CHILD_REKEY", log))
         per_side[side] = {
             "child_sas_established": len(est),
-            "collision_deletes": redundant,
+            "collisions": redundant,
+            "reauths": reauths,
             # every CHILD_SA after the first of each child, less those a collision made twice
-            "rekeys": len(est) - len(set(est)) - redundant,
+            # and those a reauthentication made
+            "rekeys": len(est) - len(set(est)) - redundant - reauths,
         }
         run.daemon_log[side] = [ln for ln in log.splitlines() if _SWAN_NOTABLE.search(ln)][:400]
     run.expect["charon"] = per_side
@@ -344,18 +351,30 @@ def strongswan_bytes_dead_peer(run: Run) -> None:
         run.config["traffic"] = _summary(tr.stop())
 
 
-_DELAY = "tc -n {ns} qdisc add dev %s root netem delay 150ms"
+_DELAY = "tc -n {ns} qdisc add dev %s root netem delay 300ms"
 
 
 def strongswan_collision(run: Run) -> None:
-    """Both sides rekey_time 10 s / life_time 16 s, and 150 ms of delay each way on the link:
-    both kernels soft-expire within the round trip, both charons start the CHILD_SA rekey
-    before the other's request arrives (a rekey collision, RFC 7296 2.8.1)."""
+    """CHILD_SA rekey collisions (RFC 7296 2.8.1), three times: with 300 ms of delay each way
+    on the link, ``swanctl --rekey --child net`` is run on both sides at the same moment, so
+    both CREATE_CHILD_SA requests cross in flight.  (Waiting for both kernels to soft-expire
+    together does not work reliably: the kernel's time limits have one-second granularity
+    and the two sides install the CHILD_SA a round trip apart.)  Time lifetimes 60/70 s, so
+    that no other rekey happens in the run."""
     with _swan(
-        run, right_rekey=10, right_life=16, extra_left=[_DELAY % "xwl0"], extra_right=[_DELAY % "xwr0"]
-    ) as p, watching(run, p):
+        run, left_rekey=60, left_life=70, right_rekey=60, right_life=70,
+        extra_left=[_DELAY % "xwl0"], extra_right=[_DELAY % "xwr0"],
+    ) as p, watching(run, p):  # fmt: skip
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=40)
+        for at in (5, 15, 25):
+            sleep_until(t0, at)
+            run.mark("rekey", side="both", how="swanctl --rekey --child net on both sides at once")
+            threads = [threading.Thread(target=p.swanctl, args=(side, "--rekey", "--child", "net")) for side in SIDES]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
         sleep_until(t0, 35)
         run.config["traffic"] = _summary(tr.stop())
 
@@ -378,18 +397,25 @@ def strongswan_transport(run: Run) -> None:
         run.config["traffic"] = _summary(tr.stop())
 
 
-def strongswan_reauth(run: Run) -> None:
+def strongswan_reauth(run: Run, make_before_break: bool = False) -> None:
     """IKE reauthentication every 10 s by left (reauth_time 10 s, CHILD_SA lifetimes longer
-    than the run so that every new CHILD_SA comes from a reauthentication)."""
+    than the run so that every new CHILD_SA comes from a reauthentication); charon's default
+    break-before-make (the old IKE_SA and its CHILD_SAs are deleted first)."""
     with _swan(
         run, left_rekey=60, left_life=70, right_rekey=60, right_life=70,
         left_ike_options={"reauth_time": "10s", "rand_time": "0", "over_time": "5s"},
+        charon_options={"make_before_break": "yes" if make_before_break else "no"},
     ) as p, watching(run, p):  # fmt: skip
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=40)
         sleep_until(t0, 34)
         run.config["traffic"] = _summary(tr.stop())
-        run.expect["reauths"] = {s: len(re.findall(r"reauthenticating IKE_SA", p.log(s))) for s in SIDES}
+
+
+def strongswan_reauth_mbb(run: Run) -> None:
+    """As strongswan-reauth with ``make_before_break = yes``: the new IKE_SA and CHILD_SA are
+    set up before the old ones are deleted."""
+    strongswan_reauth(run, make_before_break=True)
 
 
 def strongswan_two_children(run: Run) -> None:
@@ -502,14 +528,16 @@ def manual_rotation(run: Run) -> None:
         p.setup(reqid=1)
         tr = p.send_traffic(count=10000, interval=0.1, duration=30)
         time.sleep(3)
+        run.mark("rotate_add", reqid=1, same_reqid=True)
         g = p.rotate()
-        run.mark("rotate_add", reqid=g.reqid, spis=[hex(g.spi_lr), hex(g.spi_rl)], same_reqid=True)
+        run.mark("rotated", reqid=g.reqid, spis=[hex(g.spi_lr), hex(g.spi_rl)])
         time.sleep(3)
         run.mark("rotate_remove_old")
         p.remove_old()
         time.sleep(3)
+        run.mark("rotate_add", reqid=2, same_reqid=False)
         g = p.rotate(reqid=2)
-        run.mark("rotate_add", reqid=g.reqid, spis=[hex(g.spi_lr), hex(g.spi_rl)], same_reqid=False)
+        run.mark("rotated", reqid=g.reqid, spis=[hex(g.spi_lr), hex(g.spi_rl)])
         time.sleep(3)
         run.mark("rotate_remove_old")
         p.remove_old()
@@ -564,6 +592,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "strongswan-ipv6": strongswan_ipv6,
     "strongswan-transport": strongswan_transport,
     "strongswan-reauth": strongswan_reauth,
+    "strongswan-reauth-mbb": strongswan_reauth_mbb,
     "strongswan-two-children": strongswan_two_children,
     "strongswan-giveup-before-hard": strongswan_giveup_before_hard,
     "strongswan-terminate": strongswan_terminate,
