@@ -12,6 +12,12 @@ from support import ROOT, validate_event
 
 SCENARIOS = ROOT / "tests" / "fixtures" / "uml" / "scenarios"
 DOCS = sorted(SCENARIOS.glob("*.json"))
+# the kernel's messages; the recordings also hold the events derived by the xfrmwatch of the
+# day (rekey_started, ...), whose shape has changed since
+KERNEL_TYPES = {
+    "newsa", "updsa", "delsa", "expire", "newpolicy", "updpolicy", "delpolicy", "polexpire",
+    "flushsa", "flushpolicy", "acquire", "newae", "report", "migrate", "mapping", "default_policy",
+}  # fmt: skip
 
 
 def test_every_scenario_is_recorded() -> None:
@@ -38,7 +44,7 @@ def test_recording_is_well_formed(doc: Path) -> None:
     for side in ("left", "right"):
         lines = (SCENARIOS / f"{doc.stem}-{side}.jsonl").read_text().splitlines()
         events = [json.loads(ln) for ln in lines]
-        kernel = [e for e in events if e["kind"] == "event"]
+        kernel = [e for e in events if e["type"] in KERNEL_TYPES]
         assert kernel, f"{doc.stem}-{side}: no kernel event"
         for e in kernel:
             validate_event(e)
