@@ -479,11 +479,13 @@ class TunnelModel:
             if e.hard:
                 if entry is not None:
                     self._removed(entry, "hard_expire", e, now)
+                    self._retired(entry, now, wall, out)
             elif entry is not None and not larval(entry.sa):
                 self._soft_expire(entry, e, now, wall, out)
         elif isinstance(e, ev.DelSA):
             if entry is not None:
                 self._removed(entry, "deleted", e, now)
+                self._retired(entry, now, wall, out)
         elif isinstance(e, ev.FlushSA):
             self._reconcile((pk for pk in list(self.tunnels) if e.proto in ("any", pk[1])), "flushed", e, now)
         elif isinstance(e, ev.PolicyEvent):
@@ -531,13 +533,6 @@ class TunnelModel:
             return
         if not older and t.rekey is None:
             return  # a direction that was missing arrives
-        if (
-            t.rekey is None
-            and t.last_completed is not None
-            and now - t.last_completed <= self.s.settle
-            and any(o.installed >= t.gen_started for o in older)
-        ):
-            return  # a straggler of the rekey just completed (a collision's second pair)
         r = self._begin_rekey(t, now, {k: o.dir for k, o in t.members.items() if o is not m})
         if r.first_new is None:
             r.first_new = now
@@ -550,6 +545,10 @@ class TunnelModel:
         r.new[_key(sa)] = d
         r.last_new = now
         r.old.pop(_key(sa), None)
+        if r.old and not (r.old.keys() & t.members.keys()) and set(r.old.values()) <= set(r.new.values()):
+            # every old SA was removed before its replacement came (break-before-make
+            # reauthentication) and the new generation is whole: done
+            self._complete(t, now, wall, out)
         t.state = "rekeying" if not t.overdue else t.state
 
     def _begin_rekey(self, t: Tunnel, now: float, old: dict[MemberKey, Direction]) -> _Rekey:
@@ -662,6 +661,18 @@ class TunnelModel:
         t.removals.append(_Removal(m.spi, m.dst, m.dir, reason, e.nlmsg_pid, e.process))
         self._schedule_break(t, now)
 
+    def _retired(self, entry: SAEntry, now: float, wall: float, out: list[ev.Event]) -> None:
+        """An SA of the superseded generation went away.  If the new generation covers every
+        direction the old one had, the daemon has finished this rekey: complete it now (a
+        second pair that arrives later is the next rekey, not a collision).  strongSwan
+        retires the old outbound SA right after the new pair; Libreswan about 1 s later."""
+        t = self.tunnels.get(pair_key(entry.sa))
+        r = None if t is None else t.rekey
+        if t is None or r is None or r.first_new is None or _key(entry.sa) not in r.old:
+            return
+        if set(r.old.values()) <= set(r.new.values()):
+            self._complete(t, now, wall, out)
+
     def _reconcile(self, keys: Iterable[PairKey], reason: ev.DownReason, e: ev.Event, now: float) -> None:
         """Members the mirror no longer has were removed (a flush, or found at a resync)."""
         for pk in keys:
@@ -692,6 +703,18 @@ class TunnelModel:
         elif t.dirs_seen - live_dirs and any(r.dir not in live_dirs for r in removals):
             partial = True
         elif t.policy_loss is not None and not t.out_policy:
+            r = t.rekey
+            settled = max(
+                r.complete_at if r is not None and r.complete_at is not None else -math.inf,
+                t.last_completed + self.s.settle if t.last_completed is not None else -math.inf,
+            )
+            if now < settled:
+                # a new generation is (being) installed (break-before-make reauthentication):
+                # its policies may still come; judge when it has settled
+                t.removals = removals + t.removals
+                t.break_at = settled
+                self._at(t.break_at, t.key, "break")
+                return
             partial = False
         else:
             return  # superseded SAs deleted (a rekey), or a policy replaced: still up

@@ -670,3 +670,24 @@ def test_one_spi_both_ways() -> None:
     s.at(4)
     down = s.derived("tunnel_down")[0]
     assert (True, ["0x00000042"]) == (down["partial"], down["spis"])
+
+
+def test_two_rekeys_in_a_row_are_two() -> None:
+    """Two rekeys 0.5 s apart (strongswan-collision's non-colliding round): the first new pair
+    retires its predecessor before the second pair comes: two rekey_completed, no collision."""
+    s = Side()
+    i, o = swan_install(s, 0x100, soft_in=60, hard=70)
+    s.at(15)
+    i4, o4 = swan_install(s, 0x104, soft_in=60, hard=70)
+    s.delete(o)
+    s.at(15.5)
+    swan_install(s, 0x105, soft_in=60, hard=70)
+    s.delete(o4)
+    s.at(20.5)
+    s.delete(i)
+    s.delete(i4)
+    s.at(30)
+    done = s.derived("rekey_completed")
+    assert [(False, ["0x00000104", "0x00001104"]), (False, ["0x00000105", "0x00001105"])] == [
+        (d["collision"], d["new_spis"]) for d in done
+    ]
