@@ -55,8 +55,7 @@ from ..backoff import Backoff
 from ..subject import subject
 from ..timestamps import utc_precise
 from .base import DropSink, Output, OutputConfig, Positive
-from .http import AUTH_STATUSES, USER_AGENT, TokenFile, redact_url, retryable
-from .webhook import HttpUrl
+from .http import AUTH_STATUSES, USER_AGENT, HttpUrl, TokenFile, redact_url, retryable
 
 log = structlog.get_logger("xfrmwatch.output.alertmanager")
 

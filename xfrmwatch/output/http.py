@@ -3,18 +3,22 @@ tokens from a file, which answers are worth retrying, URLs fit for a log line.""
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import structlog
 import trio
 
 from .. import __version__
 
-__all__ = ["AUTH_STATUSES", "RETRY_STATUSES", "USER_AGENT", "TokenFile", "redact_url", "retryable"]
+__all__ = ["AUTH_STATUSES", "RETRY_STATUSES", "USER_AGENT", "HttpUrl", "TokenFile", "redact_url", "retryable"]
 
 log = structlog.get_logger("xfrmwatch.output.http")
 
 USER_AGENT = f"xfrmwatch/{__version__}"
+#: a configured http:// or https:// URL
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
 #: statuses worth retrying (besides transport errors and 5xx)
 RETRY_STATUSES = frozenset({408, 425, 429})
 #: statuses after which the token file is read again (and the request retried)

@@ -36,14 +36,10 @@ import trio
 from .. import events as ev
 from ..backoff import Backoff
 from .base import DropSink, Output, OutputConfig, Positive
-from .http import AUTH_STATUSES, USER_AGENT, TokenFile, retryable
+from .http import AUTH_STATUSES, USER_AGENT, HttpUrl, TokenFile, retryable
 from .render import json_renderer
 
 log = structlog.get_logger("xfrmwatch.output.webhook")
-
-#: an http:// or https:// URL
-HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
-
 
 # --- the output --------------------------------------------------------------------------------
 
