@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from . import events as ev
 from .errors import UsageError
 from .netlink import xfrm as x
-from .subject import subject
+from .subject import Subject, subject
+from .tunnels import TunnelView
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -99,7 +100,19 @@ class Filter:
         if not (self.src or self.dst or self.proto or self.spi is not None or self.reqid is not None
                 or self.mark or self.ifindex is not None or self.dir):  # fmt: skip
             return True
-        s = subject(e)
+        return self._about(subject(e))
+
+    def match_tunnel(self, v: TunnelView) -> bool:
+        """Whether a tunnel is one the filter names, by its endpoints, protocol, current SPIs
+        and reqid (``--type`` is about events, and a tunnel has both directions: both are
+        ignored; a tunnel has no mark or interface, so ``--mark`` and ``--dev`` match none)."""
+        spis = tuple(s for s in (v.spi_in, v.spi_out) if s)
+        return self._about(
+            Subject(netns=v.netns, tunnel_id=(v.tunnel_id,), reqid=(v.reqid,), spi=spis, proto=(v.proto,),
+                    src=(v.src,), dst=(v.dst,), dir=("in", "out"))  # fmt: skip
+        )
+
+    def _about(self, s: Subject) -> bool:
         src, dst = self.src, self.dst
         if src is not None and not any(_in(a, src) for a in s.src):
             return False

@@ -15,6 +15,10 @@ sent, and each piece of state belongs to exactly one stage:
    followed by its alerts;
 4. the caller's output stage reads the last channel (``list[Event]`` batches).
 
+A dashboard asks the state stage for what it shows through a :class:`StateLink`: its
+:class:`~xfrmwatch.board.BoardRequest` travels in the stage's input between the source's
+batches, and the answer is an immutable :class:`~xfrmwatch.board.Board`.
+
 The per-event work of stages 2 and 3 is in small sync methods
 (:class:`StateStage`, :class:`RulesStage`); the services only move batches.
 
@@ -36,6 +40,7 @@ import trio
 
 from . import events as ev
 from .backoff import Backoff
+from .board import Board, BoardQuery, BoardRequest, TunnelBoard
 from .detect.alerting import Alerter
 from .detect.enrich import ProcessNames
 from .errors import UserError
@@ -55,6 +60,9 @@ log = structlog.get_logger("xfrmwatch.pipeline")
 OutBatch = list[ev.Event]
 
 _NOTHING: frozenset[int] = frozenset()
+
+#: what the state stage reads: the source's batches, and dashboards' requests
+StateInput = SourceBatch | BoardRequest
 
 
 class Tracker(Protocol):
@@ -193,18 +201,38 @@ def _with_switches(e: ev.DefaultPolicy, before: tuple[str, str, str] | None) -> 
 
 
 class StateStage:
-    """The state of stage 2 (the mirror and the tracker, owned here only) and its per-event work."""
+    """The state of stage 2 (the mirror and the tracker, owned here only) and its per-event work.
 
-    def __init__(self, mirror: Mirror, tracker: Tracker) -> None:
+    ``tunnels``: the tracker as a tunnel model, for dashboards' requests (:meth:`answer`);
+    its :class:`~xfrmwatch.board.TunnelBoard` is made at the first request."""
+
+    def __init__(self, mirror: Mirror, tracker: Tracker, *, tunnels: TunnelModel | None = None) -> None:
         self.mirror = mirror
         self.tracker = tracker
+        self.tunnels = tunnels
+        self.board: TunnelBoard | None = None
+
+    def answer(self, request: BoardRequest, now: float) -> None:
+        """Send the board a dashboard asked for (never blocks: the reply channel has room)."""
+        if self.board is None and self.tunnels is not None:
+            self.board = TunnelBoard(self.tunnels, self.mirror)
+        m = self.mirror
+        if self.board is not None:
+            board = self.board.answer(request.query, now)
+        else:
+            board = Board(m.netns, now, (), 0, (), len(m.sas), len(m.policies), m.synced)
+        with request.reply:
+            try:
+                request.reply.send_nowait(board)
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                pass  # the dashboard gave up waiting
 
     def apply(self, events: list[ev.Event], now: float, wall: float) -> StateBatch:
         """Apply a batch to the mirror and the tracker: each event, then what it caused.
 
         An event the mirror cannot apply (a bug) is still forwarded, and marks the mirror
         out of sync so that it is rebuilt from a dump."""
-        mirror, observe = self.mirror, self.tracker.observe
+        mirror, observe, board = self.mirror, self.tracker.observe, self.board
         out: list[ev.Event] = []
         skip: set[int] | None = None
         for e in events:
@@ -230,17 +258,27 @@ class StateStage:
             out.append(e)
             if derived:
                 out += derived
+            if board is not None:
+                board.touch(e, entry)
+                board.touch_all(derived)
         return StateBatch(out, _NOTHING if skip is None else frozenset(skip))
 
     def on_time(self, now: float, wall: float) -> StateBatch:
-        return StateBatch(self.tracker.on_time(now, wall))
+        out = self.tracker.on_time(now, wall)
+        if self.board is not None:
+            self.board.touch_all(out)
+        return StateBatch(out)
 
     def counters(self, sas: list[ev.SA], now: float, wall: float) -> StateBatch:
         try:
-            return StateBatch(self.tracker.counters(sas, now, wall))
+            out = self.tracker.counters(sas, now, wall)
         except Exception as exc:  # a bug must not stop the namespace
             log.error("traffic tracking failed on a counters sample", error=type(exc).__name__)
             return StateBatch([])
+        if self.board is not None:
+            self.board.rates_moved()
+            self.board.touch_all(out)
+        return StateBatch(out)
 
     def next_deadline(self) -> float:
         d = self.tracker.next_deadline()
@@ -285,7 +323,7 @@ async def sync_mirror(mirror: Mirror, kernel: Kernel) -> ev.Resync | None:
 async def serve_state(
     stage: StateStage,
     kernel: Kernel,
-    recv: trio.MemoryReceiveChannel[SourceBatch],
+    recv: trio.MemoryReceiveChannel[StateInput],
     send: trio.MemorySendChannel[StateBatch],
     *,
     liveness_interval: float = 0.0,
@@ -298,12 +336,17 @@ async def serve_state(
     is followed by no loss (:func:`sync_mirror`); a failed dump is retried with backoff.
     The resync event goes through the tracker too (tunnels found gone end there).
 
+    A dashboard's :class:`~xfrmwatch.board.BoardRequest` in the input is answered at once,
+    from the state the batches before it left.
+
     Every ``liveness_interval`` seconds (0: never) the SAs' counters are read with a dump
     and given to the tracker (traffic rates, stalls).  The interval stretches to 20 times
     the time a dump takes, so that reading counters costs at most about 5 % of the time."""
     mirror = stage.mirror
     await sync_mirror(mirror, kernel)
     stage.tracker.load(trio.current_time())
+    if stage.board is not None:
+        stage.board.reload()
     next_poll = trio.current_time() + liveness_interval if liveness_interval > 0 else math.inf
     caught_up = True  # nothing is queued before the first batch says otherwise
     retry_at = 0.0
@@ -348,13 +391,16 @@ async def serve_state(
             deadline = min(stage.next_deadline(), next_poll)
             if not mirror.synced:
                 deadline = min(deadline, retry_at)
-            batch: SourceBatch | None = None
+            batch: StateInput | None = None
             with trio.move_on_at(deadline):
                 try:
                     batch = await recv.receive()
                 except trio.EndOfChannel:
                     return
             now, wall = trio.current_time(), time.time()
+            if isinstance(batch, BoardRequest):
+                stage.answer(batch, now)
+                continue
             if batch is None:
                 out = stage.on_time(now, wall)
             else:
@@ -419,16 +465,52 @@ async def _close_at_exit(f: ProcFile) -> None:
         f.close()
 
 
+class StateLink:
+    """A dashboard's way into a running state stage: :meth:`board` asks it for a
+    :class:`~xfrmwatch.board.Board` (the stage answers between two batches).
+
+    Give it to :func:`start_pipeline`; :meth:`close` it when the dashboard is done (a
+    finite source's pipeline ends only once every sender to its state stage is closed)."""
+
+    def __init__(self) -> None:
+        self._send: trio.MemorySendChannel[StateInput] | None = None
+
+    def connect(self, send: trio.MemorySendChannel[StateInput]) -> None:
+        """Use this input of a state stage (a clone of its channel, closed by :meth:`close`)."""
+        self._send = send.clone()
+
+    async def board(self, query: BoardQuery) -> Board | None:
+        """The state stage's answer to ``query``; None if it is not running (any more)."""
+        if self._send is None:
+            return None
+        send, recv = trio.open_memory_channel[Board](1)
+        try:
+            await self._send.send(BoardRequest(query, send))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        async with recv:
+            try:
+                return await recv.receive()
+            except trio.EndOfChannel:
+                return None
+
+    def close(self) -> None:
+        if self._send is not None:
+            self._send.close()
+
+
 async def start_pipeline(
     nursery: trio.Nursery,
     cfg: PipelineConfig,
     rules: Alerter | None = None,
     *,
     mirror: Mirror | None = None,
+    link: StateLink | None = None,
 ) -> tuple[trio.MemoryReceiveChannel[OutBatch], Mirror, XfrmSocket]:
     """Start every stage in ``nursery``; return the output channel once all are ready.
 
-    ``mirror``: an empty mirror to fill (so that the caller can export it from the start)."""
+    ``mirror``: an empty mirror to fill (so that the caller can export it from the start);
+    ``link``: connected to the state stage, for a dashboard."""
     sub = open_subscriber(cfg.netns, aevents=cfg.aevents, acquire=cfg.acquire, rcvbuf=cfg.rcvbuf)
     req = XfrmSocket.open(cfg.netns)
     if mirror is None:
@@ -437,7 +519,7 @@ async def start_pipeline(
         mirror.local_addrs = local_addresses(cfg.netns)
     except Exception as exc:
         log.warning("cannot read local addresses; SA directions unknown", error=type(exc).__name__)
-    s1, r1 = trio.open_memory_channel[SourceBatch](cfg.channel_size)
+    s1, r1 = trio.open_memory_channel[StateInput](cfg.channel_size)
     s2, r2 = trio.open_memory_channel[StateBatch](cfg.channel_size)
     s3, r3 = trio.open_memory_channel[OutBatch](cfg.channel_size)
     await nursery.start(serve_events, sub, s1)
@@ -449,8 +531,11 @@ async def start_pipeline(
     km = KeyManagerPresence(listeners, (sub.portid, req.portid), trio.current_time)
     tracker = TunnelModel(mirror, cfg.tunnel_settings(), key_manager=km)
     kernel = NetlinkKernel(req, sub, Decoder(mirror.netns))
+    if link is not None:
+        link.connect(s1)
     await nursery.start(
-        partial(serve_state, liveness_interval=cfg.liveness_interval), StateStage(mirror, tracker), kernel, r1, s2
-    )
+        partial(serve_state, liveness_interval=cfg.liveness_interval),
+        StateStage(mirror, tracker, tunnels=tracker), kernel, r1, s2,
+    )  # fmt: skip
     await nursery.start(serve_rules, RulesStage(rules), r2, s3)
     return r3, mirror, sub

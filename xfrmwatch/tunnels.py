@@ -245,6 +245,8 @@ class TunnelView(msgspec.Struct, frozen=True, kw_only=True):
     stalled: bool
     out_policy: bool
     down_reason: ev.DownReason | None = None
+    #: the traffic selectors of the out policies that send into the tunnel ("src -> dst")
+    selectors: tuple[str, ...] = ()
 
 
 #: the most telling reason first, when several removals end a tunnel together
@@ -1009,7 +1011,32 @@ class TunnelModel:
             in_rate=sum(r for d, r in rates if d == "in") if any(d == "in" for d, _ in rates) else None,
             out_rate=sum(r for d, r in rates if d == "out") if any(d == "out" for d, _ in rates) else None,
             stalled=t.stalled_at is not None, out_policy=t.out_policy, down_reason=t.down_reason,
+            selectors=self._selectors(t),
         )  # fmt: skip
+
+    def _selectors(self, t: Tunnel) -> tuple[str, ...]:
+        out: list[str] = []
+        for lk in _tunnel_links(t.key):
+            for k in self._pols_by_link.get(lk, ()):
+                p = self.mirror.policies.get(k)
+                if p is not None and self._links(p, t.key):
+                    sel = p.sel
+                    text = f"{sel.src} -> {sel.dst}" + ("" if sel.proto == "any" else f" {sel.proto}")
+                    if text not in out:
+                        out.append(text)
+        return tuple(sorted(out))
+
+    def find(self, pk: PairKey) -> Tunnel | None:
+        """The tunnel with this key, live or recently down."""
+        return self.tunnels.get(pk) or self._down.get(pk)
+
+    def size(self) -> int:
+        """How many tunnels :meth:`keys` lists."""
+        return len(self.tunnels) + len(self._down)
+
+    def keys(self) -> list[PairKey]:
+        """Every tunnel's key: the live ones, then those that went down recently."""
+        return [*self.tunnels, *self._down]
 
     def views(self, *, include_down: bool = True) -> list[TunnelView]:
         """Every tunnel (and, by default, those that went down recently)."""
@@ -1036,8 +1063,21 @@ def _policy_links(p: ev.Policy) -> frozenset[LinkKey]:
     return frozenset(out)
 
 
+#: how urgent each state is, most urgent first
+STATE_RANK: dict[str, int] = {"down": 0, "overdue": 1, "rekeying": 2, "establishing": 3, "up": 4}
+
+
+def next_deadline(v: TunnelView) -> float:
+    """The soonest of the view's next rekey and hard expiry (trio's clock); inf if none."""
+    return min((d for d in (v.next_rekey, v.hard_expiry) if d is not None), default=math.inf)
+
+
+def urgency_key(v: TunnelView) -> tuple[int, float]:
+    """Sort key that does not depend on the time: down first, then overdue, then the soonest deadline."""
+    return STATE_RANK[v.state], next_deadline(v)
+
+
 def urgency(v: TunnelView, now: float) -> float:
     """Sort key: down first, then overdue, then the soonest deadline."""
-    rank = {"down": 0, "overdue": 1, "rekeying": 2, "establishing": 3, "up": 4}[v.state]
-    deadline = min((d for d in (v.next_rekey, v.hard_expiry) if d is not None), default=math.inf)
+    rank, deadline = urgency_key(v)
     return rank * 1e12 + (deadline - now if deadline != math.inf else 1e11)
