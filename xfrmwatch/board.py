@@ -55,10 +55,8 @@ def sort_key(sort: Sort, v: TunnelView) -> SortKey:
 
 def search_text(v: TunnelView) -> str:
     """What ``/`` searches in a tunnel (lower case): id, addresses, selectors, SPIs, state, reqid."""
-    return " ".join(
-        (v.tunnel_id, v.netns, v.src, v.dst, *v.selectors, v.spi_in or "", v.spi_out or "", v.state,
-         f"reqid {v.reqid}", v.down_reason or "")  # fmt: skip
-    ).lower()
+    words = (v.tunnel_id, v.netns, v.src, v.dst, *v.selectors, v.spi_in or "", v.spi_out or "", v.state)
+    return " ".join((*words, f"reqid {v.reqid}", v.down_reason or "")).lower()
 
 
 def needs_attention(v: TunnelView) -> bool:
@@ -198,7 +196,7 @@ class TunnelBoard:
         self._keys.clear()
         self._states = dict.fromkeys(STATE_RANK, 0)
         sort, view, keys, views, text = self._sort, self.model.view, self._keys, self._views, self._text
-        for pk in self.model.keys():
+        for pk in self.model.tunnel_keys():
             t = self.model.find(pk)
             if t is None:
                 continue

@@ -1031,10 +1031,10 @@ class TunnelModel:
         return self.tunnels.get(pk) or self._down.get(pk)
 
     def size(self) -> int:
-        """How many tunnels :meth:`keys` lists."""
+        """How many tunnels :meth:`tunnel_keys` lists."""
         return len(self.tunnels) + len(self._down)
 
-    def keys(self) -> list[PairKey]:
+    def tunnel_keys(self) -> list[PairKey]:
         """Every tunnel's key: the live ones, then those that went down recently."""
         return [*self.tunnels, *self._down]
 

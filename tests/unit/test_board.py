@@ -14,7 +14,16 @@ import trio
 from support import ROOT
 
 from xfrmwatch import events as ev
-from xfrmwatch.board import SORTS, Board, BoardQuery, BoardRequest, Sort, needs_attention, search_text, sort_key
+from xfrmwatch.board import (
+    SORTS,
+    Board,
+    BoardQuery,
+    BoardRequest,
+    Sort,
+    needs_attention,
+    search_text,
+    sort_key,
+)
 from xfrmwatch.decode import Decoder
 from xfrmwatch.filters import Filter, parse_cidr
 from xfrmwatch.mirror import Mirror

@@ -52,6 +52,7 @@ import trio
 
 from .. import events as ev
 from ..backoff import Backoff
+from ..detect.resolution import RESOLVERS, ResolverKey, resolved_by, resolver_of
 from ..subject import subject
 from ..timestamps import utc_precise
 from .base import DropSink, Output, OutputConfig, Positive
@@ -64,16 +65,6 @@ API_PATH = "/api/v2/alerts"
 BATCH = 64
 
 AlertKey = frozenset[tuple[str, str]]
-#: (kind of the first event, netns, reqid)
-ResolverKey = tuple[str, str, int]
-
-#: first-event type of an alert -> the event types that resolve it
-RESOLVED_BY: dict[str, tuple[type[ev.Event], ...]] = {
-    "rekey_overdue": (ev.RekeyCompleted,),
-    "traffic_stalled": (ev.TrafficResumed, ev.RekeyCompleted),
-    "tunnel_down": (ev.TunnelUp,),
-}
-_RESOLVERS = (ev.RekeyCompleted, ev.TrafficResumed, ev.TunnelUp)
 #: a Prometheus label name: letters, digits and _, not starting with a digit
 LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -108,7 +99,7 @@ class AlertmanagerConfig(OutputConfig, tag="alertmanager", kw_only=True):
 
     def wants(self, e: ev.Event) -> bool:
         """Alerts (by the usual filter) and the events that resolve them."""
-        if isinstance(e, _RESOLVERS):
+        if isinstance(e, RESOLVERS):
             return True
         return isinstance(e, ev.Alert) and super().wants(e)
 
@@ -193,16 +184,6 @@ class AlertmanagerOutput(Output):
             ann["tags"] = ",".join(a.rule.tags)
         return ann
 
-    def _resolver_of(self, a: ev.Alert) -> ResolverKey | None:
-        if not a.events:
-            return None
-        first = a.events[0]
-        tag = str(first.__struct_config__.tag)
-        reqids = subject(first).reqid
-        if tag in RESOLVED_BY and reqids:
-            return (tag, first.netns, reqids[0])
-        return None
-
     def _mark(self, key: AlertKey, t: _Tracked) -> None:
         t.version += 1
         self._pending[key] = t.version
@@ -219,7 +200,7 @@ class AlertmanagerOutput(Output):
                 labels=labels,
                 annotations=self._annotations(a),
                 starts_at=a.time,
-                resolver=self._resolver_of(a),
+                resolver=resolver_of(a),
                 keep_until=now + self.cfg.keep_active,
             )
             self.alerts[key] = t
@@ -239,12 +220,9 @@ class AlertmanagerOutput(Output):
 
     def resolve(self, e: ev.Event, now: float) -> int:
         """Resolve the alerts ``e`` ends; how many."""
-        if not isinstance(e, _RESOLVERS):
-            return 0
         keys: set[AlertKey] = set()
-        for tag, resolvers in RESOLVED_BY.items():
-            if isinstance(e, resolvers):
-                keys |= self._by_resolver.pop((tag, e.netns, e.reqid), set())
+        for rk in resolved_by(e):
+            keys |= self._by_resolver.pop(rk, set())
         for key in keys:
             t = self.alerts[key]
             t.resolved = now
@@ -311,7 +289,7 @@ class AlertmanagerOutput(Output):
                 if isinstance(e, ev.Alert):
                     if self.cfg.wants(e):
                         self.fire(e, now)
-                elif isinstance(e, _RESOLVERS):
+                elif isinstance(e, RESOLVERS):
                     self.resolve(e, now)
         # closed: one last attempt at what is pending, then the sender returns
         self._closing.set()
