@@ -191,24 +191,27 @@ class TunnelBoard:
         self._text[pk] = search_text(v)
 
     def _rebuild(self) -> None:
+        """A view of every tunnel (the first request, or after a flush or resync)."""
         self._views.clear()
         self._text.clear()
-        self._keys.clear()
         self._states = dict.fromkeys(STATE_RANK, 0)
-        sort, view, keys, views, text = self._sort, self.model.view, self._keys, self._views, self._text
+        view, find, views, text = self.model.view, self.model.find, self._views, self._text
         for pk in self.model.tunnel_keys():
-            t = self.model.find(pk)
-            if t is None:
-                continue
-            v = view(t)
-            views[pk] = v
-            keys[pk] = sort_key(sort, v)
-            text[pk] = search_text(v)
-            self._states[v.state] += 1
-        self._order = SortedList((k, pk) for pk, k in keys.items())
+            t = find(pk)
+            if t is not None:
+                v = views[pk] = view(t)
+                text[pk] = search_text(v)
+                self._states[v.state] += 1
+        self._resort()
+
+    def _resort(self) -> None:
+        """Every tunnel's place in the order, from the views kept (a sort change)."""
+        sort = self._sort
+        self._keys = {pk: sort_key(sort, v) for pk, v in self._views.items()}
+        self._order = SortedList((k, pk) for pk, k in self._keys.items())
 
     def _refresh(self, sort: Sort) -> None:
-        if sort != self._sort or self._everything:
+        if self._everything:
             self._sort = sort
             self._everything = self._rates_moved = False
             self._dirty.clear()
@@ -218,6 +221,9 @@ class TunnelBoard:
             self._dirty.update(self._keys)
         self._rates_moved = False
         dirty, self._dirty = self._dirty, set()
+        if sort != self._sort:
+            self._sort = sort
+            self._resort()
         for pk in dirty:
             self._put(pk)
         if len(self._keys) != self.model.size():  # down tunnels forgotten (no event says so)
@@ -236,18 +242,27 @@ class TunnelBoard:
             picked = list(self._order.islice(q.offset, end))
             matching = len(self._order)
         else:
-            picked, matching = [], 0
-            views, texts = self._views, self._text
-            for item in self._order:
-                pk = item[1]
-                if text and text not in texts[pk]:
-                    continue
-                v = views[pk]
-                if (q.attention and not needs_attention(v)) or (q.match is not None and not q.match(v)):
-                    continue
-                matching += 1
-                if q.offset < matching <= end:
-                    picked.append(item)
+            views = self._views
+            hits = [
+                pk for pk, words in self._text.items()
+                if (not text or text in words) and (not q.attention or needs_attention(views[pk]))
+                and (q.match is None or q.match(views[pk]))
+            ]  # fmt: skip
+            matching = len(hits)
+            if matching * 8 < len(self._order):  # few: sort them
+                keys = self._keys
+                picked = sorted((keys[pk], pk) for pk in hits)[q.offset : end]
+            else:  # many: walk the order
+                wanted = set(hits)
+                picked = []
+                seen = 0
+                for item in self._order:
+                    if item[1] in wanted:
+                        seen += 1
+                        if seen > q.offset:
+                            picked.append(item)
+                            if seen >= end:
+                                break
         rows: list[BoardRow] = []
         for key, pk in picked:
             t = self.model.find(pk)

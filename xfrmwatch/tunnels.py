@@ -215,7 +215,7 @@ class Tunnel:
         return (None if i is None else i.spi, None if o is None else o.spi)
 
 
-class TunnelView(msgspec.Struct, frozen=True, kw_only=True):
+class TunnelView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An immutable snapshot of one tunnel, for the dashboard, metrics and state files."""
 
     tunnel_id: str
@@ -294,7 +294,8 @@ class TunnelModel:
             self._add_member(t, entry)
         for t in self.tunnels.values():
             t.state = "up"
-            t.up_at = t.created
+            # established at the latest when its oldest SA was added (the kernel's add time)
+            t.up_at = min((m.installed for m in t.members.values()), default=t.created)
             t.gen_started = max((m.installed for m in t.members.values()), default=now)
         for t in self.tunnels.values():
             self._arm_history(t)
