@@ -29,8 +29,8 @@ import trio
 
 from xfrmwatch import events as ev
 from xfrmwatch.board import Board, BoardQuery, BoardRequest, Sort
-from xfrmwatch.decode import Decoder
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.pipeline import StateStage
 from xfrmwatch.timestamps import utc, utc_precise
 from xfrmwatch.top.screen import Frame, Painter, layout

@@ -24,9 +24,9 @@ from xfrmwatch.board import (
     search_text,
     sort_key,
 )
-from xfrmwatch.decode import Decoder
 from xfrmwatch.filters import Filter, parse_cidr
 from xfrmwatch.mirror import Mirror
+from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.pipeline import StateStage
 from xfrmwatch.timestamps import utc, utc_precise
 from xfrmwatch.tunnels import TunnelModel, TunnelView
