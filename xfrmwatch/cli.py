@@ -43,7 +43,7 @@ from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .output import tables
 from .output.render import JsonRenderer, TextRenderer
-from .pipeline import PipelineConfig, start_pipeline
+from .pipeline import PipelineConfig, StateLink, start_pipeline
 
 EXIT_CODES = f"""\
 exit codes:
@@ -110,6 +110,52 @@ def _add_filters(p: argparse.ArgumentParser, *, types: bool) -> None:
         )
 
 
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """The pipeline's settings (groups, buffer, rules, tunnel model): monitor and top share these."""
+    acq = p.add_mutually_exclusive_group()
+    acq.add_argument(
+        "--acquire", dest="acquire", action="store_const", const=True, default=None,
+        help="join the ACQUIRE group even if no key manager listens on it",
+    )  # fmt: skip
+    acq.add_argument(
+        "--no-acquire", dest="acquire", action="store_const", const=False,
+        help="never join the ACQUIRE group",
+    )  # fmt: skip
+    p.add_argument("--aevents", action="store_true", help="join the AEVENTS group (NEWAE)")
+    p.add_argument(
+        "--km-check", type=float, default=10.0, metavar="SECONDS",
+        help="without --acquire/--no-acquire: how often to re-check for a key manager on ACQUIRE "
+        "(joined once one listens, left when none does; default 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
+        help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
+    )  # fmt: skip
+    rl = p.add_mutually_exclusive_group()
+    rl.add_argument(
+        "--rules", metavar="PATH", action="append", default=[],
+        help="Sigma rule file or directory, repeatable (default: the shipped pack)",
+    )  # fmt: skip
+    rl.add_argument("--no-rules", action="store_true", help="no rules: events only")
+    p.add_argument(
+        "--overdue-share", type=float, default=0.5, metavar="F",
+        help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--history-factor", type=float, default=1.5, metavar="F",
+        help="without lifetimes in the kernel (Libreswan): rekey_overdue when an SA has lived F times "
+        "its tunnel's learned rekey interval (default 1.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--liveness-interval", type=float, default=10.0, metavar="SECONDS",
+        help="how often the SA counters are read for traffic rates and stalls (default 10; 0: never)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stall-after", type=float, default=30.0, metavar="SECONDS",
+        help="traffic_stalled when inbound is silent this long while outbound sends (default 30)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xfrmwatch",
@@ -143,25 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(mon, ("text", "json"), "text")
     _add_filters(mon, types=True)
-    acq = mon.add_mutually_exclusive_group()
-    acq.add_argument(
-        "--acquire", dest="acquire", action="store_const", const=True, default=None,
-        help="join the ACQUIRE group even if no key manager listens on it",
-    )  # fmt: skip
-    acq.add_argument(
-        "--no-acquire", dest="acquire", action="store_const", const=False,
-        help="never join the ACQUIRE group",
-    )  # fmt: skip
-    mon.add_argument("--aevents", action="store_true", help="join the AEVENTS group (NEWAE)")
-    mon.add_argument(
-        "--km-check", type=float, default=10.0, metavar="SECONDS",
-        help="without --acquire/--no-acquire: how often to re-check for a key manager on ACQUIRE "
-        "(joined once one listens, left when none does; default 10)",
-    )  # fmt: skip
-    mon.add_argument(
-        "--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
-        help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
-    )  # fmt: skip
+    _add_pipeline_options(mon)
     mon.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
     mon.add_argument(
         "--out-buffer", type=int, default=256, metavar="BATCHES",
@@ -173,30 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced`) here on SIGUSR1 "
         "and at exit (SIGTERM, SIGHUP, SIGINT, --count)",
     )  # fmt: skip
-    rl = mon.add_mutually_exclusive_group()
-    rl.add_argument(
-        "--rules", metavar="PATH", action="append", default=[],
-        help="Sigma rule file or directory, repeatable (default: the shipped pack)",
-    )  # fmt: skip
-    rl.add_argument("--no-rules", action="store_true", help="no rules: events only")
-    mon.add_argument(
-        "--overdue-share", type=float, default=0.5, metavar="F",
-        help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
-    )  # fmt: skip
-    mon.add_argument(
-        "--history-factor", type=float, default=1.5, metavar="F",
-        help="without lifetimes in the kernel (Libreswan): rekey_overdue when an SA has lived F times "
-        "its tunnel's learned rekey interval (default 1.5)",
-    )  # fmt: skip
-    mon.add_argument(
-        "--liveness-interval", type=float, default=10.0, metavar="SECONDS",
-        help="how often the SA counters are read for traffic rates and stalls (default 10; 0: never)",
-    )  # fmt: skip
-    mon.add_argument(
-        "--stall-after", type=float, default=30.0, metavar="SECONDS",
-        help="traffic_stalled when inbound is silent this long while outbound sends (default 30)",
-    )  # fmt: skip
     mon.set_defaults(func=cmd_monitor)
+
+    top = sub.add_parser(
+        "top",
+        help="live dashboard: tunnels, alerts, events",
+        description=textwrap.dedent(
+            """\
+            A full-screen view of the same pipeline as `monitor`: every tunnel with its
+            state (up, rekeying, overdue, down), SPIs, countdowns to the next rekey and to
+            the soft and hard expiry, traffic rates and rekeys; the open alerts; the latest
+            events; SA/policy counts, key managers, xfrm_stat error counters that moved,
+            overruns and resyncs.  Tunnels are sorted by urgency (down, overdue, then the
+            soonest deadline).
+
+            Keys: q quit, / filter, s sort, Tab namespace, a alerts only, ? help.
+            Without a terminal, use --once (one frame on stdout)."""
+        ),
+        epilog="examples:\n  xfrmwatch top\n  xfrmwatch top --all-netns\n"
+        "  xfrmwatch top --netns vpn --reqid 7 --liveness-interval 2\n"
+        "  xfrmwatch top --once | less -R      one frame, for scripts (COLUMNS/LINES set its size)\n\n"
+        + EXIT_CODES,
+        formatter_class=fmt,
+    )
+    where = top.add_mutually_exclusive_group()
+    where.add_argument(
+        "--netns", metavar="NAME|PATH",
+        help="network namespace to watch: a name under /run/netns or a path (default: our own)",
+    )  # fmt: skip
+    where.add_argument(
+        "--all-netns", action="store_true",
+        help="our own namespace and every one under /run/netns, followed as they come and go",
+    )  # fmt: skip
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    _add_filters(top, types=True)
+    _add_pipeline_options(top)
+    top.set_defaults(func=cmd_top)
 
     state = sub.add_parser("state", help="list or get SAs (read-only)")
     ssub = state.add_subparsers(dest="action", metavar="ACTION")
@@ -487,6 +527,59 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             _write_state(mirror, args.state_file)
         root.cancel_scope.cancel()
     return stop.code
+
+
+class TopOptions(msgspec.Struct):
+    """The ranges of `top`'s numeric options."""
+
+    overdue_share: options.OverdueShare
+    rcvbuf: options.ReceiveBuffer
+    km_check: options.Positive
+    history_factor: Annotated[float, msgspec.Meta(gt=1)]
+    liveness_interval: options.NotNegative
+    stall_after: options.Positive
+
+
+async def cmd_top(args: argparse.Namespace) -> int:
+    """The live dashboard (xfrmwatch/top): one pipeline per namespace, as `monitor` runs it."""
+    import dataclasses
+
+    from .top.app import Dashboard, LogLines, all_namespaces, run
+
+    flt = build_filter(args)
+    problem = options.check({k: vars(args)[k] for k in TopOptions.__struct_fields__}, TopOptions)
+    if problem is not None:
+        raise UsageError(problem)
+    if not args.once and not (os.isatty(0) and os.isatty(1)):
+        raise UsageError("top needs a terminal on stdin and stdout; --once prints one frame without one")
+    ruleset = None
+    if not args.no_rules:
+        from .detect.pack import load
+
+        ruleset = load(args.rules)
+    base = PipelineConfig(
+        aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf, overdue_share=args.overdue_share,
+        km_check=args.km_check, history_factor=args.history_factor, stall_after=args.stall_after,
+        liveness_interval=args.liveness_interval,
+    )  # fmt: skip
+
+    async def starter(
+        nursery: trio.Nursery, netns: str, link: StateLink
+    ) -> tuple[trio.MemoryReceiveChannel[list[ev.Event]], int]:
+        cfg = dataclasses.replace(base, netns=netns or None)
+        rules = None if ruleset is None else Alerter(ruleset)
+        recv, _, sub = await start_pipeline(nursery, cfg, rules, link=link)
+        return recv, sub.portid
+
+    dash = Dashboard(match=None if flt == Filter() else flt)
+    names = sorted(all_namespaces()) if args.all_netns else [args.netns or ""]
+    if args.once:
+        return await run(dash, starter, names, follow=False, once=True)
+    with LogLines(dash) as logs:
+        try:
+            return await run(dash, starter, names, follow=args.all_netns)
+        finally:
+            logs.replay(sys.stderr)
 
 
 class _Stop:
@@ -816,11 +909,13 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 # --- entry point --------------------------------------------------------------------------
 
 
-def configure_logging(fmt: str = "console") -> None:
+def configure_logging(fmt: str = "console", file: Any = None) -> None:
+    """Log lines to stderr (or ``file``: the dashboard keeps them while the screen is its own)."""
+    out = sys.stderr if file is None else file
     renderer: Any = (
         PriorityPrefix(structlog.processors.JSONRenderer())
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=file is None and sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -828,8 +923,8 @@ def configure_logging(fmt: str = "console") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=file is None,
     )
 
 

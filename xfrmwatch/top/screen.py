@@ -271,7 +271,8 @@ def header(f: Frame) -> list[Text]:
     sas, pols, states = _counts(f.boards)
     line1 = Text()
     line1.append(f" {f.title} ", style="bold reverse")
-    ns = "all" if f.selected is None else (f.selected or "(own)")
+    shown = f.selected if f.selected is not None or len(f.namespaces) != 1 else f.namespaces[0]
+    ns = "all" if shown is None else (shown or "(own)")
     line1.append(f" netns {ns}", style="bold")
     if len(f.namespaces) > 1:
         line1.append(f" [{len(f.namespaces)}]", style="dim")
