@@ -152,11 +152,14 @@ def _spi(s: str | None) -> str:
 
 
 def countdown(deadline: float | None, now: float, projected: bool) -> Text:
+    """Time left to ``deadline`` (``~``: projected or learned); "-" when there is none."""
     if deadline is None:
         return Text("-", style="dim")
     left = deadline - now
     style = "bold red" if left < 0 else "yellow" if left < 30 else ""
-    return Text(("~" if projected else "") + duration(left), style=style)
+    # a countdown shows the whole seconds still to go: 9.99 s left is 10s, 0.2 s past is -1s
+    shown = math.ceil(left) if left >= 0 else -math.ceil(-left)
+    return Text(("~" if projected else "") + duration(shown), style=style)
 
 
 def tunnel_name(v: TunnelView) -> str:
@@ -188,6 +191,11 @@ class Column:
     justify: str = "left"
 
 
+def _live(v: TunnelView, deadline: float | None) -> float | None:
+    """A down tunnel has no deadlines left."""
+    return None if v.state == "down" else deadline
+
+
 def _projected(v: TunnelView) -> bool:
     return v.deadline_basis in ("bytes", "packets", "history")
 
@@ -197,11 +205,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("TUNNEL", 16, 0, lambda v, now: tunnel_name(v)),
     Column("ENDPOINTS", 27, 3, lambda v, now: f"{v.src} <-> {v.dst}"),
     Column("SPI IN/OUT", 17, 4, lambda v, now: f"{_spi(v.spi_in)}/{_spi(v.spi_out)}"),
-    Column("STATE", 9, 0, lambda v, now: state_text(v)),
+    Column("STATE", 16, 0, lambda v, now: state_text(v)),
     Column("AGE", 6, 5, lambda v, now: duration(None if v.established is None else now - v.established), "right"),
-    Column("REKEY", 7, 1, lambda v, now: countdown(v.next_rekey, now, v.deadline_basis == "history"), "right"),
-    Column("SOFT", 7, 7, lambda v, now: countdown(v.soft_expiry, now, False), "right"),
-    Column("HARD", 7, 2, lambda v, now: countdown(v.hard_expiry, now, _projected(v)), "right"),
+    Column("REKEY", 7, 1, lambda v, now: countdown(_live(v, v.next_rekey), now, v.deadline_basis == "history"),
+           "right"),
+    Column("SOFT", 7, 7, lambda v, now: countdown(_live(v, v.soft_expiry), now, False), "right"),
+    Column("HARD", 7, 2, lambda v, now: countdown(_live(v, v.hard_expiry), now, _projected(v)), "right"),
     Column("IN/OUT B/s", 11, 5, lambda v, now: f"{rate(v.in_rate)}/{rate(v.out_rate)}", "right"),
     Column("LAST", 6, 8, lambda v, now: duration(None if v.last_rekey is None else now - v.last_rekey), "right"),
     Column("#", 3, 6, lambda v, now: str(v.rekeys), "right"),
