@@ -1,0 +1,173 @@
+"""`xfrmwatch top` as a person uses it: in a real terminal (tmux), against the host kernel in
+throwaway namespaces, driven with keys; the terminal is given back as it was, whatever ends
+the dashboard.  And `--once`, its one frame, for scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from support import ROOT, XFRMWATCH, fresh_netns, run_cli, sh
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (apt-get install tmux)")
+
+
+class Terminal:
+    """A tmux session running one command: the screen as a person sees it, and keys."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+    def keys(self, *keys: str, literal: bool = False) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), *keys], check=True)
+
+    def wait(self, pattern: str, timeout: float = 20.0, absent: bool = False) -> str:
+        """The screen once ``pattern`` (a regex) is on it (or, with ``absent``, gone from it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if bool(re.search(pattern, text, re.M)) != absent:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{'still' if absent else 'never'} on screen: {pattern!r}\n{text}")
+            time.sleep(0.2)
+
+    def pid(self) -> int:
+        """The dashboard's process id (the shell's child running python)."""
+        out = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+        shell = int(out[0])
+        kids = subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()
+        return int(kids[0])
+
+
+@contextmanager
+def terminal(args: str, width: int = 100, height: int = 30) -> Iterator[Terminal]:
+    """`xfrmwatch top ARGS` in a fresh tmux session; afterwards the shell prints the exit status
+    and the terminal's modes (stty -a)."""
+    name = f"xwtop-{uuid.uuid4().hex[:8]}"
+    cmd = " ".join(shlex.quote(a) for a in XFRMWATCH)
+    script = f"cd {shlex.quote(str(ROOT))} && {cmd} top {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "sh", "-c", script],
+                   check=True, env={**os.environ, "TERM": "xterm-256color"})  # fmt: skip
+    try:
+        yield Terminal(name)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def restored(t: Terminal, status: int = 0) -> None:
+    """The dashboard exited with ``status`` and the terminal is back in its usual modes."""
+    text = t.wait(r"^EXIT=\d+", timeout=15)
+    assert f"EXIT={status}" in text, text
+    assert re.search(r"^icanon echo\s*$", text, re.M), f"terminal modes not restored:\n{text}"
+    assert "Tunnels" not in text  # the normal screen is back (the dashboard was on the alternate one)
+
+
+def test_dashboard_follows_the_kernel_and_the_keys(netns: str) -> None:
+    """Policies and their events appear as they happen; an SPD flush shows as a high alert;
+    / filters, s sorts, a shows alerts only, ? helps, q quits with the terminal restored."""
+    sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out "
+       "tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 5 mode tunnel")  # fmt: skip
+    with terminal(f"--netns {netns}") as t:
+        t.wait(rf"netns {netns} +SAs 0 +policies 1 ")
+        sh(f"ip -n {netns} xfrm policy add src 10.9.0.0/16 dst 10.8.0.0/16 dir in")
+        sh(f"ip -n {netns} xfrm policy add src 10.7.0.0/16 dst 10.6.0.0/16 dir fwd")
+        text = t.wait(r"policies 3 ")
+        t.wait(r"newpolicy +10\.7\.0\.0/16 -> 10\.6\.0\.0/16 dir fwd")
+        assert re.search(r"newpolicy +10\.9\.0\.0/16 -> 10\.8\.0\.0/16 dir in", text) or "10.9.0.0/16" in t.screen()
+
+        t.keys("/")
+        t.keys("10.9.", literal=True)
+        text = t.wait(r"filter: +10\.9\._")
+        assert "10.9.0.0/16" in text and "10.7.0.0/16" not in text
+        t.keys("Enter")
+        t.wait(r"filter /10\.9\.$")
+        t.keys("Escape")
+        t.wait(r"10\.7\.0\.0/16")
+
+        t.keys("s")
+        t.wait(r"sort name")
+        t.keys("a")
+        t.wait(r"alerts only")
+        t.keys("a")
+        t.keys("?")
+        t.wait(r"Keys\s*$")
+        t.keys("x")
+        t.wait(r"Tunnels")
+
+        sh(f"ip -n {netns} xfrm policy flush")
+        text = t.wait(r"Security policy database flushed")
+        assert re.search(r"high +Security policy database flushed", text) or "1 high" in text, text
+        t.wait(r"policies 0 ")
+        t.wait(r"flushpolicy")
+        t.keys("q")
+        restored(t)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_terminal_restored_on_signals(netns: str, sig: signal.Signals) -> None:
+    """SIGTERM, SIGHUP and SIGINT end the dashboard with status 0 and the terminal restored."""
+    with terminal(f"--netns {netns}", width=80, height=24) as t:
+        t.wait(rf"netns {netns}")
+        os.kill(t.pid(), sig)
+        restored(t)
+
+
+def test_all_namespaces_and_tab(netns: str) -> None:
+    """--all-netns watches every namespace, one appearing later too; Tab shows one at a time."""
+    sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
+    with terminal("--all-netns", width=120, height=30) as t:
+        t.wait(r"netns all")
+        with fresh_netns("xwlate") as late:
+            sh(f"ip -n {late} xfrm policy add src 10.3.0.0/24 dst 10.4.0.0/24 dir out")
+            sh(f"ip -n {late} xfrm policy add src 10.5.0.0/24 dst 10.6.0.0/24 dir out")
+            for _ in range(60):  # Tab until the late namespace is shown (it is found within 5 s)
+                t.keys("Tab")
+                time.sleep(0.3)
+                if re.search(rf"netns {late} ", t.screen()):
+                    break
+            text = t.wait(rf"netns {late} \[\d+\] +SAs 0 +policies 2 ")
+            assert "10.5.0.0/24" not in text or late in text
+            sh(f"ip -n {late} xfrm policy add src 10.7.0.0/24 dst 10.8.0.0/24 dir in")
+            t.wait(rf"netns {late} \[\d+\] +SAs 0 +policies 3 ")
+            t.wait(r"newpolicy +10\.7\.0\.0/24")
+        t.keys("q")
+        restored(t)
+
+
+def test_once_prints_one_frame(netns: str) -> None:
+    """--once prints exactly one frame of COLUMNS x LINES and exits 0."""
+    for i in range(3):
+        sh(f"ip -n {netns} xfrm policy add src 10.{i}.0.0/24 dst 10.99.0.0/24 dir out")
+    sh(f"ip -n {netns} xfrm state allocspi src 192.0.2.2 dst 192.0.2.1 proto esp mode tunnel reqid 5")
+    p = run_cli("top", "--once", "--netns", netns, env={**os.environ, "COLUMNS": "120", "LINES": "30"})
+    assert 0 == p.returncode, p.stderr
+    lines = p.stdout.rstrip("\n").split("\n")
+    assert 30 == len(lines)
+    assert all(len(line) <= 120 for line in lines)
+    assert re.search(rf"netns {netns} +SAs 1 +policies 3 +tunnels 0 ", lines[0]), lines[0]
+    assert "\x1b[" not in p.stdout  # not a terminal: no colour codes
+    assert "key managers: none" in lines[1]
+
+
+def test_user_mistakes_are_one_line(netns: str) -> None:
+    """An unknown namespace is exit 5, no terminal without --once exit 2: one line each."""
+    p = run_cli("top", "--once", "--netns", "xw-no-such-netns")
+    assert (5, 1) == (p.returncode, len(p.stderr.strip().splitlines())), p.stderr
+    p = run_cli("top", "--netns", netns, stdin=subprocess.DEVNULL)
+    assert (2, 1) == (p.returncode, len(p.stderr.strip().splitlines())), p.stderr
+    assert "--once" in p.stderr
