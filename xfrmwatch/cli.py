@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="our own namespace and every one under /run/netns, followed as they come and go",
     )  # fmt: skip
     top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument(
+        "--svg", metavar="FILE", help="write the last frame shown (with --once: the frame) to FILE as an SVG picture",
+    )  # fmt: skip
     _add_filters(top, types=True)
     _add_pipeline_options(top)
     top.set_defaults(func=cmd_top)
@@ -540,6 +543,17 @@ class TopOptions(msgspec.Struct):
     stall_after: options.Positive
 
 
+def _check_top_args(args: argparse.Namespace) -> None:
+    """Argument mistakes, before anything is opened."""
+    problem = options.check({k: vars(args)[k] for k in TopOptions.__struct_fields__}, TopOptions)
+    if problem is not None:
+        raise UsageError(problem)
+    if args.svg and not os.path.isdir(os.path.dirname(os.path.abspath(args.svg))):
+        raise UsageError(f"--svg: directory of {args.svg!r} does not exist")
+    if not args.once and not (os.isatty(0) and os.isatty(1)):
+        raise UsageError("top needs a terminal on stdin and stdout; --once prints one frame without one")
+
+
 async def cmd_top(args: argparse.Namespace) -> int:
     """The live dashboard (xfrmwatch/top): one pipeline per namespace, as `monitor` runs it."""
     import dataclasses
@@ -547,11 +561,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     from .top.app import Dashboard, LogLines, all_namespaces, run
 
     flt = build_filter(args)
-    problem = options.check({k: vars(args)[k] for k in TopOptions.__struct_fields__}, TopOptions)
-    if problem is not None:
-        raise UsageError(problem)
-    if not args.once and not (os.isatty(0) and os.isatty(1)):
-        raise UsageError("top needs a terminal on stdin and stdout; --once prints one frame without one")
+    _check_top_args(args)
     ruleset = None
     if not args.no_rules:
         from .detect.pack import load
@@ -574,10 +584,10 @@ async def cmd_top(args: argparse.Namespace) -> int:
     dash = Dashboard(match=None if flt == Filter() else flt)
     names = sorted(all_namespaces()) if args.all_netns else [args.netns or ""]
     if args.once:
-        return await run(dash, starter, names, follow=False, once=True)
+        return await run(dash, starter, names, follow=False, once=True, svg=args.svg)
     with LogLines(dash) as logs:
         try:
-            return await run(dash, starter, names, follow=args.all_netns)
+            return await run(dash, starter, names, follow=args.all_netns, svg=args.svg)
         finally:
             logs.replay(sys.stderr)
 

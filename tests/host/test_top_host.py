@@ -6,75 +6,16 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from support import ROOT, XFRMWATCH, fresh_netns, run_cli, sh
+from support import fresh_netns, run_cli, sh
+from tmux import restored, terminal
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (apt-get install tmux)")
-
-
-class Terminal:
-    """A tmux session running one command: the screen as a person sees it, and keys."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
-
-    def keys(self, *keys: str, literal: bool = False) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), *keys], check=True)
-
-    def wait(self, pattern: str, timeout: float = 20.0, absent: bool = False) -> str:
-        """The screen once ``pattern`` (a regex) is on it (or, with ``absent``, gone from it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if bool(re.search(pattern, text, re.M)) != absent:
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{'still' if absent else 'never'} on screen: {pattern!r}\n{text}")
-            time.sleep(0.2)
-
-    def pid(self) -> int:
-        """The dashboard's process id (the shell's child running python)."""
-        out = subprocess.run(["tmux", "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
-                             text=True, check=True).stdout.split()  # fmt: skip
-        shell = int(out[0])
-        kids = subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()
-        return int(kids[0])
-
-
-@contextmanager
-def terminal(args: str, width: int = 100, height: int = 30) -> Iterator[Terminal]:
-    """`xfrmwatch top ARGS` in a fresh tmux session; afterwards the shell prints the exit status
-    and the terminal's modes (stty -a)."""
-    name = f"xwtop-{uuid.uuid4().hex[:8]}"
-    cmd = " ".join(shlex.quote(a) for a in XFRMWATCH)
-    script = f"cd {shlex.quote(str(ROOT))} && {cmd} top {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "sh", "-c", script],
-                   check=True, env={**os.environ, "TERM": "xterm-256color"})  # fmt: skip
-    try:
-        yield Terminal(name)
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
-
-
-def restored(t: Terminal, status: int = 0) -> None:
-    """The dashboard exited with ``status`` and the terminal is back in its usual modes."""
-    text = t.wait(r"^EXIT=\d+", timeout=15)
-    assert f"EXIT={status}" in text, text
-    assert re.search(r"^icanon echo\s*$", text, re.M), f"terminal modes not restored:\n{text}"
-    assert "Tunnels" not in text  # the normal screen is back (the dashboard was on the alternate one)
 
 
 def test_dashboard_follows_the_kernel_and_the_keys(netns: str) -> None:

@@ -164,6 +164,8 @@ class Dashboard:
         self._stat_moved: dict[str, dict[str, int]] = {}
         #: the next frame redraws every line (the terminal was resized, or the screen lost)
         self.redraw_all = False
+        #: the last frame drawn
+        self.last: Frame | None = None
 
     # --- namespaces -----------------------------------------------------------------------------
 
@@ -377,7 +379,7 @@ class Dashboard:
                 clear = b"\x1b[2J"
             last = trio.current_time()
             width, height = size()
-            f = await self.frame(width, height)
+            f = self.last = await self.frame(width, height)
             changes = painter.changes(f)
             if changes:
                 await write(fd, clear + frame_bytes(changes))
@@ -449,6 +451,7 @@ async def run(
     *,
     follow: bool = False,
     once: bool = False,
+    svg: str | None = None,
     fd_in: int = 0,
     fd_out: int = 1,
 ) -> int:
@@ -475,7 +478,10 @@ async def run(
                         dash._stat_moved[w.netns] = w.probe.moved()
                 width, height = terminal_size(fd_out)
                 f = await dash.frame(width, height)
-                lines = Painter(color_system(fd_out)).lines(f)
+                painter = Painter(color_system(fd_out))
+                lines = painter.lines(f)
+                if svg is not None:
+                    await trio.Path(svg).write_text(painter.svg(f), encoding="utf-8")
                 await write(fd_out, ("\n".join(line.rstrip() if not os.isatty(fd_out) else line
                                                for line in lines) + "\n").encode())  # fmt: skip
                 root.cancel_scope.cancel()
@@ -499,6 +505,8 @@ async def run(
                         dash.wake()
                     else:
                         break
+            if svg is not None and dash.last is not None:
+                await trio.Path(svg).write_text(Painter("truecolor").svg(dash.last), encoding="utf-8")
             root.cancel_scope.cancel()
     return 0
 

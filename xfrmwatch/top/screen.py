@@ -407,9 +407,8 @@ def render(f: Frame) -> list[Text]:
 class Painter:
     """Renders frames to lines of terminal text (ANSI) and tells which lines changed."""
 
-    def __init__(self, color_system: str | None = "auto", *, record: bool = False) -> None:
+    def __init__(self, color_system: str | None = "auto") -> None:
         self._color = color_system
-        self._record = record
         self._last: list[str] = []
         self.console: Console | None = None
 
@@ -417,7 +416,7 @@ class Painter:
         """The frame as exactly ``height`` lines of text (with ANSI styles)."""
         self.console = console = Console(
             width=f.width, height=f.height, file=io.StringIO(), force_terminal=self._color is not None,
-            color_system=self._color, legacy_windows=False, record=self._record,  # type: ignore[arg-type]
+            color_system=self._color, legacy_windows=False,  # type: ignore[arg-type]
             highlight=False, emoji=False, markup=False,
         )  # fmt: skip
         with console.capture() as cap:
@@ -425,6 +424,13 @@ class Painter:
         out = cap.get().split("\n")[: f.height]
         out += [""] * (f.height - len(out))
         return out
+
+    def svg(self, f: Frame, title: str = "xfrmwatch top") -> str:
+        """The frame as an SVG picture (rich's export_svg), for documents and reports."""
+        console = Console(width=f.width, height=f.height, file=io.StringIO(), force_terminal=True,
+                          color_system="truecolor", record=True, highlight=False, emoji=False, markup=False)  # fmt: skip
+        console.print(Text("\n").join(render(f)), end="", no_wrap=True, crop=True, overflow="crop")
+        return console.export_svg(title=title)
 
     def changes(self, f: Frame) -> list[tuple[int, str]]:
         """(line number, text) of each line that differs from the previous frame."""
