@@ -107,10 +107,9 @@ class Filter:
         and reqid (``--type`` is about events, and a tunnel has both directions: both are
         ignored; a tunnel has no mark or interface, so ``--mark`` and ``--dev`` match none)."""
         spis = tuple(s for s in (v.spi_in, v.spi_out) if s)
-        return self._about(
-            Subject(netns=v.netns, tunnel_id=(v.tunnel_id,), reqid=(v.reqid,), spi=spis, proto=(v.proto,),
-                    src=(v.src,), dst=(v.dst,), dir=("in", "out"))  # fmt: skip
-        )
+        about = Subject(netns=v.netns, tunnel_id=(v.tunnel_id,), reqid=(v.reqid,), spi=spis, proto=(v.proto,),
+                        src=(v.src,), dst=(v.dst,), dir=("in", "out"))  # fmt: skip
+        return self._about(about)
 
     def _about(self, s: Subject) -> bool:
         src, dst = self.src, self.dst

@@ -1,7 +1,7 @@
 """The dashboard's alerts panel: open alerts by level, with age and count; resolved ones fade.
 
 An alert is one rule firing about one subject (namespace, reqid, addresses, SPI: what
-:func:`~xfrmwatch.subject.subject_fields` says); repeats add to its count (with the firings the
+:meth:`~xfrmwatch.subject.Subject.first` says); repeats add to its count (with the firings the
 rules held back).  The events that end an alert are those of
 :mod:`xfrmwatch.detect.resolution`; a resolved alert stays listed, dimmed, for
 :data:`FADE_SECONDS`, then goes.  An alert nothing resolves stays open while the dashboard
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from .. import events as ev
 from .. import levels
 from ..detect.resolution import ResolverKey, resolved_by, resolver_of
-from ..subject import subject_fields
+from ..subject import subject
 
 #: how long a resolved alert stays listed (seconds)
 FADE_SECONDS = 30.0
@@ -72,8 +72,10 @@ class OpenAlerts:
                     self._rows[aid] = replace(row, resolved=now)
 
     def _fire(self, a: ev.Alert, now: float) -> None:
-        f = subject_fields(a)
-        aid: AlertId = (a.rule.id, a.netns, tuple(sorted(f.items())))
+        f = subject(a).first()
+        # one alert per rule and tunnel (as Alertmanager's labels), or per SA when no reqid
+        keys = ("reqid", "src", "dst") if f.get("reqid") else ("spi", "src", "dst")
+        aid: AlertId = (a.rule.id, a.netns, tuple((k, f[k]) for k in keys if k in f))
         row = self._rows.get(aid)
         n = 1 + a.suppressed
         if row is None or row.resolved is not None:
