@@ -57,8 +57,11 @@ RESCAN = 5.0
 #: how long a frame waits for a busy state stage before it shows that namespace's last board
 BOARD_WAIT = 1.0
 
-#: a pipeline for one namespace: (its output, its state stage's link, its subscriber's port id)
-Starter = Callable[[trio.Nursery, str, StateLink], Awaitable[tuple[trio.MemoryReceiveChannel[OutBatch], int]]]
+#: starts the pipeline of one namespace, connected to the link: its output, and its subscriber's
+#: port id (None: not a live namespace, a recording: no /proc files to read)
+Starter = Callable[
+    [trio.Nursery, str, StateLink], Awaitable[tuple[trio.MemoryReceiveChannel[OutBatch], int | None]]
+]
 
 
 class Probe:
@@ -148,11 +151,21 @@ class Dashboard:
     """The dashboard's state (outside every pipeline) and its tasks."""
 
     def __init__(
-        self, *, match: Filter | None, title: str = "xfrmwatch top", color: str | None = "auto"
+        self,
+        *,
+        match: Filter | None,
+        title: str = "xfrmwatch top",
+        color: str | None = "auto",
+        clock_rate: float = 1.0,
+        narrate: Callable[[ev.Event], str | None] | None = None,
     ) -> None:
+        """``clock_rate``: seconds of trio's clock per real second (a replay's speed), so that
+        redraws keep their real pace; ``narrate``: a sentence to show after an event (the demo)."""
         self.match = match
         self.title = title
         self.color = color
+        self.clock_rate = clock_rate
+        self.narrate = narrate
         self.watched: dict[str, Watched] = {}
         self.view = ViewState()
         self.alerts = OpenAlerts()
@@ -179,10 +192,12 @@ class Dashboard:
             with w.scope:
                 async with trio.open_nursery() as n:
                     recv, portid = await starter(n, netns, link)
-                    try:
-                        w.probe = Probe(netns, portid)
-                    except (OSError, UserError) as exc:
-                        log.warning("cannot read /proc/net files of the namespace", netns=netns, error=str(exc))
+                    if portid is not None:
+                        try:
+                            w.probe = Probe(netns, portid)
+                        except (OSError, UserError) as exc:
+                            log.warning("cannot read /proc/net files of the namespace", netns=netns,
+                                        error=str(exc))  # fmt: skip
                     self.watched[netns] = w
                     task_status.started()
                     async with recv:
@@ -234,6 +249,8 @@ class Dashboard:
         for e in batch:
             self.activity.take(e, now)
             self.alerts.feed(e, now)
+            if self.narrate is not None and (said := self.narrate(e)):
+                self.notice = said
         self.wake()
 
     def wake(self) -> None:
@@ -367,9 +384,10 @@ class Dashboard:
         painter = Painter(self.color)
         last = -math.inf
         while True:
-            wait = max(0.0, last + 1.0 / MAX_FPS - trio.current_time())
+            rate = self.clock_rate
+            wait = max(0.0, last + rate / MAX_FPS - trio.current_time())
             await trio.sleep(wait)
-            with trio.move_on_after(IDLE_REDRAW):
+            with trio.move_on_after(IDLE_REDRAW * rate):
                 await self._wake.wait()
             self._wake = trio.Event()
             clear = b""

@@ -349,14 +349,17 @@ def footer(f: Frame) -> Text:
         t.append("_", style="blink")
         t.append("   Enter keep, Esc clear", style="dim")
         return t
+    if f.notice and not f.text:  # a narration, or the latest warning: it takes the line
+        t.append(" ?", style="bold reverse")
+        t.append(" keys  ")
+        t.append(f.notice, style="bold cyan")
+        return t
     for key, what in (("q", "quit"), ("/", "filter"), ("s", f"sort:{f.sort}"), ("Tab", "netns"),
                       ("a", "alerts only" + (" [on]" if f.attention else "")), ("?", "help")):  # fmt: skip
         t.append(f" {key}", style="bold reverse")
         t.append(f" {what} ")
     if f.text:
         t.append(f"  /{f.text}", style="bold yellow")
-    if f.notice:
-        t.append(f"  {f.notice}", style="bold cyan")
     return t
 
 
