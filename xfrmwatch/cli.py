@@ -441,25 +441,35 @@ def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
 # --- commands ----------------------------------------------------------------------------
 
 
-class MonitorOptions(msgspec.Struct):
-    """The ranges of `monitor`'s numeric options."""
+class PipelineOptions(msgspec.Struct):
+    """The ranges of the pipeline's numeric options (`monitor`, `top`)."""
 
     overdue_share: options.OverdueShare
     rcvbuf: options.ReceiveBuffer
-    #: 0: no limit
-    count: Annotated[int, msgspec.Meta(ge=0)]
     km_check: options.Positive
     history_factor: Annotated[float, msgspec.Meta(gt=1)]
     liveness_interval: options.NotNegative
     stall_after: options.Positive
+
+
+class MonitorOptions(PipelineOptions):
+    """The ranges of `monitor`'s numeric options."""
+
+    #: 0: no limit
+    count: Annotated[int, msgspec.Meta(ge=0)]
     out_buffer: Annotated[int, msgspec.Meta(ge=1)]
+
+
+def _check_ranges(args: argparse.Namespace, ranges: type[msgspec.Struct]) -> None:
+    """A number out of its range (``ranges`` names the options and their types): one line."""
+    problem = options.check({k: vars(args)[k] for k in ranges.__struct_fields__}, ranges)
+    if problem is not None:
+        raise UsageError(problem)
 
 
 def _check_monitor_args(args: argparse.Namespace) -> None:
     """Argument mistakes, before anything is opened."""
-    problem = options.check({k: vars(args)[k] for k in MonitorOptions.__struct_fields__}, MonitorOptions)
-    if problem is not None:
-        raise UsageError(problem)
+    _check_ranges(args, MonitorOptions)
     if args.state_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
         raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
 
@@ -532,22 +542,9 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     return stop.code
 
 
-class TopOptions(msgspec.Struct):
-    """The ranges of `top`'s numeric options."""
-
-    overdue_share: options.OverdueShare
-    rcvbuf: options.ReceiveBuffer
-    km_check: options.Positive
-    history_factor: Annotated[float, msgspec.Meta(gt=1)]
-    liveness_interval: options.NotNegative
-    stall_after: options.Positive
-
-
 def _check_top_args(args: argparse.Namespace) -> None:
     """Argument mistakes, before anything is opened."""
-    problem = options.check({k: vars(args)[k] for k in TopOptions.__struct_fields__}, TopOptions)
-    if problem is not None:
-        raise UsageError(problem)
+    _check_ranges(args, PipelineOptions)
     if args.svg and not os.path.isdir(os.path.dirname(os.path.abspath(args.svg))):
         raise UsageError(f"--svg: directory of {args.svg!r} does not exist")
     if not args.once and not (os.isatty(0) and os.isatty(1)):
