@@ -8,7 +8,6 @@ same Sigma rules as the live monitor are applied to them.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import trio
 
@@ -19,7 +18,6 @@ from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, key_managers, xfrm_listeners, xfrm_stat
 from .netlink.socket import XfrmSocket
-from .timestamps import utc_precise
 
 KM_GROUPS = {x.XFRMNLGRP_ACQUIRE: "acquire", x.XFRMNLGRP_EXPIRE: "expire"}
 
@@ -51,7 +49,7 @@ def build_states(
     own_portid: int,
 ) -> list[ev.Event]:
     now = trio.current_time()
-    common: dict[str, Any] = {"time": utc_precise(time.time()), "mono": now, "netns": netns, "nlmsg_pid": 0, "nlmsg_seq": 0}
+    common = ev.own_fields(netns, now, time.time())
     km_groups = sorted(
         {
             name

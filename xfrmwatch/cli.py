@@ -447,7 +447,7 @@ class PipelineOptions(msgspec.Struct):
     overdue_share: options.OverdueShare
     rcvbuf: options.ReceiveBuffer
     km_check: options.Positive
-    history_factor: Annotated[float, msgspec.Meta(gt=1)]
+    history_factor: options.HistoryFactor
     liveness_interval: options.NotNegative
     stall_after: options.Positive
 

@@ -44,7 +44,7 @@ import msgspec
 
 from .errors import UserError
 from .netlink.socket import DEFAULT_RCVBUF
-from .options import NotNegative, OverdueShare, Positive, ReceiveBuffer
+from .options import HistoryFactor, NotNegative, OverdueShare, Positive, ReceiveBuffer
 from .output.base import OutputConfig
 from .output.metrics import MetricsConfig, parse_listen
 from .output.registry import OUTPUT_CONFIGS
@@ -91,7 +91,7 @@ class TunnelsConfig(msgspec.Struct, **_cfg):
     """``[tunnels]``: the tunnel model (docs/tunnels.md)."""
 
     #: without kernel lifetimes: rekey_overdue at this multiple of the learned rekey interval
-    history_factor: Annotated[float, msgspec.Meta(gt=1.0)] = 1.5
+    history_factor: HistoryFactor = 1.5
     #: how often SA counters are read for rates and stalls (seconds; 0: never)
     liveness_interval: NotNegative = 10.0
     #: traffic_stalled after inbound is silent this long while outbound sends (seconds)

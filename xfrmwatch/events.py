@@ -21,10 +21,12 @@ these classes (``xfrmwatch schema``) and checked against them in the tests.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 from msgspec import Struct, field
+
+from .timestamps import utc_precise
 
 SCHEMA_VERSION = 1
 
@@ -333,6 +335,13 @@ class Event(Struct, tag_field="type", **{**_record, "omit_defaults": False}):
     nlmsg_pid: int
     nlmsg_seq: int
     process: str | None = None
+
+
+def own_fields(netns: str, mono: float, wall: float) -> dict[str, Any]:
+    """The :class:`Event` fields of an event xfrmwatch makes itself (derived, overrun,
+    resync, audit state, alert): no netlink header (``nlmsg_pid``/``nlmsg_seq`` 0);
+    ``mono`` on trio's clock, ``wall`` in seconds since the epoch."""
+    return {"time": utc_precise(wall), "mono": mono, "netns": netns, "nlmsg_pid": 0, "nlmsg_seq": 0}
 
 
 class SaEvent(Event):

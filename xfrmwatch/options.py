@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["NotNegative", "OverdueShare", "Positive", "ReceiveBuffer", "check"]
+__all__ = ["HistoryFactor", "NotNegative", "OverdueShare", "Positive", "ReceiveBuffer", "check"]
 
 #: more than 0 (seconds, sizes)
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -15,6 +15,8 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 NotNegative = Annotated[float, msgspec.Meta(ge=0)]
 #: rekey_overdue after this share of the soft->hard interval
 OverdueShare = Annotated[float, msgspec.Meta(gt=0, lt=1)]
+#: without kernel lifetimes: rekey_overdue at this multiple of the learned rekey interval
+HistoryFactor = Annotated[float, msgspec.Meta(gt=1)]
 #: the netlink receive buffer in bytes (the overrun tests use the smallest)
 ReceiveBuffer = Annotated[int, msgspec.Meta(ge=4096)]
 

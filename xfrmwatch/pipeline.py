@@ -51,7 +51,6 @@ from .netlink.netns import entered
 from .netlink.proc import KeyManagerPresence, ProcFile
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .source import SourceBatch, follow_key_manager, open_subscriber, serve_events
-from .timestamps import utc_precise
 from .tunnels import TunnelModel, TunnelSettings
 
 log = structlog.get_logger("xfrmwatch.pipeline")
@@ -308,11 +307,7 @@ async def sync_mirror(mirror: Mirror, kernel: Kernel) -> ev.Resync | None:
         return None
     mirror.synced = True
     return ev.Resync(
-        time=utc_precise(time.time()),
-        mono=trio.current_time(),
-        netns=mirror.netns,
-        nlmsg_pid=0,
-        nlmsg_seq=0,
+        **ev.own_fields(mirror.netns, trio.current_time(), time.time()),
         missing=diff["missing"],
         stale=diff["stale"],
         sas=len(snap.sas),

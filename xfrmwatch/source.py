@@ -26,7 +26,6 @@ from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import ProcFile, key_managers, xfrm_listeners
 from .netlink.socket import DEFAULT_RCVBUF, MessagesLost, XfrmSocket
-from .timestamps import utc_precise
 
 log = structlog.get_logger("xfrmwatch.source")
 
@@ -156,11 +155,7 @@ async def follow_key_manager(
 
 def overrun_event(sock: XfrmSocket) -> ev.Overrun:
     return ev.Overrun(
-        time=utc_precise(time.time()),
-        mono=trio.current_time(),
-        netns=sock.netns,
-        nlmsg_pid=0,
-        nlmsg_seq=0,
+        **ev.own_fields(sock.netns, trio.current_time(), time.time()),
         detail=(
             f"ENOBUFS: the kernel dropped events (receive buffer {sock.rcvbuf} bytes); "
             "the SAD/SPD view may be stale until resynced"

@@ -61,7 +61,6 @@ import msgspec
 
 from . import events as ev
 from .mirror import Mirror, PairKey, SAEntry, pair_key, policy_key
-from .timestamps import utc_precise
 
 Direction = Literal["in", "out"]
 #: an SA within its tunnel: (spi, dst); a manual pair may use one SPI both ways
@@ -336,11 +335,7 @@ class TunnelModel:
         spi_in, spi_out = t.spis()
         reqid, proto, _, _ = t.key
         return {
-            "time": utc_precise(wall),
-            "mono": now,
-            "netns": self.mirror.netns,
-            "nlmsg_pid": 0,
-            "nlmsg_seq": 0,
+            **ev.own_fields(self.mirror.netns, now, wall),
             "tunnel_id": t.tunnel_id,
             "reqid": reqid,
             "proto": proto,

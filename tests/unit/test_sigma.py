@@ -753,12 +753,12 @@ def test_alerts_are_schema_events(tmp_path: Path) -> None:
     rs = load(tmp_path, text)
     event = newsa()
     expected = ev.Alert(
-        **{**COMMON, "mono": 7.0},
+        **{**COMMON, "mono": 7.0, "time": "2026-01-01T00:00:00.250000Z"},
         rule=ev.RuleRef(id="weak", title="test rule", level="low", tags=[]),
         group={"sa.reqid": "1"},
         events=[event],
     )
-    assert [expected] == [h.to_alert(time=COMMON["time"], netns="") for h in rs.process(event, 7.0)]
+    assert [expected] == [h.to_alert(wall=1767225600.25, netns="") for h in rs.process(event, 7.0)]
 
 
 # --- correlations ---------------------------------------------------------------------------------

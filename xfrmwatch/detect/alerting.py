@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import events as ev
-from ..timestamps import utc_precise
 
 if TYPE_CHECKING:
     from .sigma import RuleSet, RuleState
@@ -34,5 +33,5 @@ class Alerter:
         hits = self.state.process(e, now)
         if not hits:
             return []
-        wall = utc_precise(time.time())
-        return [h.to_alert(time=wall, netns=e.netns) for h in hits]
+        wall = time.time()
+        return [h.to_alert(wall=wall, netns=e.netns) for h in hits]

@@ -156,13 +156,9 @@ class XfrmSocket:
             except BlockingIOError:
                 return None
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise MessagesLost() from None
-                raise
-            if address[0] != 0:
-                continue
-            # Truncated (n > buffer): give the decoder what we have; framing checks flag it.
-            return bytes(self._view[:n])
+                raise _receive_error(exc) from None
+            if address[0] == 0:  # from the kernel
+                return self._received(n)
 
     async def receive(self) -> bytes:
         """Receive one datagram from the kernel.
@@ -174,15 +170,14 @@ class XfrmSocket:
             try:
                 n, address = await self._sock.recvfrom_into(self._buf, 0, _stdsocket.MSG_TRUNC)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise MessagesLost() from None
-                raise
-            if address[0] != 0:
-                continue
-            if n > len(self._buf):
-                # Truncated: give the decoder what we have; framing checks flag it.
-                return bytes(self._view)
-            return bytes(self._view[:n])
+                raise _receive_error(exc) from None
+            if address[0] == 0:  # from the kernel
+                return self._received(n)
+
+    def _received(self, n: int) -> bytes:
+        """The datagram of ``n`` bytes just received; truncated (n > buffer): what fits
+        (the decoder's framing checks flag it)."""
+        return bytes(self._view[:n])
 
     # --- requests ---------------------------------------------------------------------
 
@@ -240,6 +235,11 @@ class XfrmSocket:
             except _DumpInterrupted:
                 continue
         raise KernelError(f"{what}: the dump kept being interrupted by changes; retry")
+
+
+def _receive_error(exc: OSError) -> Exception:
+    """ENOBUFS is :class:`MessagesLost` (never swallowed); any other error as it is."""
+    return MessagesLost() if exc.errno == errno.ENOBUFS else exc
 
 
 class _DumpInterrupted(Exception):

@@ -29,14 +29,11 @@ class Hit(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
     source: str = ""  # rule file:line
 
-    def to_alert(self, *, time: str, netns: str) -> ev.Alert:
-        """This hit as the schema's ``alert`` event (group values as strings)."""
+    def to_alert(self, *, wall: float, netns: str) -> ev.Alert:
+        """This hit as the schema's ``alert`` event (group values as strings); ``wall``:
+        seconds since the epoch when it fired."""
         return ev.Alert(
-            time=time,
-            mono=self.time,
-            netns=netns,
-            nlmsg_pid=0,
-            nlmsg_seq=0,
+            **ev.own_fields(netns, self.time, wall),
             rule=ev.RuleRef(id=self.rule_id, title=self.title, level=self.level, tags=list(self.tags)),
             group={k: _group_str(v) for k, v in self.group.items()},
             suppressed=self.suppressed,
