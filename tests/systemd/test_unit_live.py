@@ -381,7 +381,8 @@ def test_priorities_in_the_journal(machine: Machine) -> None:
     )
     new = machine.journal("XFRM_TYPE=newpolicy", "XFRM_SRC=198.18.4.1/32", after=c)
     flush = machine.journal("XFRM_TYPE=flushpolicy", after=c)
-    assert (["6"], ["5"]) == ([e["PRIORITY"] for e in new], [e["PRIORITY"] for e in flush])
+    # (the previous test's clean-up flush may land after the cursor too: every flush is a notice)
+    assert (["6"], {"5"}) == ([e["PRIORITY"] for e in new], {e["PRIORITY"] for e in flush})
     assert ("3", "high", "alert") == (alert["PRIORITY"], alert["RULE_LEVEL"], alert["XFRM_KIND"])
     assert ids["IPsec policy database flushed"] == flush[0]["MESSAGE_ID"]
     infos = [r for r in records(machine, "") if r["level"] == "info"]
