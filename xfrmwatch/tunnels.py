@@ -1069,8 +1069,12 @@ def next_deadline(v: TunnelView) -> float:
 
 
 def urgency_key(v: TunnelView) -> tuple[int, float]:
-    """Sort key that does not depend on the time: down first, then overdue, then the soonest deadline."""
-    return STATE_RANK[v.state], next_deadline(v)
+    """Sort key that does not depend on the time: down first, then overdue or stalled (inbound
+    silent: a dead peer), then rekeying, then the soonest deadline."""
+    rank = STATE_RANK[v.state]
+    if v.stalled:
+        rank = min(rank, STATE_RANK["overdue"])
+    return rank, next_deadline(v)
 
 
 def urgency(v: TunnelView, now: float) -> float:

@@ -68,6 +68,25 @@ def test_terminal_restored_on_signals(netns: str, sig: signal.Signals) -> None:
         restored(t)
 
 
+def test_ctrl_z_suspends_with_the_terminal_given_back(netns: str) -> None:
+    """Ctrl-Z stops the dashboard with the normal screen back; SIGCONT brings it back."""
+    with terminal(f"--netns {netns}", width=80, height=24) as t:
+        t.wait(rf"netns {netns}")
+        pid = t.pid()
+        t.keys("C-z")
+        t.wait(r"Tunnels", absent=True)
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "the dashboard did not stop"
+            time.sleep(0.1)
+        os.killpg(os.getpgid(pid), signal.SIGCONT)  # the shell was stopped with it
+        t.wait(rf"netns {netns}")
+        sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
+        t.wait(r"policies 1 ")
+        t.keys("q")
+        restored(t)
+
+
 def test_all_namespaces_and_tab(netns: str) -> None:
     """--all-netns watches every namespace, one appearing later too; Tab shows one at a time."""
     sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")

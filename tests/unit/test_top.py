@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 from rich.text import Text
 from support import ROOT
@@ -230,3 +231,27 @@ async def test_sort_key_cycles_through_every_order() -> None:
     assert ["name", "age", "rekeys", "traffic", "urgency"] == seen
     dash.key("tab")
     assert dash.view.selected is None
+
+
+def test_terminal_restored_when_the_dashboard_crashes() -> None:
+    """An exception inside the full screen (a bug) still gives the terminal back: its modes
+    as they were, the normal screen, the cursor shown."""
+    import os
+    import pty
+    import termios
+
+    from xfrmwatch.top.terminal import ENTER, LEAVE, full_screen
+
+    parent, child = pty.openpty()
+    try:
+        before = termios.tcgetattr(child)
+        with pytest.raises(ZeroDivisionError), full_screen(child, child):
+            during = termios.tcgetattr(child)
+            assert not during[3] & termios.ICANON and not during[3] & termios.ECHO
+            _ = 1 / 0
+        assert before == termios.tcgetattr(child)
+        written = os.read(parent, 4096)
+        assert written.startswith(ENTER) and written.endswith(LEAVE)
+    finally:
+        os.close(parent)
+        os.close(child)
