@@ -56,6 +56,9 @@ class Terminal:
                 raise AssertionError(f"{'still' if absent else 'never'} on screen: {pattern!r}\n{text}")
             time.sleep(0.2)
 
+    def resize(self, width: int, height: int) -> None:
+        _tmux("resize-window", "-t", self.name, "-x", str(width), "-y", str(height))
+
     def pid(self) -> int:
         """The dashboard's process id (the shell's child running python)."""
         out = _tmux("list-panes", "-t", self.name, "-F", "#{pane_pid}").stdout.split()

@@ -87,6 +87,22 @@ def test_ctrl_z_suspends_with_the_terminal_given_back(netns: str) -> None:
         restored(t)
 
 
+def test_resized_terminal_is_redrawn_to_its_new_size(netns: str) -> None:
+    """From 200x50 to 80x24 and back: each time the whole screen is redrawn at the new size."""
+    sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
+    with terminal(f"--netns {netns}", width=200, height=50) as t:
+        t.wait(r"Alerts .* Events")  # side by side at 200 columns
+        t.resize(80, 24)
+        text = t.wait(r"^ Events")  # stacked at 80
+        lines = text.split("\n")
+        assert re.search(rf"netns {netns} ", lines[0]) and re.search(r" q quit", text), text
+        assert max(len(x.rstrip()) for x in lines) <= 80
+        t.resize(200, 50)
+        t.wait(r"Alerts .* Events")
+        t.keys("q")
+        restored(t)
+
+
 def test_all_namespaces_and_tab(netns: str) -> None:
     """--all-netns watches every namespace, one appearing later too; Tab shows one at a time."""
     sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
