@@ -284,7 +284,8 @@ def header(f: Frame) -> list[Text]:
     ns = "all" if shown is None else (shown or "(own)")
     line1.append(f" netns {ns}", style="bold")
     if len(f.namespaces) > 1:
-        line1.append(f" [{len(f.namespaces)}]", style="dim")
+        names = "" if shown is not None else ": " + ", ".join(n or "(own)" for n in f.namespaces)
+        line1.append(f" [{len(f.namespaces)}{names}]", style="dim")
     line1.append(f"  SAs {sas}  policies {pols}  tunnels {sum(states.values())}")
     for s in ("up", "establishing", "rekeying", "overdue", "down"):
         if states.get(s):
