@@ -464,8 +464,9 @@ class StateLink:
     """A dashboard's way into a running state stage: :meth:`board` asks it for a
     :class:`~xfrmwatch.board.Board` (the stage answers between two batches).
 
-    Give it to :func:`start_pipeline`; :meth:`close` it when the dashboard is done (a
-    finite source's pipeline ends only once every sender to its state stage is closed)."""
+    Give it to :func:`start_pipeline`.  It holds a clone of the stage's input: when a finite
+    source (a recording) ends, the state stage stays, answering, until the link is closed
+    (so the dashboard can still be sorted, filtered and scrolled); then the pipeline ends."""
 
     def __init__(self) -> None:
         self._send: trio.MemorySendChannel[StateInput] | None = None

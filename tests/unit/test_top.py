@@ -218,6 +218,13 @@ async def test_dashboard_over_the_real_stages(autojump_clock: trio.abc.Clock) ->
             dash.key(k)
         text = screen_text(await dash.frame(200, 40))
         assert "no tunnels match" in text
+        dash.key("esc")
+        dash.key("a")
+        await send.aclose()  # the source ends (a recording): the state stage still answers
+        await trio.sleep(1)
+        dash.key("s")
+        text = screen_text(await dash.frame(200, 40))
+        assert "sort name" in text and re.search(r"-/- +down hard_expire", text), text
         n.cancel_scope.cancel()
 
 

@@ -203,8 +203,8 @@ class Dashboard:
                     async with recv:
                         async for batch in recv:
                             self.take(batch)
-                    link.close()  # a finite source ended: its pipeline may end now
-                    self.notice = "the recording has ended" if len(self.watched) == 1 else ""
+                    # the pipeline ended (its source, and its link closed): keep its last board
+                    self.notice = "the pipeline has ended: q quits"
                     self.wake()
                     await trio.sleep_forever()  # keep showing the last boards
         finally:
