@@ -36,11 +36,13 @@ from live import (
     Counter,
     Figures,
     Proc,
+    cpu_seconds,
     netlink_sockets,
     netns,
     policy_batch,
     require_root,
     run_batch,
+    runqueue_seconds,
     sh,
     wait_quiet,
     xfrmwatch_cmd,
@@ -90,18 +92,24 @@ def one_run(args: argparse.Namespace, cmd: list[str], fig: Figures) -> None:
             # 1. drain: a backlog the reader finds when it is continued
             reader.signal(signal.SIGSTOP)
             gen_s = run_batch(ns, policy_batch(args.drain_n, dst="10.201.0.1"))
+            cpu0, wait0 = cpu_seconds(reader.pid), runqueue_seconds(reader.pid)
             t_cont = time.monotonic()
             reader.signal(signal.SIGCONT)
             wait_quiet([ours], lambda: ours.counts[0] >= args.drain_n, args.quiet, 600)
             drain_s = max(ours.last_growth - t_cont, 1e-6)
+            cpu_us = (cpu_seconds(reader.pid) - cpu0) / max(ours.counts[0], 1) * 1e6
+            waited = (runqueue_seconds(reader.pid) - wait0) / drain_s
             gen, drain = args.drain_n / gen_s, ours.counts[0] / drain_s
             drained_over = ours.counts[1]
             fig.add("drain: generation ev/s", gen)
             fig.add("drain: drain ev/s", drain)
             fig.add("drain: ratio", drain / gen)
+            fig.add("drain: CPU us/event", cpu_us)
             print(
                 f"  drain  {args.drain_n:,} policies: kernel generated {gen:,.0f} ev/s; "
-                f"xfrmwatch drained {ours.counts[0]:,} at {drain:,.0f} ev/s; ratio {drain / gen:.2f}"
+                f"xfrmwatch drained {ours.counts[0]:,} at {drain:,.0f} ev/s ({cpu_us:.1f} us CPU per event, "
+                f"{waited:.0%} of the time waiting for a CPU); "
+                f"ratio {drain / gen:.2f}"
                 + (f"; OVERRUNS {drained_over}" if drained_over else "")
             )
             # 2. live burst
@@ -173,7 +181,7 @@ def main() -> int:
         one_run(args, cmd, fig)
     print("summary (min / median / max):")
     for name in fig.values:
-        print("  " + fig.line(name, "{:.2f}" if name.endswith(("ratio", " s")) else "{:,.0f}"))
+        print("  " + fig.line(name, "{:.2f}" if name.endswith(("ratio", " s", "us/event")) else "{:,.0f}"))
     return 0
 
 

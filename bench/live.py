@@ -71,7 +71,7 @@ def allocspi_batch(n: int, *, offset: int = 0) -> Path:
         for i in range(offset, offset + n):
             lines.append(
                 f"xfrm state allocspi src 10.250.0.1 dst 10.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255} "
-                f"proto esp spi 0x{0x1000 + i:08x} reqid {i + 1} mode tunnel\n"
+                f"proto esp mode tunnel reqid {i + 1} min 0x{0x1000 + i:x} max 0x{0x1000 + i:x}\n"
             )
         path.write_text("".join(lines))
     return path
@@ -102,6 +102,25 @@ def netlink_sockets(ns: str) -> list[Netlink]:
         if len(f) >= 10 and f[1] == "6":
             out.append(Netlink(int(f[2]), int(f[3], 16), int(f[4]), int(f[8]), int(f[9])))
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (other load)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:

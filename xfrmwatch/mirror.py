@@ -13,8 +13,9 @@ the lifetimes (age at the event = event wall time - add time).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -185,50 +186,58 @@ class Mirror:
 
     def apply(self, e: ev.Event) -> SAEntry | None:
         """Apply one event; return the SA entry it removed or touched, if any."""
-        wall = _epoch(e.time)
-        if isinstance(e, ev.SaEvent):
-            k = sa_key(e.sa)
-            entry = self._entry(e.sa, e.mono, wall, self.sas.get(k), fresh=True)
-            self._put(k, entry)
-            return entry
-        if isinstance(e, ev.Expire):
-            k = sa_key(e.sa)
-            if e.hard:
-                return self._pop(k)
-            known = self.sas.get(k)
-            if known is None:
-                known = self._entry(e.sa, e.mono, wall, None)
-                self._put(k, known)
-            else:
-                # EXPIRE carries no algorithm attributes: keep what NEWSA/UPDSA said,
-                # take the fresher counters
-                known.sa = msgspec.structs.replace(known.sa, current=e.sa.current, stats=e.sa.stats)
-            if known.soft_expired is None:
-                known.soft_expired = e.mono
-            return known
-        if isinstance(e, ev.DelSA):
-            mark = e.sa.mark if e.sa is not None else None
-            return self._pop(sa_id_key(e.id, mark))
-        if isinstance(e, ev.FlushSA):
-            for k, v in list(self.sas.items()):
-                if e.proto == "any" or v.sa.proto == e.proto:
-                    self._pop(k)
-            return None
-        if isinstance(e, ev.PolicyEvent):
-            self.policies[policy_key(e.policy)] = e.policy
-        elif isinstance(e, ev.DelPolicy):
-            if e.policy is not None:
-                self.policies.pop(policy_key(e.policy), None)
-            else:
-                self._drop_policy_by_id(e.policy_id)
-        elif isinstance(e, ev.PolExpire):
-            if e.hard:
-                self.policies.pop(policy_key(e.policy), None)
-        elif isinstance(e, ev.FlushPolicy):
-            self.policies = {k: p for k, p in self.policies.items() if p.ptype != e.ptype}
-        elif isinstance(e, ev.DefaultPolicy):
-            self.default = (e.in_, e.fwd, e.out)
-        return None
+        handler = _handler(type(e))
+        return None if handler is None else handler(self, e)
+
+    def _sa_event(self, e: ev.SaEvent) -> SAEntry | None:
+        k = sa_key(e.sa)
+        entry = self._entry(e.sa, e.mono, _epoch(e.time), self.sas.get(k), fresh=True)
+        self._put(k, entry)
+        return entry
+
+    def _expire(self, e: ev.Expire) -> SAEntry | None:
+        k = sa_key(e.sa)
+        if e.hard:
+            return self._pop(k)
+        known = self.sas.get(k)
+        if known is None:
+            known = self._entry(e.sa, e.mono, _epoch(e.time), None)
+            self._put(k, known)
+        else:
+            # EXPIRE carries no algorithm attributes: keep what NEWSA/UPDSA said,
+            # take the fresher counters
+            known.sa = msgspec.structs.replace(known.sa, current=e.sa.current, stats=e.sa.stats)
+        if known.soft_expired is None:
+            known.soft_expired = e.mono
+        return known
+
+    def _delsa(self, e: ev.DelSA) -> SAEntry | None:
+        mark = e.sa.mark if e.sa is not None else None
+        return self._pop(sa_id_key(e.id, mark))
+
+    def _flushsa(self, e: ev.FlushSA) -> None:
+        for k, v in list(self.sas.items()):
+            if e.proto == "any" or v.sa.proto == e.proto:
+                self._pop(k)
+
+    def _policy_event(self, e: ev.PolicyEvent) -> None:
+        self.policies[policy_key(e.policy)] = e.policy
+
+    def _delpolicy(self, e: ev.DelPolicy) -> None:
+        if e.policy is not None:
+            self.policies.pop(policy_key(e.policy), None)
+        else:
+            self._drop_policy_by_id(e.policy_id)
+
+    def _polexpire(self, e: ev.PolExpire) -> None:
+        if e.hard:
+            self.policies.pop(policy_key(e.policy), None)
+
+    def _flushpolicy(self, e: ev.FlushPolicy) -> None:
+        self.policies = {k: p for k, p in self.policies.items() if p.ptype != e.ptype}
+
+    def _default_policy(self, e: ev.DefaultPolicy) -> None:
+        self.default = (e.in_, e.fwd, e.out)
 
     def _drop_policy_by_id(self, pid: ev.PolicyId) -> None:
         for k, p in list(self.policies.items()):
@@ -284,3 +293,30 @@ class Mirror:
             "stale": sorted([fmt_sa(k) for k in self.sas.keys() - dump_sa])
             + sorted([fmt_pol(k) for k in self.policies.keys() - dump_pol]),
         }
+
+
+_Apply = Callable[[Mirror, Any], "SAEntry | None"]
+
+#: What each kind of event does to the mirror; other events change nothing.
+_BY_BASE: tuple[tuple[type, _Apply], ...] = (
+    (ev.SaEvent, Mirror._sa_event),
+    (ev.Expire, Mirror._expire),
+    (ev.DelSA, Mirror._delsa),
+    (ev.FlushSA, Mirror._flushsa),
+    (ev.PolicyEvent, Mirror._policy_event),
+    (ev.DelPolicy, Mirror._delpolicy),
+    (ev.PolExpire, Mirror._polexpire),
+    (ev.FlushPolicy, Mirror._flushpolicy),
+    (ev.DefaultPolicy, Mirror._default_policy),
+)
+#: The same, per concrete type, filled as types are met: one lookup per event instead of a
+#: chain of isinstance tests.
+_APPLY: dict[type, _Apply | None] = {}
+
+
+def _handler(t: type) -> _Apply | None:
+    try:
+        return _APPLY[t]
+    except KeyError:
+        h = _APPLY[t] = next((f for base, f in _BY_BASE if issubclass(t, base)), None)
+        return h
