@@ -328,9 +328,11 @@ async def serve_state(
     """Stage 2: the initial dump, then every batch through the mirror and the tracker.
 
     After an overrun (or an event the mirror could not apply), the mirror is rebuilt from
-    a fresh dump at the next point where the source has caught up, repeated until a dump
-    is followed by no loss (:func:`sync_mirror`); a failed dump is retried with backoff.
-    The resync event goes through the tracker too (tunnels found gone end there).
+    a fresh dump at the next point where the source has caught up and every batch it sent
+    before has been applied (so that overruns already queued are not answered one dump
+    each), repeated until a dump is followed by no loss (:func:`sync_mirror`); a failed
+    dump is retried with backoff.  The resync event goes through the tracker too (tunnels
+    found gone end there).
 
     A dashboard's :class:`~xfrmwatch.board.BoardRequest` in the input is answered at once,
     from the state the batches before it left.
@@ -350,7 +352,9 @@ async def serve_state(
     async with recv, send:
         task_status.started()
         while True:
-            if not mirror.synced and caught_up and trio.current_time() >= retry_at:
+            # resync where the source had caught up and every batch it sent is applied
+            due = not mirror.synced and caught_up and recv.statistics().current_buffer_used == 0
+            if due and trio.current_time() >= retry_at:
                 try:
                     resynced = await sync_mirror(mirror, kernel)
                 except (UserError, trio.TooSlowError, OSError) as exc:
@@ -384,9 +388,10 @@ async def serve_state(
                 if out.events:
                     await send.send(out)
                 continue
-            deadline = min(stage.next_deadline(), next_poll)
-            if not mirror.synced:
-                deadline = min(deadline, retry_at)
+            # (a poll waits until the source has caught up: until then, batches are the way on)
+            deadline = min(stage.next_deadline(), next_poll if caught_up else math.inf)
+            if due:
+                deadline = min(deadline, retry_at)  # a failed resync's retry
             batch: StateInput | None = None
             with trio.move_on_at(deadline):
                 try:
