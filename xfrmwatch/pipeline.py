@@ -341,6 +341,7 @@ async def serve_state(
     and given to the tracker (traffic rates, stalls).  The interval stretches to 20 times
     the time a dump takes, so that reading counters costs at most about 5 % of the time."""
     mirror = stage.mirror
+    log.info("reading the SAD and SPD", netns=mirror.netns)
     await sync_mirror(mirror, kernel)
     stage.tracker.load(trio.current_time())
     if stage.board is not None:
