@@ -50,6 +50,13 @@ def netns(prefix: str = "xwb") -> Iterator[str]:
         sh(f"ip netns del {name}", check=False)
 
 
+def _write_new(path: Path, text: str) -> None:
+    """Write a cache file whole (a concurrent reader never sees half of it)."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def policy_batch(n: int, *, dst: str = "10.200.0.1", offset: int = 0) -> Path:
     """An `ip -batch` file adding ``n`` distinct outbound policies (cached in /tmp)."""
     path = Path(tempfile.gettempdir()) / f"xw-bench-pol-{n}-{dst}-{offset}.batch"
@@ -59,13 +66,13 @@ def policy_batch(n: int, *, dst: str = "10.200.0.1", offset: int = 0) -> Path:
             lines.append(
                 f"xfrm policy add src 10.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/32 dst {dst}/32 dir out\n"
             )
-        path.write_text("".join(lines))
+        _write_new(path, "".join(lines))
     return path
 
 
 def allocspi_batch(n: int, *, offset: int = 0) -> Path:
     """An `ip -batch` file reserving ``n`` SPIs: larval SAs, which the host kernel (no ESP) keeps."""
-    path = Path(tempfile.gettempdir()) / f"xw-bench-spi-{n}-{offset}.batch"
+    path = Path(tempfile.gettempdir()) / f"xw-bench-allocspi-{n}-{offset}.batch"
     if not path.exists():
         lines = []
         for i in range(offset, offset + n):
@@ -73,7 +80,7 @@ def allocspi_batch(n: int, *, offset: int = 0) -> Path:
                 f"xfrm state allocspi src 10.250.0.1 dst 10.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255} "
                 f"proto esp mode tunnel reqid {i + 1} min 0x{0x1000 + i:x} max 0x{0x1000 + i:x}\n"
             )
-        path.write_text("".join(lines))
+        _write_new(path, "".join(lines))
     return path
 
 

@@ -10,6 +10,7 @@ import socket
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import IO, Annotated, Any, cast
 
 import msgspec
@@ -699,17 +700,32 @@ async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decod
 
 
 async def cmd_state_list(args: argparse.Namespace) -> int:
+    """The SAD, streamed: each reply datagram's SAs are written as they arrive."""
     flt = build_filter(args)
+    keep = None if flt == Filter() else partial(_filter_sas, flt)
 
     async def run(sock: XfrmSocket, dec: Decoder) -> int:
-        sas = _filter_sas(flt, await query.dump_sas(sock, dec))
-        stats = [await query.get_ae(sock, dec, sa) for sa in sas] if args.stats else None
-        if _table_wanted(args):
-            tables.print_sas(sas, stats)
-        elif stats is None:
-            _write_json_lines(sas)
-        else:
-            _write_json_lines([{"sa": sa, "ae": ae} for sa, ae in zip(sas, stats, strict=True)])
+        out = sys.stdout.buffer
+        table = tables.sa_table(out, stats=args.stats, style=sys.stdout.isatty()) if _table_wanted(args) else None
+        enc = msgspec.json.Encoder()
+        ae_sock = XfrmSocket.open(args.netns) if args.stats else None  # GETAE beside the running dump
+        try:
+            async for sas in query.stream_sas(sock, dec):
+                if keep is not None:
+                    sas = keep(sas)
+                stats = [await query.get_ae(ae_sock, dec, sa) for sa in sas] if ae_sock is not None else None
+                if table is not None:
+                    table.rows([tables.sa_row(sa, stats[i] if stats else None) for i, sa in enumerate(sas)])
+                elif stats is None:
+                    out.write(enc.encode_lines(sas))
+                else:
+                    out.write(enc.encode_lines([{"sa": sa, "ae": ae} for sa, ae in zip(sas, stats, strict=True)]))
+        finally:
+            if ae_sock is not None:
+                ae_sock.close()
+        if table is not None:
+            table.close("SAs")
+        out.flush()
         return 0
 
     return await _with_socket(args, run)
@@ -725,7 +741,9 @@ async def cmd_state_get(args: argparse.Namespace) -> int:
         sa = await query.get_sa(sock, dec, args.dst, spi, proto, mark)
         ae = await query.get_ae(sock, dec, sa) if args.stats else None
         if _table_wanted(args):
-            tables.print_sas([sa], [ae] if ae else None)
+            table = tables.sa_table(sys.stdout.buffer, stats=ae is not None, style=sys.stdout.isatty())
+            table.rows([tables.sa_row(sa, ae)])
+            table.close("SA")
         elif ae is None:
             _write_json_lines([sa])
         else:
@@ -736,14 +754,24 @@ async def cmd_state_get(args: argparse.Namespace) -> int:
 
 
 async def cmd_policy_list(args: argparse.Namespace) -> int:
+    """The SPD, streamed: each reply datagram's policies are written as they arrive."""
     flt = build_filter(args)
+    keep = None if flt == Filter() else partial(_filter_policies, flt)
 
     async def run(sock: XfrmSocket, dec: Decoder) -> int:
-        pols = _filter_policies(flt, await query.dump_policies(sock, dec))
-        if _table_wanted(args):
-            tables.print_policies(pols)
-        else:
-            _write_json_lines(pols)
+        out = sys.stdout.buffer
+        table = tables.policy_table(out, style=sys.stdout.isatty()) if _table_wanted(args) else None
+        enc = msgspec.json.Encoder()
+        async for pols in query.stream_policies(sock, dec):
+            if keep is not None:
+                pols = keep(pols)
+            if table is not None:
+                table.rows([tables.policy_row(p) for p in pols])
+            else:
+                out.write(enc.encode_lines(pols))
+        if table is not None:
+            table.close("policies")
+        out.flush()
         return 0
 
     return await _with_socket(args, run)
@@ -762,7 +790,9 @@ async def cmd_policy_get(args: argparse.Namespace) -> int:
             sock, dec, dir=direction, index=index, src=args.src, dst=args.dst, mark=mark, ptype=args.ptype
         )
         if _table_wanted(args):
-            tables.print_policies([pol])
+            table = tables.policy_table(sys.stdout.buffer, style=sys.stdout.isatty())
+            table.rows([tables.policy_row(pol)])
+            table.close("policy")
         else:
             _write_json_lines([pol])
         return 0
@@ -771,16 +801,39 @@ async def cmd_policy_get(args: argparse.Namespace) -> int:
 
 
 async def cmd_dump(args: argparse.Namespace) -> int:
+    """SAs then policies, streamed (as JSON: one object, written piece by piece)."""
     flt = build_filter(args)
+    keep_sas = None if flt == Filter() else partial(_filter_sas, flt)
+    keep_pols = None if flt == Filter() else partial(_filter_policies, flt)
 
     async def run(sock: XfrmSocket, dec: Decoder) -> int:
-        sas = _filter_sas(flt, await query.dump_sas(sock, dec))
-        pols = _filter_policies(flt, await query.dump_policies(sock, dec))
+        out = sys.stdout.buffer
+        enc = msgspec.json.Encoder()
+        style = sys.stdout.isatty()
         if _table_wanted(args):
-            tables.print_sas(sas, None)
-            tables.print_policies(pols)
-        else:
-            _write_json_lines([{"netns": args.netns or "", "sa": sas, "policy": pols}])
+            sa_t = tables.sa_table(out, style=style)
+            async for sas in query.stream_sas(sock, dec):
+                sa_t.rows([tables.sa_row(sa) for sa in (sas if keep_sas is None else keep_sas(sas))])
+            sa_t.close("SAs")
+            pol_t = tables.policy_table(out, style=style)
+            async for pols in query.stream_policies(sock, dec):
+                pol_t.rows([tables.policy_row(p) for p in (pols if keep_pols is None else keep_pols(pols))])
+            pol_t.close("policies")
+            return 0
+        out.write(b'{"netns":' + enc.encode(args.netns or "") + b',"sa":[')
+        sep = b""
+        async for sas in query.stream_sas(sock, dec):
+            for sa in sas if keep_sas is None else keep_sas(sas):
+                out.write(sep + enc.encode(sa))
+                sep = b","
+        out.write(b'],"policy":[')
+        sep = b""
+        async for pols in query.stream_policies(sock, dec):
+            for p in pols if keep_pols is None else keep_pols(pols):
+                out.write(sep + enc.encode(p))
+                sep = b","
+        out.write(b"]}\n")
+        out.flush()
         return 0
 
     return await _with_socket(args, run)

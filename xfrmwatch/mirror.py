@@ -47,13 +47,26 @@ def policy_key(p: ev.Policy) -> PolicyKey:
     return (p.ptype, p.index)
 
 
+_epochs: dict[str, float | None] = {}
+
+
 def _epoch(iso: str | None) -> float | None:
+    """UNIX time of an ISO 8601 string (remembered: add times repeat, within a second)."""
     if not iso:
         return None
     try:
-        return _dt.datetime.fromisoformat(iso).timestamp()
+        return _epochs[iso]
+    except KeyError:
+        pass
+    t: float | None
+    try:
+        t = _dt.datetime.fromisoformat(iso).timestamp()
     except ValueError:
-        return None
+        t = None
+    if len(_epochs) > 4096:
+        _epochs.clear()
+    _epochs[iso] = t
+    return t
 
 
 @dataclass(slots=True)

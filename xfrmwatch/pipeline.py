@@ -285,7 +285,7 @@ class StateStage:
         return math.inf if d is None else d
 
 
-async def sync_mirror(mirror: Mirror, kernel: Kernel) -> ev.Resync | None:
+async def sync_mirror(mirror: Mirror, kernel: Kernel, *, compare: bool = True) -> ev.Resync | None:
     """Rebuild the mirror from a snapshot taken now; return what had drifted.
 
     Call it only where the source has caught up (its queue was empty): every event
@@ -293,11 +293,12 @@ async def sync_mirror(mirror: Mirror, kernel: Kernel) -> ev.Resync | None:
     unless the kernel dropped some.  So the kernel's drop counter is read before and
     after: if it moved, the mirror stays marked out of sync (the source reports the
     overrun) and ``None`` is returned; the caller repeats at the next caught-up point.
+    ``compare=False`` (the first dump) skips working out what had drifted.
     """
     before = kernel.drops()
     snap = await kernel.snapshot()
     after = kernel.drops()
-    diff = mirror.differences(snap.sas, snap.policies)
+    diff = mirror.differences(snap.sas, snap.policies) if compare else {"missing": [], "stale": []}
     mirror.load(snap.sas, snap.policies, snap.default, trio.current_time(), time.time())
     if before is not None and after is not None and after != before:
         log.warning(
@@ -342,7 +343,7 @@ async def serve_state(
     the time a dump takes, so that reading counters costs at most about 5 % of the time."""
     mirror = stage.mirror
     log.info("reading the SAD and SPD", netns=mirror.netns)
-    await sync_mirror(mirror, kernel)
+    await sync_mirror(mirror, kernel, compare=False)
     stage.tracker.load(trio.current_time())
     if stage.board is not None:
         stage.board.reload()

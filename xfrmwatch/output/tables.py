@@ -1,8 +1,10 @@
-"""Rich tables for the snapshot commands on a terminal."""
+"""Tables for the snapshot commands on a terminal: SAs and policies streamed row by row,
+the rest (info, audit findings) with rich."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 from rich.console import Console
 from rich.table import Table
@@ -20,43 +22,86 @@ def _lim(v: int | None) -> str:
     return "-" if v is None else str(v)
 
 
-def print_sas(sas: list[ev.SA], stats: list[ev.AeInfo] | None) -> None:
-    t = Table(title=f"SAs ({len(sas)})", title_justify="left")
-    for col in ("src", "dst", "proto", "spi", "reqid", "mode", "algorithms", "bytes", "packets", "added", "hard life"):
-        t.add_column(col, no_wrap=col not in ("algorithms",))
+class StreamTable:
+    """A table written as its rows arrive (bounded memory for any number of rows): the
+    column widths come from the first batch of rows (later, longer cells push the line
+    out), and the count closes the table."""
+
+    def __init__(self, title: str, columns: Sequence[str], out: BinaryIO, *, style: bool = False) -> None:
+        self.title = title
+        self.columns = list(columns)
+        self.out = out
+        self.style = style
+        self.fmt = ""
+        self.count = 0
+
+    def _start(self, first: list[list[str]]) -> None:
+        widths = [len(c) for c in self.columns]
+        for row in first[:1000]:
+            for i, cell in enumerate(row):
+                widths[i] = max(widths[i], len(cell))
+        widths[-1] = 0  # the last column is never padded
+        self.fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "\n"
+        head = self.fmt.format(*self.columns).rstrip() + "\n"
+        if self.style:
+            head = f"\x1b[1m{head.rstrip()}\x1b[0m\n"
+        self.out.write(f"{self.title}\n{head}".encode())
+
+    def rows(self, rows: list[list[str]]) -> None:
+        if not rows:
+            return
+        if not self.fmt:
+            self._start(rows)
+        fmt = self.fmt.format
+        self.out.write("".join([fmt(*r) for r in rows]).encode())
+        self.count += len(rows)
+
+    def close(self, noun: str) -> None:
+        if not self.fmt:
+            self._start([])
+        self.out.write(f"({self.count} {noun})\n".encode())
+        self.out.flush()
+
+
+SA_COLUMNS = ("src", "dst", "proto", "spi", "reqid", "mode", "algorithms", "bytes", "packets", "added", "hard life")
+POLICY_COLUMNS = ("selector", "dir", "action", "prio", "index", "ptype", "mark", "templates")
+
+
+def sa_row(sa: ev.SA, ae: ev.AeInfo | None = None) -> list[str]:
+    life = sa.lifetime
+    hard = []
+    if life.hard_add_seconds is not None:
+        hard.append(f"{life.hard_add_seconds}s")
+    if life.hard_bytes is not None:
+        hard.append(f"{life.hard_bytes}B")
+    if life.hard_packets is not None:
+        hard.append(f"{life.hard_packets}p")
+    row = [
+        sa.src, sa.dst, sa.proto, sa.spi, str(sa.reqid), sa.mode, _alg(sa) or "-",
+        str(sa.current.bytes), str(sa.current.packets), sa.current.add_time or "-",
+        " ".join(hard) or "none",
+    ]  # fmt: skip
+    if ae is not None:
+        r = ae.replay_esn or ae.replay
+        row.insert(-1, f"{r.oseq}/{r.seq}" if r else "-")
+    return row
+
+
+def policy_row(p: ev.Policy) -> list[str]:
+    tmpl = "; ".join(f"{x.proto}/{x.mode} {x.src} -> {x.dst} reqid {x.reqid}" for x in p.tmpl)
+    mark = f"0x{p.mark.value:x}/0x{p.mark.mask:x}" if p.mark else "-"
+    return [sel_summary(p.sel), p.dir, p.action, str(p.priority), str(p.index), p.ptype, mark, tmpl or "-"]
+
+
+def sa_table(out: BinaryIO, *, stats: bool = False, style: bool = False) -> StreamTable:
+    cols = list(SA_COLUMNS)
     if stats:
-        t.add_column("oseq/seq")
-    for i, sa in enumerate(sas):
-        life = sa.lifetime
-        hard = []
-        if life.hard_add_seconds is not None:
-            hard.append(f"{life.hard_add_seconds}s")
-        if life.hard_bytes is not None:
-            hard.append(f"{life.hard_bytes}B")
-        if life.hard_packets is not None:
-            hard.append(f"{life.hard_packets}p")
-        row = [
-            sa.src, sa.dst, sa.proto, sa.spi, str(sa.reqid), sa.mode, _alg(sa),
-            str(sa.current.bytes), str(sa.current.packets), sa.current.add_time or "-",
-            " ".join(hard) or "none",
-        ]  # fmt: skip
-        if stats:
-            ae = stats[i]
-            r = ae.replay_esn or ae.replay
-            row.append(f"{r.oseq}/{r.seq}" if r else "-")
-        t.add_row(*row)
-    _console().print(t)
+        cols.insert(-1, "oseq/seq")
+    return StreamTable("SAs", cols, out, style=style)
 
 
-def print_policies(pols: list[ev.Policy]) -> None:
-    t = Table(title=f"Policies ({len(pols)})", title_justify="left")
-    for col in ("selector", "dir", "action", "prio", "index", "ptype", "templates", "mark"):
-        t.add_column(col, no_wrap=col != "templates")
-    for p in pols:
-        tmpl = "\n".join(f"{x.proto}/{x.mode} {x.src} -> {x.dst} reqid {x.reqid}" for x in p.tmpl)
-        mark = f"0x{p.mark.value:x}/0x{p.mark.mask:x}" if p.mark else "-"
-        t.add_row(sel_summary(p.sel), p.dir, p.action, str(p.priority), str(p.index), p.ptype, tmpl or "-", mark)
-    _console().print(t)
+def policy_table(out: BinaryIO, *, style: bool = False) -> StreamTable:
+    return StreamTable("Policies", POLICY_COLUMNS, out, style=style)
 
 
 def print_info(info: dict[str, Any]) -> None:
