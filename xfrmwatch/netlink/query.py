@@ -80,7 +80,6 @@ async def dump_sas(sock: XfrmSocket, decoder: Decoder) -> list[ev.SA]:
     out: list[ev.SA] = []
     async for part in stream_sas(sock, decoder):
         out += part
-        await trio.lowlevel.checkpoint()
     return out
 
 
@@ -88,7 +87,6 @@ async def dump_policies(sock: XfrmSocket, decoder: Decoder) -> list[ev.Policy]:
     out: list[ev.Policy] = []
     async for part in stream_policies(sock, decoder):
         out += part
-        await trio.lowlevel.checkpoint()
     return out
 
 

@@ -216,6 +216,9 @@ class XfrmSocket:
             yield data
             if done or not dump:
                 return
+            # the next part is usually queued already: let the other tasks (the subscriber
+            # draining its own queue, signals) run between parts of a long dump
+            await trio.lowlevel.checkpoint()
 
     async def request(
         self, msg: nlmsg, msg_type: int, *, dump: bool = False, what: str = ""
@@ -224,7 +227,6 @@ class XfrmSocket:
         out: list[bytes] = []
         async for data in self.replies(msg, msg_type, dump=dump, what=what):
             out.append(data)
-            await trio.lowlevel.checkpoint()
         return out
 
     async def dump(self, msg: nlmsg, msg_type: int, *, what: str = "") -> list[bytes]:
