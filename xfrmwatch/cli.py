@@ -506,6 +506,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     match = None if flt == Filter() else flt.match
     mirror = Mirror(netns=args.netns or "")
     stop = _Stop()
+    stalled = _Stalled()
     async with trio.open_nursery() as root:
         out_send, out_recv = trio.open_memory_channel[list[Any]](args.out_buffer)
         writer_done = trio.Event()
@@ -528,9 +529,16 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                             shown = shown[:left]
                             left -= len(shown)
                         if console is not None:
-                            await out_send.send([renderer.rich(e) for e in shown])  # type: ignore[union-attr]
+                            lines = [renderer.rich(e) for e in shown]  # type: ignore[union-attr]
                         else:
-                            await out_send.send([renderer(e) for e in shown])
+                            lines = [renderer(e) for e in shown]
+                        try:
+                            out_send.send_nowait(lines)
+                        except trio.WouldBlock:
+                            stalled.begin(args.out_buffer)
+                            await out_send.send(lines)
+                        else:
+                            stalled.end()
                         if left == 0:
                             break
                 pipe.cancel_scope.cancel()
@@ -588,6 +596,31 @@ async def cmd_top(args: argparse.Namespace) -> int:
             return await run(dash, starter, names, follow=args.all_netns, svg=args.svg)
         finally:
             logs.replay(sys.stderr)
+
+
+class _Stalled:
+    """Says once when stdout stops being read (the pipeline then waits, and a long enough
+    stall makes the kernel drop events: reported as an overrun) and once when it resumes."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def begin(self, batches: int) -> None:
+        if self.since is None:
+            self.since = trio.current_time()
+            structlog.get_logger("xfrmwatch").warning(
+                "stdout is not being read: the pipeline waits (the kernel drops events, reported as an "
+                "overrun, if it stays behind)", buffered_batches=batches,
+            )  # fmt: skip
+
+    def end(self) -> None:
+        if self.since is not None:
+            structlog.get_logger("xfrmwatch").info(
+                "stdout is read again", after=round(trio.current_time() - self.since, 3)
+            )
+            self.since = None
 
 
 class _Stop:
