@@ -74,6 +74,9 @@ VOLUME_UNLIMITED = 1 << 50
 
 @dataclass(frozen=True, slots=True)
 class TunnelSettings:
+    """The model's knobs.  Their valid ranges are stated once, as the msgspec types of the
+    command line (``MonitorOptions``) and of the configuration (``TunnelsConfig``)."""
+
     #: share of the soft->hard span after which a started rekey is overdue
     overdue_share: float = 0.5
     #: without kernel limits: overdue at this multiple of the learned rekey interval
@@ -88,12 +91,6 @@ class TunnelSettings:
     keep_down: float = 600.0
     #: at most this many down tunnels are remembered (ACQUIREs attach to them)
     max_down: int = 10_000
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.overdue_share < 1.0:
-            raise ValueError("overdue_share must be between 0 and 1")
-        if self.history_factor <= 1.0:
-            raise ValueError("history_factor must be above 1")
 
 
 def _key(sa: ev.SA) -> MemberKey:
