@@ -83,7 +83,7 @@ def terminal(args: str, width: int = 100, height: int = 30) -> Iterator[Terminal
 
 def restored(t: Terminal, status: int = 0) -> None:
     """The dashboard exited with ``status`` and the terminal is back in its usual modes."""
-    text = t.wait(r"^EXIT=\d+", timeout=15)
+    text = t.wait(r"^EXIT=\d+\n-?icanon -?echo", timeout=15)  # the status, then the modes
     assert f"EXIT={status}" in text, text
     assert re.search(r"^icanon echo\s*$", text, re.M), f"terminal modes not restored:\n{text}"
     assert "Tunnels" not in text  # the normal screen is back (the dashboard was on the alternate one)
