@@ -8,6 +8,7 @@ import json
 import os
 import select
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -184,6 +185,88 @@ class Monitor:
         self.stop()
 
 
+class Recording:
+    """``xfrmwatch record FILE ...`` as a real subprocess: started and ready (its groups joined
+    and its initial dump written) on construction; :meth:`stop` sends SIGTERM and waits."""
+
+    def __init__(self, path: Path, *args: str) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [*XFRMWATCH, "record", str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+        )
+        self.stderr = b""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while b"recording" not in self.stderr:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"record did not start: {self.stderr.decode()}")
+            r, _, _ = select.select([self.proc.stderr], [], [], left)
+            if r:
+                self.stderr += os.read(self.proc.stderr.fileno(), 65536)
+
+    def stop(self, sig: int = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        self.stderr += err
+        return self.proc.returncode
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+#: what differs between two watchers of the same messages: receipt times, the namespace's name
+UNSTABLE = frozenset({"time", "mono", "netns"})
+
+
+def comparable(e: Any) -> Any:
+    """An event (JSON) without what differs between two watchers of the same messages, at
+    every depth (an alert carries the events that raised it)."""
+    if isinstance(e, dict):
+        return {k: comparable(v) for k, v in e.items() if k not in UNSTABLE}
+    if isinstance(e, list):
+        return [comparable(v) for v in e]
+    return e
+
+
+def differences(a: Any, b: Any, tolerance: float, path: str = "") -> list[str]:
+    """Where two comparable events differ; numbers that are not whole (durations, seconds
+    left: computed from receipt times) may differ by ``tolerance``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys()) for d in differences(a.get(k), b.get(k), tolerance, f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, tolerance, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float | int) and not isinstance(b, bool):
+        return [] if abs(a - b) <= tolerance else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def tshark(path: Path, *args: str, lua: bool = True) -> list[str]:
+    """``tshark -r PATH ARGS`` (with the project's XFRM names), its output lines."""
+    cmd = ["tshark", "-r", str(path)]
+    if lua:
+        cmd += ["-X", f"lua_script:{ROOT / 'contrib/wireshark/xfrm.lua'}"]
+    p = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.splitlines()
+
+
+def need_tshark() -> None:
+    """tshark is in scripts/test's packages: missing in CI is a failure, locally a skip."""
+    import pytest
+
+    if not have("tshark"):
+        if os.environ.get("CI"):
+            pytest.fail("tshark is needed in CI (apt-get install tshark)")
+        pytest.skip("tshark not installed (apt-get install tshark)")
+
+
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
 
@@ -237,3 +320,37 @@ def assert_same_state(kernel: dict[str, Any], mirror: dict[str, Any]) -> None:
                 fields = sorted(f for f in a.keys() | b.keys() if a.get(f) != b.get(f))
                 problems.append(f"{part} {key}: " + "; ".join(f"{f}: kernel {a.get(f)!r} mirror {b.get(f)!r}" for f in fields))
     assert not problems, "\n".join(problems)
+
+
+#: key-carrying attribute -> offset of the key in its payload (include/uapi/linux/xfrm.h:
+#: xfrm_algo is 68 bytes before its key, xfrm_algo_auth and xfrm_algo_aead 72)
+KEY_OFFSETS = {1: 68, 2: 68, 18: 72, 20: 72}
+
+
+def plant_keys(msg: bytes, marker: bytes, body: int) -> bytes:
+    """The message with every key region filled with the marker, plus an unknown attribute.
+    ``body``: the size of the fixed part (224 for NEWSA; 24 for DELSA, whose SA attributes follow
+    its XFRMA_SA at top level)."""
+    out = bytearray(msg)
+    off = 16 + body
+    while off + 4 <= len(out):
+        alen, atype = struct.unpack_from("=HH", out, off)
+        if alen < 4:
+            break
+        if atype & 0x3FFF in KEY_OFFSETS:
+            start = off + 4 + KEY_OFFSETS[atype & 0x3FFF]
+            for i in range(start, off + alen):
+                out[i] = marker[(i - start) % len(marker)]
+        off += (alen + 3) & ~3
+    unknown = struct.pack("=HH", 4 + len(marker), 200) + marker + bytes(-len(marker) % 4)
+    out += unknown
+    struct.pack_into("=I", out, 0, len(out))
+    return bytes(out)
+
+
+def key_marker_forms(marker: bytes) -> list[bytes]:
+    """The ways planted bytes could show: raw, hex (both cases), base64, escaped, colon-hex."""
+    return [
+        marker, marker.hex().encode(), marker.hex().upper().encode(),
+        base64.b64encode(marker), repr(marker).encode()[2:-1], ":".join(f"{b:02x}" for b in marker).encode(),
+    ]  # fmt: skip

@@ -110,7 +110,7 @@ async def read_state_records(netns: str | None) -> list[ev.Event]:
         default = await query.default_policy(sock, dec)
         portid = sock.portid
     try:
-        addrs = local_addresses(netns)
+        addrs = await local_addresses(netns)
     except Exception:
         addrs = frozenset()
     return build_states(netns or "", sas, pols, default, listeners_text, stat_text, addrs, portid)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import IO, Annotated, Any, cast
+from typing import IO, Annotated, Any, BinaryIO, cast
 
 import msgspec
 import structlog
@@ -22,6 +24,7 @@ from . import events as ev
 from .detect.alerting import Alerter
 from .errors import (
     EXIT_CAPABILITY,
+    EXIT_CAPTURE,
     EXIT_FINDINGS,
     EXIT_KERNEL,
     EXIT_NETNS,
@@ -44,7 +47,7 @@ from .netlink.proc import ProcFile, xfrm_stat
 from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
 from .output import tables
 from .output.render import JsonRenderer, TextRenderer
-from .pipeline import PipelineConfig, StateLink, start_pipeline
+from .pipeline import PipelineConfig, Source, StateLink, start_pipeline
 
 EXIT_CODES = f"""\
 exit codes:
@@ -58,6 +61,7 @@ exit codes:
   {EXIT_KERNEL}  the kernel refused a request
   {EXIT_RULES}  a rule file is invalid (every error printed as file:line: reason)
   {EXIT_FINDINGS}  audit --fail-on: a finding reached that level
+  {EXIT_CAPTURE}  a recording is not a readable netlink capture
 """
 
 EPILOG = (
@@ -113,6 +117,14 @@ def _add_filters(p: argparse.ArgumentParser, *, types: bool) -> None:
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """The pipeline's settings (groups, buffer, rules, tunnel model): monitor and top share these."""
+    _add_listening(p)
+    _add_rules(p)
+    _add_tracking(p)
+    _add_liveness(p)
+
+
+def _add_listening(p: argparse.ArgumentParser) -> None:
+    """Which groups to join and how big a buffer (monitor, top, record)."""
     acq = p.add_mutually_exclusive_group()
     acq.add_argument(
         "--acquire", dest="acquire", action="store_const", const=True, default=None,
@@ -132,12 +144,19 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
         help=f"socket receive buffer (default {DEFAULT_RCVBUF // 2**20} MiB; forced past rmem_max)",
     )  # fmt: skip
+
+
+def _add_rules(p: argparse.ArgumentParser) -> None:
     rl = p.add_mutually_exclusive_group()
     rl.add_argument(
         "--rules", metavar="PATH", action="append", default=[],
         help="Sigma rule file or directory, repeatable (default: the shipped pack)",
     )  # fmt: skip
     rl.add_argument("--no-rules", action="store_true", help="no rules: events only")
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    """The tunnel model's settings (monitor, top, replay)."""
     p.add_argument(
         "--overdue-share", type=float, default=0.5, metavar="F",
         help="rekey_overdue fires when this share of the soft-to-hard time has passed (default 0.5)",
@@ -148,12 +167,25 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "its tunnel's learned rekey interval (default 1.5)",
     )  # fmt: skip
     p.add_argument(
+        "--stall-after", type=float, default=30.0, metavar="SECONDS",
+        help="traffic_stalled when inbound is silent this long while outbound sends (default 30)",
+    )  # fmt: skip
+
+
+def _add_liveness(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--liveness-interval", type=float, default=10.0, metavar="SECONDS",
         help="how often the SA counters are read for traffic rates and stalls (default 10; 0: never)",
     )  # fmt: skip
+
+
+def _add_event_output(p: argparse.ArgumentParser) -> None:
+    """How many events, and the state file (monitor, replay)."""
+    p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
     p.add_argument(
-        "--stall-after", type=float, default=30.0, metavar="SECONDS",
-        help="traffic_stalled when inbound is silent this long while outbound sends (default 30)",
+        "--state-file", metavar="PATH",
+        help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced`) here on SIGUSR1 "
+        "and at exit (SIGTERM, SIGHUP, SIGINT, --count)",
     )  # fmt: skip
 
 
@@ -191,16 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(mon, ("text", "json"), "text")
     _add_filters(mon, types=True)
     _add_pipeline_options(mon)
-    mon.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
+    _add_event_output(mon)
     mon.add_argument(
         "--out-buffer", type=int, default=256, metavar="BATCHES",
         help="batches of rendered lines held for a slow stdout before the pipeline waits (default 256); "
         "a consumer that stays behind makes the kernel drop events, reported as `overrun` and repaired by `resync`",
-    )  # fmt: skip
-    mon.add_argument(
-        "--state-file", metavar="PATH",
-        help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced`) here on SIGUSR1 "
-        "and at exit (SIGTERM, SIGHUP, SIGINT, --count)",
     )  # fmt: skip
     mon.set_defaults(func=cmd_monitor)
 
@@ -241,6 +268,99 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(top, types=True)
     _add_pipeline_options(top)
     top.set_defaults(func=cmd_top)
+
+    rec = sub.add_parser(
+        "record",
+        help="record every XFRM netlink message into a pcap file (key bytes zeroed)",
+        description=textwrap.dedent(
+            """\
+            Record every XFRM netlink message of the namespace into FILE, a pcap file
+            with LINKTYPE_NETLINK as an nlmon capture has it (tcpdump, tshark and
+            Wireshark read it): first a dump of the SAD/SPD (so that a replay starts
+            from the same state), then every multicast message as received. Key bytes
+            are zeroed before anything is written (lengths kept), and so are the
+            payloads of attributes xfrmwatch does not know. A receive-buffer overrun is
+            recorded too, followed by a fresh dump. Stops on SIGINT/SIGTERM, --count or
+            --duration. The format is described in docs/recordings.md; play it back with
+            `xfrmwatch replay FILE`."""
+        ),
+        epilog="examples:\n  xfrmwatch record session.pcap\n"
+        "  xfrmwatch record --netns vpn --duration 600 vpn.pcap\n"
+        "  xfrmwatch record - | tshark -r - -X lua_script:contrib/wireshark/xfrm.lua\n\n" + EXIT_CODES,
+        formatter_class=fmt,
+    )
+    rec.add_argument("file", metavar="FILE", help="pcap file to write, or - for standard output")
+    rec.add_argument(
+        "--netns", metavar="NAME|PATH",
+        help="network namespace to record: a name under /run/netns or a path (default: our own)",
+    )  # fmt: skip
+    _add_listening(rec)
+    _add_liveness(rec)
+    rec.add_argument("--count", type=int, default=0, metavar="N", help="stop after N XFRM messages")
+    rec.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    rec.set_defaults(func=cmd_record)
+
+    rep = sub.add_parser(
+        "replay",
+        help="play a recording (or an nlmon capture) through the pipeline, as if live",
+        description=textwrap.dedent(
+            """\
+            Play FILE (from `xfrmwatch record`, or a pcap/pcapng capture of an nlmon
+            interface) through the whole pipeline as if it were live: mirror, tunnel
+            tracking, rules, and the output of `monitor`. The recorded times drive the
+            clock, so time-based verdicts (rekey_overdue, tunnel_down) fall at the
+            offsets they fell at live; event times are the recorded ones. Real time by
+            default; --speed N plays N times as fast, --fast as fast as possible (same
+            events). Needs no privileges. See docs/recordings.md."""
+        ),
+        epilog="examples:\n  xfrmwatch replay session.pcap --fast\n"
+        "  xfrmwatch replay session.pcap --speed 10 --type tunnel_down --type rekey_overdue\n"
+        "  xfrmwatch replay capture.pcapng --fast --format json --state-file end.json\n\n" + EXIT_CODES,
+        formatter_class=fmt,
+    )
+    rep.add_argument("file", metavar="FILE", help="pcap or pcapng file with LINKTYPE_NETLINK")
+    rep.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default: text)"
+    )
+    pace = rep.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="play N times as fast (default 1)")
+    pace.add_argument("--fast", action="store_true", help="as fast as possible, with the same events")
+    _add_filters(rep, types=True)
+    _add_event_output(rep)
+    _add_rules(rep)
+    _add_tracking(rep)
+    rep.set_defaults(func=cmd_replay, netns=None)
+
+    demo = sub.add_parser(
+        "demo",
+        help="see what xfrmwatch does: a real IKE session replayed, explained (no root, no IPsec)",
+        description=textwrap.dedent(
+            """\
+            Replay a real IKEv2 session shipped with xfrmwatch (two strongSwan
+            daemons: set-up, rekeys, then one of them dies) through the whole
+            pipeline, sped up to about a minute, and say on screen what happens.
+            Needs no privileges and no IPsec on this machine.
+
+            --live (root, a kernel with ESP): build two throwaway network namespaces,
+            drive a scripted tunnel life in them with `ip xfrm` (random keys, never
+            printed), watch it, and delete everything at the end (also on Ctrl-C
+            and SIGTERM)."""
+        ),
+        epilog="examples:\n  xfrmwatch demo\n  xfrmwatch demo --fast\n  sudo xfrmwatch demo --live\n\n" + EXIT_CODES,
+        formatter_class=fmt,
+    )
+    dpace = demo.add_mutually_exclusive_group()
+    dpace.add_argument("--speed", type=float, metavar="N", help="play N times as fast (default: about a minute in all)")
+    dpace.add_argument("--fast", action="store_true", help="as fast as possible")
+    demo.add_argument("--live", action="store_true", help="a scripted tunnel life in throwaway namespaces (root, ESP)")
+    demo.add_argument(
+        "--rekey", type=int, default=8, metavar="SECONDS",
+        help="--live: the SAs' soft lifetime in whole seconds, hence the rekey interval (default 8)",
+    )  # fmt: skip
+    demo.set_defaults(
+        func=cmd_demo, netns=None, format="text", count=0, state_file=None, rules=[], no_rules=False,
+    )  # fmt: skip
+
 
     state = sub.add_parser("state", help="list or get SAs (read-only)")
     ssub = state.add_subparsers(dest="action", metavar="ACTION")
@@ -468,13 +588,6 @@ def _check_ranges(args: argparse.Namespace, ranges: type[msgspec.Struct]) -> Non
         raise UsageError(problem)
 
 
-def _check_monitor_args(args: argparse.Namespace) -> None:
-    """Argument mistakes, before anything is opened."""
-    _check_ranges(args, MonitorOptions)
-    if args.state_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
-        raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
-
-
 #: At exit, how long the lines still buffered may take to reach a slow stdout (seconds).
 FLUSH_TIMEOUT = 2.0
 
@@ -489,7 +602,173 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     (nothing is ever dropped silently, and the mirror stays exact).
     """
     flt = build_filter(args)
-    _check_monitor_args(args)
+    _check_options(args, MonitorOptions)
+    cfg = PipelineConfig(
+        netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
+        overdue_share=args.overdue_share, km_check=args.km_check, history_factor=args.history_factor,
+        stall_after=args.stall_after, liveness_interval=args.liveness_interval,
+    )  # fmt: skip
+    return await _stream_events(args, flt, cfg, None, "monitoring", out_buffer=args.out_buffer)
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    """A recording through the same pipeline and output as ``monitor``, on the replay clock
+    (``main`` runs it on :func:`xfrmwatch.replay.replay_clock`).  Lines are written from the
+    event loop itself: with ``--fast`` the clock then only moves once every line is out, so
+    the pipeline sees exactly the recorded timing."""
+    from .capture import Capture
+    from .replay import ReplaySource
+
+    if args.dev:
+        raise UsageError("--dev names an interface of a live namespace; in a replay, filter with --type, --spi, ...")
+    flt = build_filter(args)
+    _check_options(args, ReplayOptions)
+    capture = await trio.to_thread.run_sync(Capture.load, args.file)
+    cfg = PipelineConfig(
+        overdue_share=args.overdue_share, history_factor=args.history_factor, stall_after=args.stall_after,
+    )  # fmt: skip
+    return await _stream_events(args, flt, cfg, ReplaySource(capture), "replaying", out_buffer=0)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    """The shipped recording replayed with a narration, or (``--live``) a scripted tunnel life
+    in throwaway namespaces, watched the same way."""
+    from .demo import narrate
+
+    if args.live:
+        return await _demo_live(args)
+    from .demo.session import intro, session
+    from .replay import ReplaySource
+
+    capture = await trio.to_thread.run_sync(session)
+    speed = "as fast as possible" if args.fast else f"at {args.speed or session_speed():g} times real speed"
+    _say(intro(capture, speed))
+    code = await _stream_events(
+        args, Filter(), PipelineConfig(), ReplaySource(capture, "demo"), None, out_buffer=0,
+        narrate=narrate.Narrator(),
+    )  # fmt: skip
+    _say(
+        "That was a recording. On a machine with IPsec: `xfrmwatch monitor` (live events), "
+        "`xfrmwatch record FILE` and `xfrmwatch replay FILE`; `xfrmwatch demo --live` (root) "
+        "plays a tunnel's life in throwaway namespaces."
+    )
+    return code
+
+
+def session_speed() -> float:
+    """How fast the shipped session plays by default: about a minute in all."""
+    from .demo.session import session
+
+    cap = session()
+    return max(1.0, round((cap.end - cap.start) / 60.0, 1))
+
+
+async def _demo_live(args: argparse.Namespace) -> int:
+    from .demo import live, narrate
+
+    if not 2 <= args.rekey <= 600:
+        raise UsageError("--rekey must be between 2 and 600 seconds")
+    live.check_can_run()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as outer:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    outer.cancel_scope.cancel()
+                    return
+
+            outer.start_soon(stop_on_signal)
+            async with live.demo_namespaces(args.rekey) as net:
+                _say(
+                    f"Two throwaway namespaces, {net.left} and {net.right}, joined by a veth pair, each "
+                    "with a site address behind it; an ESP tunnel between the sites, keyed with `ip xfrm` "
+                    f"(random keys, never shown), rekeyed every {net.rekey:g} s, traffic through it. "
+                    f"xfrmwatch watches {net.left}, read-only, as `monitor` would. Ctrl-C stops it; the "
+                    "namespaces are deleted in any case."
+                )
+                done = trio.Event()
+                cfg = PipelineConfig(netns=net.left, acquire=False, liveness_interval=2.0)
+
+                async def script() -> None:
+                    async with trio.open_nursery() as n:
+                        n.start_soon(live.traffic, net)
+                        await live.tunnel_life(net)
+                        n.cancel_scope.cancel()
+                    done.set()
+
+                async with trio.open_nursery() as inner:
+                    ready = trio.Event()
+                    inner.start_soon(_start_after, ready, script)
+                    code = await _stream_events(
+                        args, Filter(), cfg, None, None, out_buffer=0, narrate=narrate.Narrator(),
+                        until=done, started=ready,
+                    )  # fmt: skip
+                    inner.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
+    _say("The demo namespaces are deleted.")
+    return code
+
+
+async def _start_after(ready: trio.Event, fn: Callable[[], Awaitable[None]]) -> None:
+    await ready.wait()
+    await fn()
+
+
+def _say(text: str) -> None:
+    """A line of the demo's own, on standard output."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console(highlight=False).print(f"[bold]{text}[/bold]")
+    else:
+        sys.stdout.write(f"== {text}\n")
+        sys.stdout.flush()
+
+
+class RecordOptions(msgspec.Struct):
+    """The ranges of `record`'s numeric options."""
+
+    rcvbuf: options.ReceiveBuffer
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    km_check: options.Positive
+    liveness_interval: options.NotNegative
+    duration: options.Positive | None
+
+
+class ReplayOptions(msgspec.Struct):
+    """The ranges of `replay`'s numeric options."""
+
+    overdue_share: options.OverdueShare
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    history_factor: options.HistoryFactor
+    stall_after: options.Positive
+
+
+def _check_options(args: argparse.Namespace, ranges: type[msgspec.Struct]) -> None:
+    """Argument mistakes, before anything is opened: the numbers' ranges, the state file's directory."""
+    _check_ranges(args, ranges)
+    if getattr(args, "state_file", None) and not os.path.isdir(os.path.dirname(os.path.abspath(args.state_file))):
+        raise UsageError(f"--state-file: directory of {args.state_file!r} does not exist")
+
+
+async def _stream_events(
+    args: argparse.Namespace,
+    flt: Filter,
+    cfg: PipelineConfig,
+    source: Source | None,
+    announce: str | None,
+    *,
+    out_buffer: int,
+    narrate: Callable[[ev.Event], str | None] | None = None,
+    until: trio.Event | None = None,
+    started: trio.Event | None = None,
+) -> int:
+    """Run the pipeline from ``source`` (None: the live namespace) and print its events
+    (``--format``, filters, ``--count``), the state file on SIGUSR1 and at the end.
+    ``out_buffer`` > 0: lines go through a worker thread with that many batches queued;
+    0: they are written from the event loop.  ``narrate``: a sentence to print after an
+    event (the demo).  ``until``: stop once this is set (a source that never ends);
+    ``started``: set once the pipeline is ready (groups joined, first dump applied)."""
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
     console = None
@@ -497,28 +776,32 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         console = Console(file=cast("IO[str]", _FdText(sys.stdout.fileno())), highlight=False, soft_wrap=True)
-    cfg = PipelineConfig(
-        netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
-        overdue_share=args.overdue_share, km_check=args.km_check, history_factor=args.history_factor,
-        stall_after=args.stall_after, liveness_interval=args.liveness_interval,
-    )  # fmt: skip
     rules = load_alerter(args)
     match = None if flt == Filter() else flt.match
-    mirror = Mirror(netns=args.netns or "")
+    mirror = Mirror(netns=source.netns if source is not None else args.netns or "")
     stop = _Stop()
     stalled = _Stalled()
     async with trio.open_nursery() as root:
-        out_send, out_recv = trio.open_memory_channel[list[Any]](args.out_buffer)
+        out_send, out_recv = trio.open_memory_channel[list[Any]](max(out_buffer, 1))
         writer_done = trio.Event()
-        root.start_soon(_write_stdout, out_recv, console, writer_done)
+        if out_buffer:
+            root.start_soon(_write_stdout, out_recv, console, writer_done)
+        else:
+            out_recv.close()
+            writer_done.set()
         with trio.CancelScope() as running:
             await root.start(_monitor_signals, mirror, args.state_file, running, stop)
+            if until is not None:
+                root.start_soon(_cancel_when, until, running)
             async with trio.open_nursery() as pipe:
-                recv, _, sub = await start_pipeline(pipe, cfg, rules, mirror=mirror)
-                structlog.get_logger("xfrmwatch").info(
-                    "monitoring", netns=args.netns or "", groups=sorted(sub.groups), rcvbuf=sub.rcvbuf,
-                    sas=len(mirror.sas), policies=len(mirror.policies),
-                )  # fmt: skip
+                recv, _, src = await start_pipeline(pipe, cfg, rules, mirror=mirror, source=source)
+                if announce is not None:
+                    structlog.get_logger("xfrmwatch").info(
+                        announce, netns=args.netns or "", **src.describe(),
+                        sas=len(mirror.sas), policies=len(mirror.policies),
+                    )  # fmt: skip
+                if started is not None:
+                    started.set()
                 left = args.count or -1
                 async with recv:
                     async for batch in recv:
@@ -528,17 +811,20 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                         if left > 0:
                             shown = shown[:left]
                             left -= len(shown)
-                        if console is not None:
-                            lines = [renderer.rich(e) for e in shown]  # type: ignore[union-attr]
+                        if narrate is None:
+                            parts = [renderer.rich(e) for e in shown] if console is not None else [renderer(e) for e in shown]  # type: ignore[union-attr]
                         else:
-                            lines = [renderer(e) for e in shown]
-                        try:
-                            out_send.send_nowait(lines)
-                        except trio.WouldBlock:
-                            stalled.begin(args.out_buffer)
-                            await out_send.send(lines)
+                            parts = _narrated(shown, renderer, console, narrate)
+                        if not out_buffer:
+                            _print_parts(parts, console)
                         else:
-                            stalled.end()
+                            try:
+                                out_send.send_nowait(parts)
+                            except trio.WouldBlock:
+                                stalled.begin(out_buffer)
+                                await out_send.send(parts)
+                            else:
+                                stalled.end()
                         if left == 0:
                             break
                 pipe.cancel_scope.cancel()
@@ -549,6 +835,29 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             _write_state(mirror, args.state_file)
         root.cancel_scope.cancel()
     return stop.code
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _narrated(
+    events: list[ev.Event], renderer: Any, console: Any, narrate: Callable[[ev.Event], str | None]
+) -> list[Any]:
+    """Each event's line, then what it means when there is something to say."""
+    parts: list[Any] = []
+    for e in events:
+        parts.append(renderer.rich(e) if console is not None else renderer(e))
+        said = narrate(e)
+        if said is not None:
+            if console is not None:
+                from rich.text import Text
+
+                parts.append(Text(f"  \u25b6 {said}", style="bold cyan"))
+            else:
+                parts.append(f"  > {said}\n".encode())
+    return parts
 
 
 def _check_top_args(args: argparse.Namespace) -> None:
@@ -562,8 +871,6 @@ def _check_top_args(args: argparse.Namespace) -> None:
 
 async def cmd_top(args: argparse.Namespace) -> int:
     """The live dashboard (xfrmwatch/top): one pipeline per namespace, as `monitor` runs it."""
-    import dataclasses
-
     from .top.app import Dashboard, LogLines, all_namespaces, run
 
     flt = build_filter(args)
@@ -581,11 +888,11 @@ async def cmd_top(args: argparse.Namespace) -> int:
 
     async def starter(
         nursery: trio.Nursery, netns: str, link: StateLink
-    ) -> tuple[trio.MemoryReceiveChannel[list[ev.Event]], int]:
+    ) -> tuple[trio.MemoryReceiveChannel[list[ev.Event]], int | None]:
         cfg = dataclasses.replace(base, netns=netns or None)
         rules = None if ruleset is None else Alerter(ruleset)
-        recv, _, sub = await start_pipeline(nursery, cfg, rules, link=link)
-        return recv, sub.portid
+        recv, _, source = await start_pipeline(nursery, cfg, rules, link=link)
+        return recv, source.portid
 
     dash = Dashboard(match=None if flt == Filter() else flt)
     names = sorted(all_namespaces()) if args.all_netns else [args.netns or ""]
@@ -686,13 +993,6 @@ async def _write_stdout(recv: trio.MemoryReceiveChannel[list[Any]], console: Any
     fd = sys.stdout.fileno()
     sys.stdout.flush()
 
-    def write(parts: list[Any]) -> None:
-        if console is not None:
-            for t in parts:
-                console.print(t)
-        else:
-            _write_fd(fd, b"".join(parts))
-
     async with recv:
         async for parts in recv:
             while True:
@@ -700,8 +1000,62 @@ async def _write_stdout(recv: trio.MemoryReceiveChannel[list[Any]], console: Any
                     parts += recv.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await trio.to_thread.run_sync(write, parts, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(_print_parts, parts, console, fd, abandon_on_cancel=True)
     done.set()
+
+
+def _print_parts(parts: list[Any], console: Any, fd: int | None = None) -> None:
+    """Rendered lines to stdout: through rich on a terminal, else as bytes."""
+    if console is not None:
+        for t in parts:
+            console.print(t)
+    else:
+        _write_fd(sys.stdout.fileno() if fd is None else fd, b"".join(parts))
+
+
+def _output_file(path: str) -> BinaryIO:
+    """The binary file to write (``-``: standard output, never a terminal)."""
+    if path == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a pcap file to a terminal: give a FILE, or pipe it (record - | tshark -r -)")
+        return sys.stdout.buffer
+    try:
+        return open(path, "wb")  # the caller closes it
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+async def cmd_record(args: argparse.Namespace) -> int:
+    from .record import RecordConfig, RecordStats, record
+
+    _check_options(args, RecordOptions)
+    out = _output_file(args.file)
+    cfg = RecordConfig(
+        netns=args.netns, aevents=args.aevents, acquire=args.acquire, rcvbuf=args.rcvbuf,
+        km_check=args.km_check, count=args.count, liveness_interval=args.liveness_interval,
+        duration=math.inf if args.duration is None else args.duration,
+    )  # fmt: skip
+    stats = RecordStats()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run(task_status: trio.TaskStatus[XfrmSocket] = trio.TASK_STATUS_IGNORED) -> None:
+                    await record(out, cfg, stats, task_status=task_status)
+                    nursery.cancel_scope.cancel()  # --count or --duration reached
+
+                sub = await nursery.start(run)
+                structlog.get_logger("xfrmwatch").info(
+                    "recording", file=args.file, netns=args.netns or "", groups=sorted(sub.groups)
+                )
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    structlog.get_logger("xfrmwatch").info("recorded", file=args.file, **dataclasses.asdict(stats))
+    return 0
 
 
 def _write_state(mirror: Mirror, path: str) -> None:
@@ -1043,7 +1397,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_format", "console"))
     try:
-        return int(trio.run(args.func, args) or 0)
+        clock = None
+        if args.func is cmd_replay or (args.func is cmd_demo and not args.live):
+            from .replay import replay_clock
+
+            clock = replay_clock(speed=args.speed or session_speed(), fast=args.fast)
+        return int(trio.run(args.func, args, clock=clock) or 0)
     except BaseException as exc:
         err = _user_error(exc)
         if err is not None:

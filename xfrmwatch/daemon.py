@@ -357,11 +357,11 @@ class Daemon:
         try:
             with scope:
                 async with trio.open_nursery() as n:
-                    recv, mirror, sub = await start_pipeline(n, pcfg, alerter)
+                    recv, mirror, source = await start_pipeline(n, pcfg, alerter)
                     self.mirrors[netns] = mirror
                     self.metrics.namespace_watched(netns)
                     log.info(
-                        "watching", netns=netns, groups=sorted(sub.groups), sas=len(mirror.sas),
+                        "watching", netns=netns, **source.describe(), sas=len(mirror.sas),
                         policies=len(mirror.policies),
                     )  # fmt: skip
                     task_status.started()

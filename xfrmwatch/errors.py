@@ -16,6 +16,7 @@ EXIT_NOT_FOUND = 6
 EXIT_KERNEL = 7
 EXIT_RULES = 8
 EXIT_FINDINGS = 9
+EXIT_CAPTURE = 10
 
 
 class UserError(Exception):
@@ -52,6 +53,12 @@ class RuleError(UserError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+class CaptureError(UserError):
+    """A recording given to ``replay`` is not a readable netlink capture."""
+
+    exit_code = EXIT_CAPTURE
 
 
 class KernelError(UserError):

@@ -12,7 +12,6 @@ the lifetimes (age at the event = event wall time - add time).
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import msgspec
 
 from . import events as ev
+from .timestamps import seconds
 
 #: An SA is identified by (dst, spi, proto, mark value, mark mask).
 SAKey = tuple[str, str, str, int, int]
@@ -58,11 +58,7 @@ def _epoch(iso: str | None) -> float | None:
         return _epochs[iso]
     except KeyError:
         pass
-    t: float | None
-    try:
-        t = _dt.datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        t = None
+    t = seconds(iso)
     if len(_epochs) > 4096:
         _epochs.clear()
     _epochs[iso] = t

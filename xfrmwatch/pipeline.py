@@ -5,8 +5,10 @@ the next by a typed memory channel.  Events travel in batches (one channel
 operation per batch, not per event); each batch is an immutable value once
 sent, and each piece of state belongs to exactly one stage:
 
-1. :func:`xfrmwatch.source.serve_events`: netlink subscriber and decoder, one
-   :class:`~xfrmwatch.source.SourceBatch` per wakeup;
+1. the :class:`Source`'s service: live, :func:`xfrmwatch.source.serve_events`
+   (netlink subscriber and decoder, one :class:`~xfrmwatch.source.SourceBatch` per
+   wakeup); in a replay, :class:`xfrmwatch.replay.ReplaySource` (a recording, on
+   trio's clock);
 2. :func:`serve_state`: the initial dump, the :class:`Mirror` and the tunnel model
    (:class:`~xfrmwatch.tunnels.TunnelModel`, through the :class:`Tracker` protocol),
    resyncs after an overrun, reads the SA counters every liveness interval; sends
@@ -23,7 +25,9 @@ The per-event work of stages 2 and 3 is in small sync methods
 (:class:`StateStage`, :class:`RulesStage`); the services only move batches.
 
 :func:`start_pipeline` returns once every stage is ready: groups joined and
-the initial dump applied.
+the initial dump applied.  Everything the stages know of the outside world comes
+through the :class:`Source`: its events, the kernel's snapshots (:class:`Kernel`),
+the wall clock, process names, the namespace's addresses.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -43,10 +48,10 @@ from . import events as ev
 from .backoff import Backoff
 from .board import Board, BoardQuery, BoardRequest, TunnelBoard
 from .detect.alerting import Alerter
-from .detect.enrich import ProcessNames
+from .detect.enrich import Enricher, ProcessNames
 from .errors import UserError
 from .mirror import Mirror, SAEntry
-from .netlink import query
+from .netlink import addresses, query
 from .netlink.decode import Decoder
 from .netlink.netns import entered
 from .netlink.proc import KeyManagerPresence, ProcFile
@@ -127,16 +132,10 @@ class StateBatch:
     not_for_rules: frozenset[int] = _NOTHING
 
 
-def local_addresses(netns: str | None) -> frozenset[str]:
+async def local_addresses(netns: str | None) -> frozenset[str]:
     """Addresses configured in the namespace (for SA direction)."""
-    from pyroute2 import IPRoute
-
-    with entered(netns):
-        ipr = IPRoute()
-    try:
-        return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS"))
-    finally:
-        ipr.close()
+    _, replies = await addresses.dump(netns)
+    return addresses.parse(replies)
 
 
 # --- the kernel as the state stage sees it ----------------------------------------------------
@@ -187,6 +186,97 @@ class NetlinkKernel:
 
     def drops(self) -> int | None:
         return self.sub.drops()
+
+
+class Source(Protocol):
+    """Where a pipeline's view of one namespace comes from: the kernel, or a recording."""
+
+    @property
+    def netns(self) -> str: ...
+
+    @property
+    def kernel(self) -> Kernel: ...
+
+    @property
+    def names(self) -> Enricher:
+        """Who asked for a change (nlmsg_pid -> process name)."""
+        ...
+
+    @property
+    def portid(self) -> int | None:
+        """The subscriber's netlink port id in the live namespace (None: a recording, no
+        /proc files to read about it)."""
+        ...
+
+    @property
+    def polls_counters(self) -> bool:
+        """True: the state stage dumps the SA counters itself every liveness interval; False:
+        the source's batches carry them (:attr:`SourceBatch.counters`)."""
+        ...
+
+    def wall(self) -> float:
+        """The wall-clock time (UNIX seconds) of what the source shows now."""
+        ...
+
+    def key_manager(self) -> bool:
+        """Whether a key manager (an IKE daemon) listens in the namespace now."""
+        ...
+
+    async def local_addresses(self) -> frozenset[str]:
+        """The namespace's own addresses (they tell inbound from outbound SAs)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What to say about the source when the pipeline is ready (log fields)."""
+        ...
+
+    async def serve(
+        self, send: trio.MemorySendChannel[SourceBatch], *, task_status: trio.TaskStatus[None] = ...
+    ) -> None:
+        """Stage 1: send every batch, in order, until cancelled or (a recording) its end."""
+        ...
+
+
+class NetlinkSource:
+    """The live source: the namespace's XFRM netlink subscriber and a request socket."""
+
+    polls_counters = True
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.netns = cfg.netns or ""
+        self.sub = open_subscriber(cfg.netns, aevents=cfg.aevents, acquire=cfg.acquire, rcvbuf=cfg.rcvbuf)
+        req = XfrmSocket.open(cfg.netns)
+        self.kernel = NetlinkKernel(req, self.sub, Decoder(self.netns))
+        self.names = ProcessNames()
+        with entered(cfg.netns):
+            self._listeners = ProcFile("/proc/net/netlink")
+        self.key_manager = KeyManagerPresence(self._listeners, (self.sub.portid, req.portid), trio.current_time)
+
+    @property
+    def portid(self) -> int:
+        return self.sub.portid
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def local_addresses(self) -> frozenset[str]:
+        return await local_addresses(self.cfg.netns)
+
+    def describe(self) -> dict[str, Any]:
+        return {"groups": sorted(self.sub.groups), "rcvbuf": self.sub.rcvbuf}
+
+    async def serve(
+        self, send: trio.MemorySendChannel[SourceBatch], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_events, self.sub, send)
+                if self.cfg.acquire is None:
+                    await nursery.start(partial(follow_key_manager, interval=self.cfg.km_check), self.sub, self.cfg.netns)
+                task_status.started()
+        finally:
+            self._listeners.close()
 
 
 # --- stage 2: state ------------------------------------------------------------------------------
@@ -285,7 +375,9 @@ class StateStage:
         return math.inf if d is None else d
 
 
-async def sync_mirror(mirror: Mirror, kernel: Kernel, *, compare: bool = True) -> ev.Resync | None:
+async def sync_mirror(
+    mirror: Mirror, kernel: Kernel, wallclock: Callable[[], float] = time.time, *, compare: bool = True
+) -> ev.Resync | None:
     """Rebuild the mirror from a snapshot taken now; return what had drifted.
 
     Call it only where the source has caught up (its queue was empty): every event
@@ -299,7 +391,7 @@ async def sync_mirror(mirror: Mirror, kernel: Kernel, *, compare: bool = True) -
     snap = await kernel.snapshot()
     after = kernel.drops()
     diff = mirror.differences(snap.sas, snap.policies) if compare else {"missing": [], "stale": []}
-    mirror.load(snap.sas, snap.policies, snap.default, trio.current_time(), time.time())
+    mirror.load(snap.sas, snap.policies, snap.default, trio.current_time(), wallclock())
     if before is not None and after is not None and after != before:
         log.warning(
             "the kernel dropped messages during the dump: resyncing again once caught up",
@@ -309,7 +401,7 @@ async def sync_mirror(mirror: Mirror, kernel: Kernel, *, compare: bool = True) -
         return None
     mirror.synced = True
     return ev.Resync(
-        **ev.own_fields(mirror.netns, trio.current_time(), time.time()),
+        **ev.own_fields(mirror.netns, trio.current_time(), wallclock()),
         missing=diff["missing"],
         stale=diff["stale"],
         sas=len(snap.sas),
@@ -324,6 +416,7 @@ async def serve_state(
     send: trio.MemorySendChannel[StateBatch],
     *,
     liveness_interval: float = 0.0,
+    wallclock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Stage 2: the initial dump, then every batch through the mirror and the tracker.
@@ -340,10 +433,13 @@ async def serve_state(
 
     Every ``liveness_interval`` seconds (0: never) the SAs' counters are read with a dump
     and given to the tracker (traffic rates, stalls).  The interval stretches to 20 times
-    the time a dump takes, so that reading counters costs at most about 5 % of the time."""
+    the time a dump takes, so that reading counters costs at most about 5 % of the time.
+    A batch may bring a sample of the counters itself (a recording's): it goes to the tracker
+    right after the batch's events.  ``wallclock``: the time of the world the events come
+    from (:meth:`Source.wall`)."""
     mirror = stage.mirror
     log.info("reading the SAD and SPD", netns=mirror.netns)
-    await sync_mirror(mirror, kernel, compare=False)
+    await sync_mirror(mirror, kernel, wallclock, compare=False)
     stage.tracker.load(trio.current_time())
     if stage.board is not None:
         stage.board.reload()
@@ -358,7 +454,7 @@ async def serve_state(
             due = not mirror.synced and caught_up and recv.statistics().current_buffer_used == 0
             if due and trio.current_time() >= retry_at:
                 try:
-                    resynced = await sync_mirror(mirror, kernel)
+                    resynced = await sync_mirror(mirror, kernel, wallclock)
                 except (UserError, trio.TooSlowError, OSError) as exc:
                     delay = backoff.delay()
                     log.warning(
@@ -375,7 +471,7 @@ async def serve_state(
                             "resynced after overrun", netns=mirror.netns, missing=len(resynced.missing),
                             stale=len(resynced.stale),
                         )  # fmt: skip
-                        await send.send(stage.apply([resynced], trio.current_time(), time.time()))
+                        await send.send(stage.apply([resynced], trio.current_time(), wallclock()))
                 continue
             if caught_up and trio.current_time() >= next_poll:
                 began = trio.current_time()
@@ -384,7 +480,7 @@ async def serve_state(
                 except (UserError, trio.TooSlowError, OSError) as exc:
                     log.warning("reading SA counters failed", netns=mirror.netns, error=str(exc) or type(exc).__name__)
                     sas = []
-                out = stage.counters(sas, trio.current_time(), time.time())
+                out = stage.counters(sas, trio.current_time(), wallclock())
                 now = trio.current_time()
                 next_poll = now + max(liveness_interval, 20 * (now - began))
                 if out.events:
@@ -400,7 +496,7 @@ async def serve_state(
                     batch = await recv.receive()
                 except trio.EndOfChannel:
                     return
-            now, wall = trio.current_time(), time.time()
+            now, wall = trio.current_time(), wallclock()
             if isinstance(batch, BoardRequest):
                 stage.answer(batch, now)
                 continue
@@ -409,6 +505,10 @@ async def serve_state(
             else:
                 caught_up = batch.caught_up
                 out = stage.apply(batch.events, now, wall)
+                if batch.counters is not None:
+                    sampled = stage.counters(batch.counters, now, wall)
+                    if sampled.events:
+                        out = StateBatch(out.events + sampled.events, out.not_for_rules)
             if out.events:
                 await send.send(out)
 
@@ -419,7 +519,7 @@ async def serve_state(
 class RulesStage:
     """Stage 3's per-event work: who did it (process name), then the rules."""
 
-    def __init__(self, rules: Alerter | None, names: ProcessNames | None = None) -> None:
+    def __init__(self, rules: Alerter | None, names: Enricher | None = None) -> None:
         self.rules = rules
         self.names = names or ProcessNames()
 
@@ -475,13 +575,6 @@ def tune_gc() -> None:
 
 
 
-async def _close_at_exit(f: ProcFile) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        f.close()
-
-
 class StateLink:
     """A dashboard's way into a running state stage: :meth:`board` asks it for a
     :class:`~xfrmwatch.board.Board` (the stage answers between two batches).
@@ -524,37 +617,33 @@ async def start_pipeline(
     *,
     mirror: Mirror | None = None,
     link: StateLink | None = None,
-) -> tuple[trio.MemoryReceiveChannel[OutBatch], Mirror, XfrmSocket]:
+    source: Source | None = None,
+) -> tuple[trio.MemoryReceiveChannel[OutBatch], Mirror, Source]:
     """Start every stage in ``nursery``; return the output channel once all are ready.
 
+    ``source``: where the events come from (default: the namespace ``cfg.netns``, live);
     ``mirror``: an empty mirror to fill (so that the caller can export it from the start);
     ``link``: connected to the state stage, for a dashboard."""
     tune_gc()
-    sub = open_subscriber(cfg.netns, aevents=cfg.aevents, acquire=cfg.acquire, rcvbuf=cfg.rcvbuf)
-    req = XfrmSocket.open(cfg.netns)
+    source = source or NetlinkSource(cfg)
     if mirror is None:
-        mirror = Mirror(netns=cfg.netns or "")
+        mirror = Mirror(netns=source.netns)
     try:
-        mirror.local_addrs = local_addresses(cfg.netns)
+        mirror.local_addrs = await source.local_addresses()
     except Exception as exc:
         log.warning("cannot read local addresses; SA directions unknown", error=type(exc).__name__)
     s1, r1 = trio.open_memory_channel[StateInput](cfg.channel_size)
     s2, r2 = trio.open_memory_channel[StateBatch](cfg.channel_size)
     s3, r3 = trio.open_memory_channel[OutBatch](cfg.channel_size)
-    await nursery.start(serve_events, sub, s1)
-    if cfg.acquire is None:
-        await nursery.start(partial(follow_key_manager, interval=cfg.km_check), sub, cfg.netns)
-    with entered(cfg.netns):
-        listeners = ProcFile("/proc/net/netlink")
-    nursery.start_soon(_close_at_exit, listeners)
-    km = KeyManagerPresence(listeners, (sub.portid, req.portid), trio.current_time)
-    tracker = TunnelModel(mirror, cfg.tunnel_settings(), key_manager=km)
-    kernel = NetlinkKernel(req, sub, Decoder(mirror.netns))
+    await nursery.start(source.serve, s1)
+    tracker = TunnelModel(mirror, cfg.tunnel_settings(), key_manager=source.key_manager)
     if link is not None:
         link.connect(s1)
-    await nursery.start(
-        partial(serve_state, liveness_interval=cfg.liveness_interval),
-        StateStage(mirror, tracker, tunnels=tracker), kernel, r1, s2,
-    )  # fmt: skip
-    await nursery.start(serve_rules, RulesStage(rules), r2, s3)
-    return r3, mirror, sub
+    serve = partial(
+        serve_state,
+        liveness_interval=cfg.liveness_interval if source.polls_counters else 0.0,
+        wallclock=source.wall,
+    )
+    await nursery.start(serve, StateStage(mirror, tracker, tunnels=tracker), source.kernel, r1, s2)
+    await nursery.start(serve_rules, RulesStage(rules, source.names), r2, s3)
+    return r3, mirror, source

@@ -7,9 +7,9 @@ sends them on as one :class:`SourceBatch`: one channel operation per wakeup,
 not per event.  An ENOBUFS becomes an ``overrun`` event in the batch, never
 swallowed.
 
-Any other source (a recording, for instance) feeds the pipeline the same way:
-batches of decoded events, in order, with ``overrun`` events where messages
-were lost and ``drained`` marks (see :class:`SourceBatch`).
+Any other source (a recording: :mod:`xfrmwatch.replay`) feeds the pipeline the
+same way: batches of decoded events, in order, with ``overrun`` events where
+messages were lost (see :class:`SourceBatch` and :class:`xfrmwatch.pipeline.Source`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class SourceBatch:
 
     events: list[ev.Event] = field(default_factory=list)
     caught_up: bool = False
+    #: a sample of every SA's counters taken after these events, for a source that has them
+    #: (a recording); the live pipeline reads them itself every liveness interval
+    counters: list[ev.SA] | None = None
+
 
 #: Joined always: none of these changes what the kernel does.
 BASE_GROUPS = (

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from typing import Any
 
-__all__ = ["utc", "utc_precise"]
+__all__ = ["seconds", "utc", "utc_precise"]
+
+
+def seconds(iso: str | None) -> float | None:
+    """Seconds since the epoch of an event's ISO 8601 time (None: none, or unreadable)."""
+    if not iso:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
 
 
 def utc(seconds: float) -> str:

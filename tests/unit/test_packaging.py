@@ -1,4 +1,5 @@
-"""The wheel carries what an installed xfrmwatch needs: the rule pack and its cases, the schemas."""
+"""The wheel carries what an installed xfrmwatch needs: the rule pack and its cases, the schemas,
+the demo's recording."""
 
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from support import ROOT
 
 
 def test_wheel_contents(tmp_path: Path) -> None:
-    """`pip wheel .` includes rules/*.yml as xfrmwatch/rules, their test cases, and the schemas."""
+    """`pip wheel .` includes rules/*.yml as xfrmwatch/rules, their test cases, the schemas, and
+    the demo's recording with its README."""
     p = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True, timeout=300,
@@ -23,4 +25,5 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert {f"xfrmwatch/rules/tests/{f.name}" for f in (ROOT / "rules" / "tests").glob("*.jsonl")} <= names
     for schema in ("events", "ecs", "ocsf"):
         assert f"xfrmwatch/schema/{schema}.schema.json" in names
+    assert {"xfrmwatch/demo/session.pcap", "xfrmwatch/demo/session.json", "xfrmwatch/demo/README.md"} <= names
     assert "xfrmwatch/py.typed" in names

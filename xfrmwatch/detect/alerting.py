@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import events as ev
+from ..timestamps import seconds
 
 if TYPE_CHECKING:
     from .sigma import RuleSet, RuleState
@@ -30,8 +31,10 @@ class Alerter:
         self.state = ruleset.new_state()
 
     def __call__(self, e: ev.Event, now: float) -> list[ev.Event]:
+        """The alerts ``e`` raises, stamped with ``e``'s time (what triggered them, when; a
+        replay's alerts carry the recorded times)."""
         hits = self.state.process(e, now)
         if not hits:
             return []
-        wall = time.time()
-        return [h.to_alert(wall=wall, netns=e.netns) for h in hits]
+        wall = seconds(e.time)
+        return [h.to_alert(wall=time.time() if wall is None else wall, netns=e.netns) for h in hits]

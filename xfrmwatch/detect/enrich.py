@@ -4,12 +4,20 @@ A ``tunnel_down`` carries the nlmsg_pid of the request that removed the tunnel."
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgspec
 
 from .. import events as ev
 
 #: Events whose nlmsg_pid names the requester (the kernel's own events carry 0).
 CHANGE_EVENTS = (ev.SaEvent, ev.DelSA, ev.PolicyEvent, ev.DelPolicy, ev.FlushSA, ev.FlushPolicy, ev.TunnelDown)
+
+
+class Enricher(Protocol):
+    """Adds who made a change to the events that carry its nlmsg_pid."""
+
+    def enrich(self, e: ev.Event, now: float) -> ev.Event: ...
 
 
 class ProcessNames:

@@ -58,22 +58,32 @@ def _skip_malformed(events: list[ev.Event], what: str) -> None:
             log.warning(f"{what}: skipped a malformed entry", reason=e.reason, msg_type=e.msg_type, length=e.length)
 
 
+def sas_in(decoder: Decoder, data: bytes, mono: float, wall: float | None = None) -> list[ev.SA]:
+    """The SAs of one dump reply datagram (a malformed entry is said and skipped)."""
+    events = decoder.decode(data, mono, wall)
+    _skip_malformed(events, "state dump")
+    return [e.sa for e in events if isinstance(e, ev.SaEvent)]
+
+
+def policies_in(decoder: Decoder, data: bytes, mono: float, wall: float | None = None) -> list[ev.Policy]:
+    """The policies of one dump reply datagram (a malformed entry is said and skipped)."""
+    events = decoder.decode(data, mono, wall)
+    _skip_malformed(events, "policy dump")
+    return [e.policy for e in events if isinstance(e, ev.PolicyEvent)]
+
+
 async def stream_sas(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.SA]]:
     """The SAD, one reply datagram's SAs at a time (bounded memory for any size)."""
     msg = x.usersa_id_msg()
     async for data in sock.replies(msg, x.XFRM_MSG_GETSA, dump=True, what="state dump (GETSA)"):
-        events = decoder.decode(data, trio.current_time())
-        _skip_malformed(events, "state dump")
-        yield [e.sa for e in events if isinstance(e, ev.SaEvent)]
+        yield sas_in(decoder, data, trio.current_time())
 
 
 async def stream_policies(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.Policy]]:
     """The SPD, one reply datagram's policies at a time (bounded memory for any size)."""
     msg = x.userpolicy_id_msg()
     async for data in sock.replies(msg, x.XFRM_MSG_GETPOLICY, dump=True, what="policy dump (GETPOLICY)"):
-        events = decoder.decode(data, trio.current_time())
-        _skip_malformed(events, "policy dump")
-        yield [e.policy for e in events if isinstance(e, ev.PolicyEvent)]
+        yield policies_in(decoder, data, trio.current_time())
 
 
 async def dump_sas(sock: XfrmSocket, decoder: Decoder) -> list[ev.SA]:
@@ -221,7 +231,9 @@ __all__ = [
     "get_ae",
     "get_policy",
     "get_sa",
+    "policies_in",
     "sad_info",
+    "sas_in",
     "spd_info",
     "stream_policies",
     "stream_sas",

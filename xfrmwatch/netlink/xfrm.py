@@ -13,6 +13,8 @@ rtnetlink definitions: the type numbers collide.
 
 from __future__ import annotations
 
+import struct
+
 from pyroute2.netlink import nla, nlmsg
 
 NETLINK_XFRM = 6
@@ -411,6 +413,21 @@ SPDINFO: Fields = (
 )  # 24
 HINFO: Fields = (("cnt", "I"), ("mcnt", "I"))  # 8
 HTHRESH: Fields = (("lbits", "B"), ("rbits", "B"))  # 2
+
+def layout_size(fields: Fields) -> int:
+    """The C size of a layout."""
+    return struct.calcsize("=" + "".join(fmt for _, fmt in fields))
+
+
+#: Key-carrying attribute -> where the key bytes start in its payload (after the algorithm
+#: name and lengths).  XFRMA_ALG_COMP has the same layout and never a key.
+KEY_OFFSETS: dict[int, int] = {
+    XFRMA_ALG_AUTH: layout_size(ALGO),
+    XFRMA_ALG_CRYPT: layout_size(ALGO),
+    XFRMA_ALG_COMP: layout_size(ALGO),
+    XFRMA_ALG_AEAD: layout_size(ALGO_AEAD),
+    XFRMA_ALG_AUTH_TRUNC: layout_size(ALGO_AUTH),
+}
 
 #: sizes the kernel's xfrm_msg_min[] table demands (x86_64), per message type.
 MSG_MIN_SIZE: dict[int, int] = {
