@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -1356,8 +1357,9 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 # --- entry point --------------------------------------------------------------------------
 
 
-def configure_logging(fmt: str = "console", file: Any = None) -> None:
-    """Log lines to stderr (or ``file``: the dashboard keeps them while the screen is its own)."""
+def configure_logging(fmt: str = "console", file: Any = None, *, quiet: bool = False) -> None:
+    """Log lines to stderr (or ``file``: the dashboard keeps them while the screen is its own);
+    ``quiet``: warnings and errors only (the demo's screen is its story)."""
     out = sys.stderr if file is None else file
     renderer: Any = (
         PriorityPrefix(structlog.processors.JSONRenderer())
@@ -1371,6 +1373,7 @@ def configure_logging(fmt: str = "console", file: Any = None) -> None:
             renderer,
         ],
         logger_factory=structlog.PrintLoggerFactory(out),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING if quiet else logging.NOTSET),
         cache_logger_on_first_use=file is None,
     )
 
@@ -1395,13 +1398,13 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "log_format", "console"))
+    configure_logging(getattr(args, "log_format", "console"), quiet=args.func is cmd_demo)
     try:
         clock = None
         if args.func is cmd_replay or (args.func is cmd_demo and not args.live):
             from .replay import replay_clock
 
-            clock = replay_clock(speed=args.speed or session_speed(), fast=args.fast)
+            clock = replay_clock(speed=session_speed() if args.speed is None else args.speed, fast=args.fast)
         return int(trio.run(args.func, args, clock=clock) or 0)
     except BaseException as exc:
         err = _user_error(exc)
