@@ -247,6 +247,42 @@ def differences(a: Any, b: Any, tolerance: float, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
+def replay_json(path: Path, *args: str, timeout: float = 120) -> list[dict[str, Any]]:
+    """`xfrmwatch replay PATH --fast --format json ARGS`: its events, each valid by the schema."""
+    p = subprocess.run([*XFRMWATCH, "replay", str(path), "--fast", "--format", "json", *args],
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    events = [json.loads(line) for line in p.stdout.splitlines()]
+    for e in events:
+        validate_event(e)
+    return events
+
+
+def assert_replay_matches_live(live: list[dict[str, Any]], replayed: list[dict[str, Any]], slack: float) -> float:
+    """The same events in the same order, equal but for receipt times (numbers computed from
+    them within ``slack``), each at its live offset from the first within ``slack`` seconds;
+    returns the largest offset difference."""
+    assert [e["type"] for e in replayed] == [e["type"] for e in live]
+    diff = [(i, d) for i, (a, b) in enumerate(zip(replayed, live, strict=True))
+            for d in differences(comparable(a), comparable(b), slack)]  # fmt: skip
+    assert not diff, diff[:10]
+    t_live, t_rep = live[0]["mono"], replayed[0]["mono"]
+    drift = [(e["type"], round(b["mono"] - t_rep - (e["mono"] - t_live), 3)) for e, b in zip(live, replayed, strict=True)]
+    worst = max(abs(d) for _, d in drift)
+    assert worst < slack, drift
+    return worst
+
+
+def named_change(netns: str, name: str, src: str, dst: str) -> None:
+    """tests/host/named_change.py in ``netns``: an out policy SRC -> DST added by a process
+    named NAME that puts its PID in nlmsg_pid."""
+    p = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, str(ROOT / "tests/host/named_change.py"), name, src, dst],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+
+
 def tshark(path: Path, *args: str, lua: bool = True) -> list[str]:
     """``tshark -r PATH ARGS`` (with the project's XFRM names), its output lines."""
     cmd = ["tshark", "-r", str(path)]

@@ -8,21 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import (
-    ROOT,
-    XFRMWATCH,
-    Monitor,
-    Recording,
-    assert_same_state,
-    comparable,
-    differences,
-    sh,
-    validate_event,
-)
+from support import Monitor, Recording, assert_replay_matches_live, assert_same_state, replay_json, sh
 from swan import have_strongswan, swan_pair
 
 #: `monitor` and `record` are two processes reading the same messages: each reads a message when
@@ -74,25 +63,13 @@ def test_swan_session_replays_as_live(tmp_path: Path) -> None:
         for k in keys:
             assert bytes.fromhex(k)[:12] not in data, f"{side}: an ESP key is in the recording"
         out = tmp_path / f"{side}-replay.json"
-        rp = subprocess.run([*XFRMWATCH, "replay", str(pcap), "--fast", "--format", "json", "--state-file", str(out)],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
-        assert rp.returncode == 0, rp.stderr
-        replayed = [json.loads(line) for line in rp.stdout.splitlines()]
-        for e in replayed:
-            validate_event(e)
+        replayed = replay_json(pcap, "--state-file", str(out), timeout=300)
         live = m.events
         types = [e["type"] for e in live]
         for t in ("tunnel_up", "rekey_started", "rekey_overdue", "tunnel_down", "alert"):
             assert t in types, f"{side}: no {t} live"
-        assert [e["type"] for e in replayed] == types, side
-        diff = [(i, d) for i, (a, b) in enumerate(zip(replayed, live, strict=True))
-                for d in differences(comparable(a), comparable(b), SLACK)]  # fmt: skip
-        assert not diff, f"{side}: {diff[:10]}"
-        t_live, t_rep = live[0]["mono"], replayed[0]["mono"]
-        drift = [(e["type"], round(b["mono"] - t_rep - (e["mono"] - t_live), 3)) for e, b in zip(live, replayed, strict=True)]
-        worst = max(abs(d) for _, d in drift)
-        assert worst < SLACK, f"{side}: {drift}"
+        worst = assert_replay_matches_live(live, replayed, SLACK)
         assert_same_state(json.loads(state.read_text()), json.loads(out.read_text()))
         overdue = next(e for e in replayed if e["type"] == "rekey_overdue")
         print(f"{side}: {len(live)} events; replay offsets within {worst * 1000:.0f} ms of live; "
-              f"rekey_overdue at +{overdue['mono'] - t_rep:.2f} s")  # fmt: skip
+              f"rekey_overdue at +{overdue['mono'] - replayed[0]['mono']:.2f} s")  # fmt: skip

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from support import ROOT, XFRMWATCH, Recording, need_tshark, sh, tshark
+from support import ROOT, XFRMWATCH, Recording, named_change, need_tshark, sh, tshark
 
 from xfrmwatch.capture import Capture, KeyManager, Loss, Notification, ProcessName
 from xfrmwatch.netlink.decode import Decoder
@@ -122,11 +121,7 @@ def test_process_name_recorded(netns: str, tmp_path: Path) -> None:
     process-name marker; `ip` (pid 0) gets none."""
     path = tmp_path / "n.pcap"
     with Recording(path, "--netns", netns) as r:
-        p = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, str(ROOT / "tests/host/named_change.py"),
-             "xw-keymgr", "10.5.0.0/24", "10.6.0.0/24"], capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert p.returncode == 0, p.stderr
+        named_change(netns, "xw-keymgr", "10.5.0.0/24", "10.6.0.0/24")
         sh(f"ip -n {netns} xfrm policy add src 10.7.0.0/24 dst 10.8.0.0/24 dir out")
         r.stop()
     cap = Capture.load(path)

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from support import ROOT, XFRMWATCH, validate_event
+from support import ROOT, XFRMWATCH, replay_json, validate_event
 
 from xfrmwatch import events as ev
 from xfrmwatch.capture import Capture
@@ -197,12 +197,7 @@ class TestCommand:
         --state-file gets the final mirror."""
         path = expire_recording(tmp_path)
         state = tmp_path / "end.json"
-        p = subprocess.run([*XFRMWATCH, "replay", str(path), "--fast", "--format", "json", "--state-file", str(state)],
-                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
-        assert p.returncode == 0, p.stderr
-        lines = [json.loads(line) for line in p.stdout.splitlines()]
-        for obj in lines:
-            validate_event(obj)
+        lines = replay_json(path, "--state-file", str(state), timeout=60)
         types = [o["type"] for o in lines]
         assert types[:3] == ["newsa", "expire", "rekey_started"] and "tunnel_down" in types and "alert" in types
         assert json.loads(state.read_text())["sa"] == []
