@@ -100,7 +100,7 @@ def test_overrun_recorded_with_its_dump(netns: str, tmp_path: Path) -> None:
     assert "OVERRUN (messages lost)" in flat(tshark(path, "-T", "fields", "-e", "xfrm.msg"))
 
 
-def _wait_for(path: Path, pred: object, timeout: float = 30) -> Capture:
+def _wait_for(path: Path, pred: object, timeout: float = 90) -> Capture:
     import time
 
     deadline = time.monotonic() + timeout
@@ -113,7 +113,7 @@ def _wait_for(path: Path, pred: object, timeout: float = 30) -> Capture:
             pass
         if time.monotonic() > deadline:
             raise AssertionError("the recording never showed what was expected")
-        time.sleep(0.3)
+        time.sleep(1.0)
 
 
 def test_process_name_recorded(netns: str, tmp_path: Path) -> None:
