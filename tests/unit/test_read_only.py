@@ -38,16 +38,30 @@ async def test_request_refuses_every_other_type(msg_type: int) -> None:
 
 
 def test_request_is_the_only_place_that_sends_to_netlink() -> None:
-    """No other code in the package sends on a socket (sendto/sendmsg/send) to netlink."""
+    """No other code in the package sends on a socket (sendto/sendmsg/send) to netlink, but
+    the rtnetlink address dump (a GET as well: see the next test)."""
     senders = []
     for path in (ROOT / "xfrmwatch").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr in ("sendto", "sendmsg"):
+            if isinstance(node, ast.Attribute) and node.attr in ("sendto", "sendmsg", "send"):
                 senders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     netlink = [s for s in senders if s.startswith("xfrmwatch/netlink/")]
-    assert ["xfrmwatch/netlink/socket.py"] == sorted({s.split(":")[0] for s in netlink})
-    others = {s.split(":")[0] for s in senders} - {"xfrmwatch/netlink/socket.py"}
-    # the outputs send to journald/syslog/notify sockets, never AF_NETLINK
+    assert ["xfrmwatch/netlink/addresses.py", "xfrmwatch/netlink/socket.py"] == sorted({s.split(":")[0] for s in netlink})
+    others = {s.split(":")[0] for s in senders} - {"xfrmwatch/netlink/socket.py", "xfrmwatch/netlink/addresses.py"}
+    # the outputs send to journald/syslog/notify sockets, the demo UDP datagrams: never AF_NETLINK
     for f in others:
         assert "AF_NETLINK" not in (ROOT / f).read_text(), f
+
+
+def test_the_address_dump_only_asks() -> None:
+    """The one rtnetlink message xfrmwatch sends is an RTM_GETADDR dump request (type 22,
+    NLM_F_REQUEST|NLM_F_DUMP), and it is sent from one place, built by request()."""
+    import struct
+
+    from xfrmwatch.netlink import addresses
+
+    mlen, mtype, flags, seq, _ = struct.unpack_from("=IHHII", addresses.request(7))
+    assert (mtype, flags, seq) == (22, 0x301, 7) and mlen == len(addresses.request(7))
+    text = (ROOT / "xfrmwatch/netlink/addresses.py").read_text()
+    assert text.count(".send(") == 1 and "await sock.send(req)" in text and "req = request(seq)" in text
