@@ -68,12 +68,12 @@ class Terminal:
 
 
 @contextmanager
-def terminal(args: str, width: int = 100, height: int = 30) -> Iterator[Terminal]:
-    """`xfrmwatch top ARGS` in a fresh tmux session; afterwards the shell prints the exit status
-    and the terminal's modes (stty -a)."""
+def terminal(args: str, width: int = 100, height: int = 30, command: str = "top") -> Iterator[Terminal]:
+    """`xfrmwatch COMMAND ARGS` (top by default) in a fresh tmux session; afterwards the shell
+    prints the exit status and the terminal's modes (stty -a)."""
     name = f"xwtop-{uuid.uuid4().hex[:8]}"
     cmd = " ".join(shlex.quote(a) for a in XFRMWATCH)
-    script = f"cd {shlex.quote(str(ROOT))} && {cmd} top {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600"
+    script = f"cd {shlex.quote(str(ROOT))} && {cmd} {command} {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; sleep 600"
     _tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "sh", "-c", script)
     try:
         yield Terminal(name)

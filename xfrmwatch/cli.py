@@ -326,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     pace = rep.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="play N times as fast (default 1)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible, with the same events")
+    rep.add_argument(
+        "--top", action="store_true",
+        help="show the replay in the dashboard of `xfrmwatch top` (needs a terminal; not with --fast)",
+    )  # fmt: skip
     _add_filters(rep, types=True)
     _add_event_output(rep)
     _add_rules(rep)
@@ -354,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     dpace.add_argument("--speed", type=float, metavar="N", help="play N times as fast (default: about a minute in all)")
     dpace.add_argument("--fast", action="store_true", help="as fast as possible")
     demo.add_argument("--live", action="store_true", help="a scripted tunnel life in throwaway namespaces (root, ESP)")
+    demo.add_argument(
+        "--lines", action="store_true",
+        help="the events as lines, as `monitor` prints them (the default without a terminal), not the dashboard",
+    )  # fmt: skip
     demo.add_argument(
         "--rekey", type=int, default=8, metavar="SECONDS",
         help="--live: the SAs' soft lifetime in whole seconds, hence the rekey interval (default 8)",
@@ -624,11 +632,60 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError("--dev names an interface of a live namespace; in a replay, filter with --type, --spi, ...")
     flt = build_filter(args)
     _check_options(args, ReplayOptions)
+    if args.top:
+        _top_can_replay(args)
     capture = await trio.to_thread.run_sync(Capture.load, args.file)
     cfg = PipelineConfig(
         overdue_share=args.overdue_share, history_factor=args.history_factor, stall_after=args.stall_after,
     )  # fmt: skip
+    if args.top:
+        title = f"xfrmwatch replay {os.path.basename(args.file)} x{args.speed:g}"
+        return await _replay_top(args, flt, cfg, ReplaySource(capture), title, speed=args.speed)
     return await _stream_events(args, flt, cfg, ReplaySource(capture), "replaying", out_buffer=0)
+
+
+def _top_can_replay(args: argparse.Namespace) -> None:
+    if args.fast:
+        raise UsageError("--top shows the replay as it plays: give a --speed instead of --fast")
+    if not (os.isatty(0) and os.isatty(1)):
+        raise UsageError("--top needs a terminal on stdin and stdout")
+
+
+async def _replay_top(
+    args: argparse.Namespace,
+    flt: Filter,
+    cfg: PipelineConfig,
+    source: Any,
+    title: str,
+    *,
+    speed: float,
+    narrate: Callable[[ev.Event], str | None] | None = None,
+) -> int:
+    """A recording (``source``, a :class:`~xfrmwatch.replay.ReplaySource`) in the dashboard of
+    `top`, its redraws paced in real time whatever the replay's speed."""
+    from .top.app import Dashboard, LogLines, run
+
+    rules = load_alerter(args)
+
+    async def starter(
+        nursery: trio.Nursery, netns: str, link: StateLink
+    ) -> tuple[trio.MemoryReceiveChannel[list[ev.Event]], int | None]:
+        recv, _, _ = await start_pipeline(nursery, cfg, rules, link=link, source=source)
+        nursery.start_soon(_say_when_over, dash, source)
+        return recv, None
+
+    dash = Dashboard(match=None if flt == Filter() else flt, title=title, clock_rate=speed, narrate=narrate)
+    with LogLines(dash) as logs:
+        try:
+            return await run(dash, starter, [source.netns])
+        finally:
+            logs.replay(sys.stderr)
+
+
+async def _say_when_over(dash: Any, source: Any) -> None:
+    await trio.sleep_until(source.mono(source.capture.end))
+    dash.notice = "the recording has ended (the dashboard shows its last state): q quits"
+    dash.wake()
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -643,17 +700,28 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
     capture = await trio.to_thread.run_sync(session)
     speed = "as fast as possible" if args.fast else f"at {args.speed or session_speed():g} times real speed"
+    if not (args.lines or args.fast) and os.isatty(0) and os.isatty(1):
+        _say(intro(capture, speed, dashboard=True))
+        code = await _replay_top(
+            args, Filter(), PipelineConfig(), ReplaySource(capture, "demo"), "xfrmwatch demo",
+            speed=args.speed or session_speed(), narrate=narrate.Narrator(),
+        )  # fmt: skip
+        _say(OUTRO)
+        return code
     _say(intro(capture, speed))
     code = await _stream_events(
         args, Filter(), PipelineConfig(), ReplaySource(capture, "demo"), None, out_buffer=0,
         narrate=narrate.Narrator(),
     )  # fmt: skip
-    _say(
-        "That was a recording. On a machine with IPsec: `xfrmwatch monitor` (live events), "
-        "`xfrmwatch record FILE` and `xfrmwatch replay FILE`; `xfrmwatch demo --live` (root) "
-        "plays a tunnel's life in throwaway namespaces."
-    )
+    _say(OUTRO)
     return code
+
+
+OUTRO = (
+    "That was a recording. On a machine with IPsec: `xfrmwatch top` (the dashboard, live), `xfrmwatch monitor` "
+    "(live events), `xfrmwatch record FILE` and `xfrmwatch replay FILE [--top]`; `xfrmwatch demo --live` (root) "
+    "plays a tunnel's life in throwaway namespaces."
+)
 
 
 def session_speed() -> float:

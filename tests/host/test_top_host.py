@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from support import fresh_netns, run_cli, sh
+from support import ROOT, fresh_netns, run_cli, sh
 from tmux import restored, terminal
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (apt-get install tmux)")
@@ -147,3 +147,42 @@ def test_user_mistakes_are_one_line(netns: str) -> None:
     p = run_cli("top", "--netns", netns, stdin=subprocess.DEVNULL)
     assert (2, 1) == (p.returncode, len(p.stderr.strip().splitlines())), p.stderr
     assert "--once" in p.stderr
+
+
+SESSION = ROOT / "xfrmwatch" / "demo" / "session.pcap"  # the shipped strongSwan session
+
+
+def test_replay_in_the_dashboard() -> None:
+    """replay --top: the recorded strongSwan session in the dashboard, 20 times as fast: at its
+    end the tunnel is down after three rekeys, with both alerts open and the end said; the
+    keys still work on the finished replay."""
+    with terminal(f"{SESSION} --top --speed 20", width=140, height=36, command="replay") as t:
+        t.wait(r"xfrmwatch replay session\.pcap x20 +netns")
+        text = t.wait(r"the recording has ended", timeout=30)
+        assert re.search(r"192\.0\.2\.1 <-> 192\.0\.2\.2 +-/- +down hard_expire .* 3\s*$", text, re.M), text
+        assert re.search(r"crit +Tunnel down without a replacement", text) and re.search(r"high +Rekey overdue", text)
+        assert "key managers: not known" in text
+        t.keys("s")
+        t.wait(r"sort name")
+        t.keys("q")
+        restored(t)
+
+
+def test_demo_shows_the_dashboard() -> None:
+    """`xfrmwatch demo` on a terminal plays the shipped session in the dashboard, with the
+    narration highlighted, and ends with the tunnel down and the way to go live."""
+    with terminal("--speed 20", width=120, height=34, command="demo") as t:
+        t.wait(r"xfrmwatch demo +netns demo")
+        text = t.wait(r"the recording has ended", timeout=30)
+        assert "its key manager has given up on the peer" in text, text
+        assert re.search(r"down hard_expire", text) and re.search(r"crit +Tunnel down", text), text
+        t.keys("q")
+        restored(t)
+        assert "xfrmwatch top` (the dashboard, live)" in t.screen().replace("\n", " ")
+
+
+def test_replay_top_needs_a_speed_and_a_terminal() -> None:
+    """--top with --fast, or without a terminal: exit 2, one line."""
+    for extra in (["--fast"], []):
+        p = run_cli("replay", str(SESSION), "--top", *extra, stdin=subprocess.DEVNULL)
+        assert (2, 1) == (p.returncode, len(p.stderr.strip().splitlines())), p.stderr

@@ -28,16 +28,20 @@ def about() -> dict[str, Any]:
     return data
 
 
-def intro(capture: Capture, speed: str) -> str:
-    """What the demo is about to show."""
+def intro(capture: Capture, speed: str, *, dashboard: bool = False) -> str:
+    """What the demo is about to show (in the dashboard of `top`, or as event lines)."""
     a = about()
+    how = (
+        "Shown in the dashboard of `xfrmwatch top`; the highlighted lines explain; q quits."
+        if dashboard
+        else "Events as `xfrmwatch monitor` prints them; the lines marked with an arrow explain."
+    )
     return (
         f"xfrmwatch demo: a real IKEv2 session between two strongSwan daemons ({a['strongswan']}, "
         f"Linux {a['kernel']} in User-Mode Linux), recorded by `xfrmwatch record` on the initiator's side "
         f"on {utc(capture.start)[:10]}, {capture.end - capture.start:.0f} s long, played {speed}. "
         "The tunnel comes up, rekeys three times, then the peer's daemon is killed: watch xfrmwatch warn "
-        "before the tunnel goes down, and say when it does. Events as `xfrmwatch monitor` prints them; "
-        "the lines marked with an arrow explain."
+        f"before the tunnel goes down, and say when it does. {how}"
     )
 
 

@@ -171,6 +171,7 @@ class Dashboard:
         self.alerts = OpenAlerts()
         self.activity = Activity(match)
         self.notice = ""
+        self.narration = ""
         self.quit = trio.CancelScope()
         self._wake = trio.Event()
         self._renderers = {True: TextRenderer(show_netns=True), False: TextRenderer(show_netns=False)}
@@ -250,7 +251,7 @@ class Dashboard:
             self.activity.take(e, now)
             self.alerts.feed(e, now)
             if self.narrate is not None and (said := self.narrate(e)):
-                self.notice = said
+                self.narration = said
         self.wake()
 
     def wake(self) -> None:
@@ -368,6 +369,8 @@ class Dashboard:
                 kms += [n + where + ("" if on else " gone") for n, on in w.probe.seen.items()]
             for k, d in self._stat_moved.get(w.netns, {}).items():
                 moved[k] = moved.get(k, 0) + d
+        if not any(w.probe is not None for w in self.watched.values()):
+            kms = ["not known (no /proc files: a recording)"]
         return Frame(
             width=width, height=height, now=now, title=self.title, namespaces=tuple(sorted(self.watched)),
             selected=sel, boards=boards, rows=rows, matching=matching, offset=v.offset,
@@ -376,7 +379,7 @@ class Dashboard:
             alerts=tuple(self.alerts.rows(now, sel)),
             open_alerts=tuple(sorted(self.alerts.open_by_level(sel).items(), key=lambda x: -levels.rank(x[0]))),
             feed=self.feed_lines(sz.bottom), sort=v.sort, text=v.text, attention=v.attention, prompt=v.prompt,
-            help=v.help, notice=self.notice, ready=bool(boards),
+            help=v.help, notice=self.notice, narration=self.narration, ready=bool(boards),
         )  # fmt: skip
 
     async def draw_loop(self, fd: int, size: Callable[[], tuple[int, int]]) -> None:
@@ -405,7 +408,8 @@ class Dashboard:
 
 class LogLines:
     """While the screen is ours, log lines go here, not to stderr: the latest warning shows
-    in the footer, and every line is written to stderr once the terminal is restored."""
+    in the footer, and the warnings and errors are written to stderr once the terminal is
+    restored."""
 
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
@@ -434,8 +438,10 @@ class LogLines:
         configure_logging("console")
 
     def replay(self, out: TextIO) -> None:
+        """The warnings and errors logged meanwhile (informational lines are left out)."""
         for line in self.lines:
-            print(line, file=out)
+            if "[info" not in line and "[debug" not in line:
+                print(line, file=out)
 
 
 def all_namespaces() -> set[str]:

@@ -115,6 +115,8 @@ class Frame:
     prompt: str | None = None
     help: bool = False
     notice: str = ""
+    #: what the demo explains now (a few wrapped lines above the footer)
+    narration: str = ""
     ready: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -405,7 +407,20 @@ def render(f: Frame) -> list[Text]:
         lines += _block(alerts_panel(f, n_alerts), n_alerts, w)
         lines += _block(events_panel(f, sz.bottom - n_alerts), sz.bottom - n_alerts, w)
     lines.append(fit(footer(f), w))
+    if f.narration:  # over the last lines of the events
+        told = _narration(f.narration, w, min(3, max(1, sz.bottom - 2)))
+        lines[-1 - len(told) : -1] = told
     return lines
+
+
+def _narration(text: str, width: int, most: int) -> list[Text]:
+    """``text`` wrapped to ``width`` on at most ``most`` lines, on a highlighted background."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor")
+    t = Text(text, style="bold white on dark_blue")
+    wrapped = list(t.wrap(console, width - 2))[:most]
+    return [fit(Text(" ", style="on dark_blue") + line, width) for line in wrapped]
 
 
 class Painter:
