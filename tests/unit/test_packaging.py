@@ -27,3 +27,5 @@ def test_wheel_contents(tmp_path: Path) -> None:
         assert f"xfrmwatch/schema/{schema}.schema.json" in names
     assert {"xfrmwatch/demo/session.pcap", "xfrmwatch/demo/session.json", "xfrmwatch/demo/README.md"} <= names
     assert "xfrmwatch/py.typed" in names
+    modules = {str(f.relative_to(ROOT)) for f in (ROOT / "xfrmwatch").rglob("*.py") if "__pycache__" not in f.parts}
+    assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
