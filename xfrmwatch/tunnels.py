@@ -170,7 +170,12 @@ class Tunnel:
     gen_started: float = 0.0
     last_rekey_at: float | None = None
     rekeys: int = 0
+    #: rekey intervals learned from the second rekey on (both sides' timers aligned by then)
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=6))
+    #: set-up to first rekey: shorter than the real interval on the side that installed late
+    first_interval: float | None = None
+    #: whether the current generation's SAs carry limits (the kernel will say when it is due)
+    limits: bool = False
     last_completed: float | None = None
     rekey: _Rekey | None = None
     overdue: bool = False
@@ -366,6 +371,7 @@ class TunnelModel:
         gone = self._down.pop(pk, None)
         if gone is not None:  # the same CHILD_SA back: keep what was learned of it
             t.intervals = gone.intervals
+            t.first_interval = gone.first_interval
             t.rekeys = gone.rekeys
         self.tunnels[pk] = t
         for lk in _tunnel_links(pk):
@@ -379,6 +385,8 @@ class TunnelModel:
                     generation=entry.generation, bytes=entry.sa.current.bytes, packets=entry.sa.current.packets)  # fmt: skip
         t.members[_key(entry.sa)] = m
         t.dirs_seen.add(d)
+        if not _older_than(m, t):
+            t.limits = _has_limits(entry.sa.lifetime)
         return m
 
     # --- policies -----------------------------------------------------------------------------
@@ -747,8 +755,11 @@ class TunnelModel:
             return True
         if r is not None and r.started is not None and r.first_new is None:
             return True
-        if t.intervals and not self._has_limits(t) and self.key_manager():
-            return now - t.gen_started > min(t.intervals)
+        if not t.limits and self.key_manager():
+            if t.intervals:
+                return now - t.gen_started > min(t.intervals)
+            if t.first_interval is not None:
+                return now - t.gen_started > self.s.history_factor * t.first_interval
         return False
 
     def _went_down(self, t: Tunnel, reason: ev.DownReason, now: float) -> None:
@@ -811,23 +822,8 @@ class TunnelModel:
 
     # --- history -------------------------------------------------------------------------------
 
-    def _has_limits(self, t: Tunnel) -> bool:
-        """Whether the kernel will tell (EXPIRE) when the current generation is due."""
-        for e in self.mirror.pair_sas(t.key):
-            if _key(e.sa) not in t.members:
-                continue
-            lft = e.sa.lifetime
-            if any(
-                v is not None
-                for v in (lft.soft_add_seconds, lft.hard_add_seconds, lft.soft_use_seconds, lft.hard_use_seconds,
-                          _limit(lft.soft_bytes), _limit(lft.hard_bytes), _limit(lft.soft_packets),
-                          _limit(lft.hard_packets))
-            ):  # fmt: skip
-                return True
-        return False
-
     def _arm_history(self, t: Tunnel) -> None:
-        if not t.intervals or self._has_limits(t) or not self.key_manager():
+        if not t.intervals or t.limits or not self.key_manager():
             t.history_at = None
             return
         t.history_at = t.gen_started + self.s.history_factor * statistics.median(t.intervals)
@@ -864,7 +860,11 @@ class TunnelModel:
         t.rekey = None
         if not r.new:
             return  # the new SAs went away again before settling: judged as removals
-        t.intervals.append(max(0.0, r.first_new - t.gen_started))
+        interval = max(0.0, r.first_new - t.gen_started)
+        if t.rekeys == 0:
+            t.first_interval = interval
+        else:
+            t.intervals.append(interval)
         t.gen_started = r.first_new
         t.rekeys += 1
         t.last_rekey_at = now
@@ -991,14 +991,14 @@ class TunnelModel:
             nxt = soft
         if t.rekey is not None and t.rekey.basis != "time" and t.rekey.hard_at is not None:
             basis, hard = t.rekey.basis, t.rekey.hard_at
-        elif nxt is None and t.intervals:
-            basis, nxt = "history", t.gen_started + statistics.median(t.intervals)
+        elif nxt is None and (t.intervals or t.first_interval is not None):
+            basis, nxt = "history", t.gen_started + _interval(t)
         rates = [(m.dir, m.rate_bytes) for m in t.members.values() if m.rate_bytes is not None]
         return TunnelView(
             tunnel_id=t.tunnel_id, netns=self.mirror.netns, reqid=reqid, proto=proto, src=t.src, dst=t.dst,
             mode=t.mode, state=t.state, spi_in=spi_in, spi_out=spi_out, established=t.up_at,
             last_rekey=t.last_rekey_at, rekeys=t.rekeys,
-            rekey_interval=statistics.median(t.intervals) if t.intervals else None,
+            rekey_interval=_interval(t) if t.intervals or t.first_interval is not None else None,
             next_rekey=nxt, soft_expiry=soft, hard_expiry=hard, deadline_basis=basis,
             in_bytes=t.in_bytes, out_bytes=t.out_bytes, in_packets=t.in_packets, out_packets=t.out_packets,
             in_rate=sum(r for d, r in rates if d == "in") if any(d == "in" for d, _ in rates) else None,
@@ -1037,6 +1037,26 @@ class TunnelModel:
         if include_down:
             live += [self.view(t) for t in self._down.values()]
         return live
+
+
+def _interval(t: Tunnel) -> float:
+    """The tunnel's learned rekey interval (the first one only while no other is known)."""
+    return statistics.median(t.intervals) if t.intervals else (t.first_interval or 0.0)
+
+
+def _has_limits(lft: ev.Lifetime) -> bool:
+    """Whether an SA has a limit the kernel will announce (EXPIRE); volume limits near
+    2^61..2^63 (Libreswan's) are none."""
+    return any(
+        v is not None
+        for v in (lft.soft_add_seconds, lft.hard_add_seconds, lft.soft_use_seconds, lft.hard_use_seconds,
+                  _limit(lft.soft_bytes), _limit(lft.hard_bytes), _limit(lft.soft_packets), _limit(lft.hard_packets))
+    )  # fmt: skip
+
+
+def _older_than(m: _Member, t: Tunnel) -> bool:
+    """Whether another member of ``t`` in m's direction is newer than m."""
+    return any(o is not m and o.dir == m.dir and o.generation > m.generation for o in t.members.values())
 
 
 def _tunnel_links(pk: PairKey) -> tuple[LinkKey, ...]:

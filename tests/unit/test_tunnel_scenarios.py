@@ -168,6 +168,9 @@ def test_failure_warns_then_reports_the_end(name: str, side: str) -> None:
     assert down.rekey_failed and not down.teardown
     assert 0 <= down.mono - _end(out, set(down.spis)) <= 1.0
     overdue = of(out, "rekey_overdue", "rekey_started")
-    if name != "strongswan-giveup-before-hard":  # charon gives up before the overdue point there
+    # no warning is possible where charon gives up before the overdue point, or where Libreswan
+    # (no lifetimes in the kernel) had rekeyed only once: the set-up-to-first-rekey interval is
+    # not trusted for warnings (docs/tunnels.md)
+    if name not in ("strongswan-giveup-before-hard", "libreswan-dead-peer"):
         assert any(e.__struct_config__.tag == "rekey_overdue" and e.mono < down.mono for e in overdue)
     assert any(a.rule.level == "critical" and a.events[0] == down for a in of(out, "alert"))
