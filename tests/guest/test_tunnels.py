@@ -1,0 +1,350 @@
+"""Tunnel truth with real daemons (issue 7): the tunnel model against strongSwan, Libreswan and
+manual keying, every scenario of tests/guest/scenarios.py, both sides.
+
+All scenarios run once, concurrently (each in its own pair of namespaces; ``XW_TUNNEL_JOBS``,
+default 4), with ``xfrmwatch monitor --format json`` and the shipped rules on each side
+(``--liveness-interval 1 --stall-after 4``: the scenarios last under a minute).  Each test
+then checks one scenario's two streams:
+
+* no alert at medium or above in normal operation (set-up, rekeys, reauthentication,
+  collisions, key rotation, deliberate teardown), and none before the failure was caused;
+* exactly one ``rekey_completed`` per real rekey per side: real rekeys are counted from the
+  daemon's own log (scenarios.swan_facts / libre_facts), or the test's own actions for ``ip xfrm``;
+* on a failure, a warning (``rekey_overdue`` or ``traffic_stalled``) before the tunnel ends
+  where the kernel's lifetimes, the byte rate or the tunnel's history make it possible, and
+  ``tunnel_down`` within 1 s of the end (of the kernel's first removal of the last
+  generation, or of its last event for that CHILD_SA when the daemon removes it in steps).
+
+The measured figures (rekeys real vs reported, warning lead times, tunnel_down latency) are
+printed at the end of the run (conftest.py) and attached to the JUnit report.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from figures import report_figure
+from libre import have_libreswan
+from scenarios import SCENARIOS, Run, parse_iso, run_scenario
+from support import validate_event
+from swan import have_strongswan
+
+MONITOR_ARGS = ["--liveness-interval", "1", "--stall-after", "4"]
+SIDES = ("left", "right")
+MEDIUM = ("medium", "high", "critical")
+SA_MSGS = ("newsa", "updsa")
+
+
+@dataclass
+class Outcome:
+    run: Run | None
+    error: str | None
+    events: dict[str, list[dict[str, Any]]]
+
+
+def _missing() -> str | None:
+    return have_strongswan() or have_libreswan()
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+    """Every scenario, run once, concurrently; its events per side, checked against the schema."""
+    if (missing := _missing()) is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"needed in CI: {missing}")
+        pytest.skip(missing)
+    out = tmp_path_factory.mktemp("tunnels")
+
+    def one(name: str) -> tuple[str, Outcome]:
+        try:
+            run = run_scenario(name, out, MONITOR_ARGS)
+        except Exception:
+            return name, Outcome(None, traceback.format_exc(), {})
+        events = {side: run.events(side) for side in SIDES}
+        for evs in events.values():
+            for e in evs:
+                validate_event(e)
+        return name, Outcome(run, None, events)
+
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("XW_TUNNEL_JOBS", "4"))) as pool:
+        yield dict(pool.map(one, SCENARIOS))
+
+
+# -- reading the streams --------------------------------------------------------
+
+
+def t(e: dict[str, Any]) -> float:
+    return parse_iso(e["time"])
+
+
+def of(evs: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
+    return [e for e in evs if e["type"] in types]
+
+
+def alerts_at_least_medium(evs: list[dict[str, Any]], before: float | None = None) -> list[str]:
+    return [
+        f"{a['rule']['level']}: {a['rule']['title']} at {a['time']}"
+        for a in of(evs, "alert")
+        if a["rule"]["level"] in MEDIUM and (before is None or t(a) < before)
+    ]
+
+
+def get(o: Outcome, name: str) -> Run:
+    if o.error is not None or o.run is None:
+        pytest.fail(f"{name} did not run:\n{o.error}")
+    return o.run
+
+
+def kernel_end(evs: list[dict[str, Any]], reqid: int, after: float) -> tuple[float, float] | None:
+    """When the kernel removed the tunnel's last generation after ``after``: (first, last) time
+    of a hard EXPIRE or DELSA of one of its SAs, a DELPOLICY of its policies, or its out
+    policy switched to a hold template (reqid 0).  The last generation: the newest inbound
+    and outbound SAs of that reqid installed before the first of those removals."""
+    current: dict[str, str] = {}  # dir -> spi
+    removals: list[float] = []
+    ours: set[str] = set()
+    for e in evs:
+        typ = e["type"]
+        if typ in SA_MSGS and e["sa"]["reqid"] == reqid and e["sa"].get("aead") and not removals:
+            # outbound SAs are the ones whose source this side's out policy names
+            current[e["sa"]["dst"]] = e["sa"]["spi"]
+            ours = set(current.values())
+        if t(e) <= after:
+            continue
+        if (typ == "expire" and e["hard"] and e["sa"]["spi"] in ours) or (typ == "delsa" and e["sa"]["spi"] in ours) or (typ == "delpolicy" and any(x["reqid"] == reqid for x in e["policy"].get("tmpl") or [])) or (typ == "updpolicy" and e["policy"]["dir"] == "out" and all(
+            x["reqid"] == 0 for x in e["policy"].get("tmpl") or [{"reqid": 1}]
+        )):
+            removals.append(t(e))
+    return (min(removals), max(removals)) if removals else None
+
+
+def rekeys_reported(evs: list[dict[str, Any]]) -> int:
+    return len(of(evs, "rekey_completed"))
+
+
+def check_normal(name: str, o: Outcome, *, extra: dict[str, int] | None = None) -> dict[str, Any]:
+    """Normal operation: tunnel_up on both sides, no medium+ alert, one rekey_completed per real
+    rekey (and reauthentication) per side.  Returns the figures."""
+    run = get(o, name)
+    daemon = run.expect.get("charon") or run.expect.get("pluto") or {}
+    figures: dict[str, Any] = {}
+    for side in SIDES:
+        evs = o.events[side]
+        assert of(evs, "tunnel_up"), f"{name} {side}: no tunnel_up"
+        assert [] == alerts_at_least_medium(evs), f"{name} {side}"
+        real = (extra or {}).get(side)
+        if real is None:
+            real = daemon[side]["rekeys"] + daemon[side].get("reauths", 0)
+        reported = rekeys_reported(evs)
+        figures[side] = {"rekeys_real": real, "rekeys_reported": reported}
+        assert real == reported, f"{name} {side}: {real} real rekeys, {reported} rekey_completed"
+    return figures
+
+
+def check_failure(
+    name: str, o: Outcome, side: str, *, reqid: int, warning_possible: bool, why: str
+) -> dict[str, Any]:
+    """After the failure marker: a warning before the end (if ``warning_possible``), tunnel_down
+    within 1 s of the end, no medium+ alert before the failure."""
+    run = get(o, name)
+    failure = next(m for m in run.markers if m["what"] in ("kill", "link_down"))
+    t_fail = parse_iso(failure["time"])
+    evs = o.events[side]
+    assert [] == alerts_at_least_medium(evs, before=t_fail), f"{name} {side}: alert before the failure"
+    end = kernel_end(evs, reqid, t_fail)
+    assert end is not None, f"{name} {side}: the kernel never removed the tunnel"
+    first, last = end
+    downs = [e for e in of(evs, "tunnel_down") if t(e) > t_fail]
+    assert downs, f"{name} {side}: no tunnel_down (kernel removal {first - t_fail:+.2f} s after the failure)"
+    down = downs[0]
+    lat_first, lat_last = t(down) - first, t(down) - last
+    assert -0.05 <= lat_first and (lat_first <= 1.0 or abs(lat_last) <= 1.0), (
+        f"{name} {side}: tunnel_down {lat_first:+.2f} s after the kernel's first removal, "
+        f"{lat_last:+.2f} s after its last event"
+    )
+    warnings = [e for e in of(evs, "rekey_overdue", "traffic_stalled") if t_fail < t(e) < first]
+    lead = first - t(warnings[0]) if warnings else None
+    if warning_possible:
+        assert warnings, f"{name} {side}: no rekey_overdue/traffic_stalled before the end ({why})"
+    return {
+        "warning": warnings[0]["type"] if warnings else None,
+        "warning_basis": warnings[0].get("basis") if warnings else None,
+        "lead_s": round(lead, 2) if lead is not None else None,
+        "down_after_first_removal_s": round(lat_first, 3),
+        "down_after_last_event_s": round(lat_last, 3),
+        "reason": down["reason"],
+        "rekey_failed": down["rekey_failed"],
+        "teardown": down["teardown"],
+        "warning_expected": warning_possible,
+        "why": why,
+    }
+
+
+def check_teardown(name: str, o: Outcome, sides: tuple[str, ...] = SIDES) -> dict[str, Any]:
+    """A deliberate teardown: tunnel_down with teardown=true within 1 s of the kernel's removal."""
+    run = get(o, name)
+    mark = next(m for m in run.markers if m["what"] in ("terminate", "teardown"))
+    t_mark = parse_iso(mark["time"])
+    figures = {}
+    for side in sides:
+        evs = o.events[side]
+        reqid = of(evs, "tunnel_up")[0]["reqid"]
+        end = kernel_end(evs, reqid, t_mark)
+        assert end is not None, f"{name} {side}: no removal in the kernel"
+        downs = [e for e in of(evs, "tunnel_down") if t(e) > t_mark]
+        assert downs, f"{name} {side}: no tunnel_down after the teardown"
+        d = downs[0]
+        assert d["teardown"] is True and d["rekey_failed"] is False, f"{name} {side}: {d}"
+        lat_first, lat_last = t(d) - end[0], t(d) - end[1]
+        assert -0.05 <= lat_first and (lat_first <= 1.0 or abs(lat_last) <= 1.0), (
+            f"{name} {side}: tunnel_down {lat_first:+.2f} s after the first removal, {lat_last:+.2f} s after the last"
+        )
+        figures[side] = {"down_after_first_removal_s": round(lat_first, 3), "down_after_last_event_s": round(lat_last, 3)}
+    return figures
+
+
+# -- the scenarios ----------------------------------------------------------------
+
+NORMAL = [
+    "strongswan-rekey", "strongswan-bytes-rekey", "strongswan-collision", "strongswan-ipv6",
+    "strongswan-transport", "strongswan-reauth", "strongswan-reauth-mbb", "strongswan-two-children",
+    "libreswan-rekey",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NORMAL)
+def test_normal_operation(outcomes: dict[str, Outcome], name: str) -> None:
+    """Set-up and rekeys (or reauthentications, or collisions): no medium+ alert, one
+    rekey_completed per real rekey per side, the tunnel never reported down."""
+    o = outcomes[name]
+    figures = check_normal(name, o)
+    for side in SIDES:
+        assert [] == of(o.events[side], "tunnel_down"), f"{name} {side}: reported down"
+    report_figure(name, figures)
+
+
+def test_strongswan_terminate(outcomes: dict[str, Outcome]) -> None:
+    """swanctl --terminate: one rekey each side, then an informational teardown on both."""
+    name = "strongswan-terminate"
+    figures = check_normal(name, outcomes[name])
+    figures["teardown"] = check_teardown(name, outcomes[name])
+    report_figure(name, figures)
+
+
+def test_libreswan_terminate(outcomes: dict[str, Outcome]) -> None:
+    """whack --terminate with traffic flowing: a teardown (hold policy) on both sides, then
+    pluto re-establishes the tunnel on the next packet: tunnel_up again, no medium+ alert."""
+    name = "libreswan-terminate"
+    o = outcomes[name]
+    run = get(o, name)
+    daemon = run.expect["pluto"]
+    # pluto counts the re-established Child SA among its "established": not a rekey
+    figures = check_normal(name, o, extra={s: daemon[s]["rekeys"] - 1 for s in SIDES})
+    figures["teardown"] = check_teardown(name, o)
+    for side in SIDES:
+        ups = of(o.events[side], "tunnel_up")
+        assert 2 == len(ups), f"{name} {side}: {len(ups)} tunnel_up (set-up, then the re-establishment)"
+    report_figure(name, figures)
+
+
+def test_manual_rotation(outcomes: dict[str, Outcome]) -> None:
+    """ip xfrm key rotations: the same-reqid one is one rekey_completed per side; the one to a
+    new reqid ends reqid 1 as a teardown replaced by reqid 2; no medium+ alert."""
+    name = "manual-rotation"
+    o = outcomes[name]
+    figures = check_normal(name, o, extra={"left": 1, "right": 1})
+    for side in SIDES:
+        evs = o.events[side]
+        assert {1, 2} == {e["reqid"] for e in of(evs, "tunnel_up")}, f"{name} {side}"
+        downs = of(evs, "tunnel_down")
+        assert 1 == len(downs) and 1 == downs[0]["reqid"], f"{name} {side}: {downs}"
+        assert downs[0]["teardown"] is True and downs[0]["replaced_by"], f"{name} {side}: {downs[0]}"
+    report_figure(name, figures)
+
+
+def test_manual_teardown(outcomes: dict[str, Outcome]) -> None:
+    """ip xfrm policies and SAs deleted: an informational teardown on both sides."""
+    name = "manual-teardown"
+    figures = check_normal(name, outcomes[name], extra={"left": 0, "right": 0})
+    figures["teardown"] = check_teardown(name, outcomes[name])
+    report_figure(name, figures)
+
+
+FAILURES: dict[str, list[tuple[str, int, bool, str]]] = {
+    # scenario: [(side, reqid, warning possible?, why)]
+    "strongswan-dead-peer": [
+        ("left", 1, True, "time lifetimes: overdue before the hard limit; inbound traffic stops"),
+        ("right", 1, True, "time lifetimes (charon dead, the kernel's limits remain)"),
+    ],
+    "cutlink": [
+        ("left", 1, True, "time lifetimes; inbound silent while sending"),
+        ("right", 1, True, "time lifetimes"),
+    ],
+    "strongswan-bytes-dead-peer": [
+        ("left", 1, True, "byte limits: overdue projected from the rate before the hard byte limit"),
+    ],
+    "strongswan-giveup-before-hard": [
+        ("left", 1, False, "charon gives up 16 s after the soft limit, 37 s before the hard one; "
+                           "traffic still flows through the dead daemon's kernel SAs"),
+    ],
+    "libreswan-dead-peer": [
+        ("left", 16389, True, "no kernel lifetimes: history (one rekey interval learned)"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAILURES))
+def test_failure(outcomes: dict[str, Outcome], name: str) -> None:
+    """A peer or path dies: one rekey_completed per real rekey, a warning before the end where
+    the kernel makes it possible, tunnel_down within 1 s of the end."""
+    o = outcomes[name]
+    run = get(o, name)
+    daemon = run.expect.get("charon") or run.expect["pluto"]
+    figures: dict[str, Any] = {}
+    for side in SIDES:
+        real, reported = daemon[side]["rekeys"], rekeys_reported(o.events[side])
+        figures[f"{side}_rekeys"] = {"real": real, "reported": reported}
+        assert real == reported, f"{name} {side}: {real} real rekeys, {reported} rekey_completed"
+    for side, reqid, possible, why in FAILURES[name]:
+        figures[side] = check_failure(name, o, side, reqid=reqid, warning_possible=possible, why=why)
+    report_figure(name, figures)
+
+
+def test_libreswan_dead_side_warned(outcomes: dict[str, Outcome]) -> None:
+    """The side whose pluto died: the kernel never removes anything (its SAs have no limit),
+    so no tunnel_down; the tunnel's history still gives rekey_overdue."""
+    name = "libreswan-dead-peer"
+    o = outcomes[name]
+    run = get(o, name)
+    t_kill = parse_iso(run.marker("kill")["time"])
+    evs = o.events["right"]
+    overdue = [e for e in of(evs, "rekey_overdue") if t(e) > t_kill]
+    assert overdue and "history" == overdue[0]["basis"], f"{name} right: {of(evs, 'rekey_overdue')}"
+    assert [] == [e for e in of(evs, "tunnel_down") if t(e) > t_kill]
+    report_figure(name + " (dead side)", {"overdue_after_kill_s": round(t(overdue[0]) - t_kill, 2)})
+
+
+def test_every_scenario_is_tested() -> None:
+    tested = set(NORMAL) | set(FAILURES) | {
+        "strongswan-terminate", "libreswan-terminate", "manual-rotation", "manual-teardown",
+    }  # fmt: skip
+    assert set(SCENARIOS) == tested
+
+
+def test_scenario_outputs_have_no_keys(outcomes: dict[str, Outcome]) -> None:
+    """Every stream (and the monitors' stderr) is free of the keys the kernel held."""
+    from support import assert_no_keys
+
+    for name, o in outcomes.items():
+        run = get(o, name)
+        assert run.keys, f"{name}: no key sampled"
+        for side in SIDES:
+            m = run.monitors[side]
+            assert_no_keys([Path(m.out).read_text(), Path(m.err).read_text()], sorted(run.keys))
