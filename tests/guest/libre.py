@@ -155,7 +155,7 @@ def _ipsec_conf(
 #   "net" #2: initiator established Child SA using #1; IPsec tunnel [...] {ESP/ESN=>0x...
 #   "net" #3: initiator rekeyed Child SA #2 using #1; IPsec tunnel [...]
 #   "net" #3: responder rekeyed Child SA #2 using #1; ...   (checked against the recordings)
-_ESTABLISHED = re.compile(r'"[^"]+" #(\d+): (?:initiator|responder) (?:established|rekeyed) Child SA')
+ESTABLISHED = re.compile(r'"[^"]+" #(\d+): (?:initiator|responder) (?:established|rekeyed) Child SA')
 
 
 class LibrePair(NsPair):
@@ -189,7 +189,7 @@ class LibrePair(NsPair):
     def established(self, side: str) -> list[int]:
         """State numbers of every Child SA this side's pluto logged as established, in order
         (the set-up, then one per rekey)."""
-        return [int(m.group(1)) for m in _ESTABLISHED.finditer(self.log(side))]
+        return [int(m.group(1)) for m in ESTABLISHED.finditer(self.log(side))]
 
     # -- pluto ------------------------------------------------------------------
     def pluto_pid(self, side: str) -> int:

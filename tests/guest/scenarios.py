@@ -32,11 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from libre import ESTABLISHED as _LIBRE_ESTABLISHED
 from libre import LibrePair, libre_pair
 from manual import manual_pair
 from netpair import SIDES, NsPair
 from support import ROOT, XFRMWATCH
 from swan import CONN2, SwanPair, swan_pair
+from swan import ESTABLISHED as _SWAN_ESTABLISHED
 
 
 def now_iso() -> str:
@@ -201,7 +203,11 @@ def watching(run: Run, pair: NsPair, acquire: bool = True) -> Iterator[None]:
 
 
 def sleep_until(t0: float, offset: float) -> None:
-    """Sleep until ``offset`` s after the monotonic time ``t0``."""
+    """Sleep until ``offset`` s after the monotonic time ``t0``.
+
+    The runs end (``end`` marker, 1.5 s after the last sleep) half-way between two rekeys, so
+    that the daemons' logs and the monitors agree on how many happened: charon's rekeys come
+    every 9-10 s (the kernel's time limits have 1-second granularity), pluto's every 10.0 s."""
     left = t0 + offset - time.monotonic()
     if left > 0:
         time.sleep(left)
@@ -247,6 +253,14 @@ def _until_end(run: Run, log: str) -> str:
     return "\n".join(keep)
 
 
+
+
+def _last_before_end(run: Run, log: str, pattern: re.Pattern[str]) -> float | None:
+    """Seconds from the last CHILD_SA the daemon installed to the ``end`` marker."""
+    times = [t for line in log.splitlines() if pattern.search(line) and (t := _log_time(line)) is not None]
+    return round(parse_iso(run.marker("end")["time"]) - times[-1], 3) if times else None
+
+
 def swan_facts(run: Run, p: SwanPair) -> None:
     """Rekeys as charon logged them up to the ``end`` marker, per side: CHILD_SAs established
     (set-up included) and rekey collisions (each makes one CHILD_SA too many)."""
@@ -259,7 +273,7 @@ def swan_facts(run: Run, p: SwanPair) -> None:
         log = logs[side]
         # charon 5.9.8 logs a rekeyed CHILD_SA twice ("inbound CHILD_SA net{2} established",
         # then "outbound ..."): count unique ids
-        est = [name for name, _ in dict.fromkeys(re.findall(r"CHILD_SA (\S+)\{(\d+)\} established", log))]
+        est = [name for name, _ in dict.fromkeys(_SWAN_ESTABLISHED.findall(log))]
         # a collision: both sides log it once and install both CHILD_SAs (one is then deleted)
         redundant = len(re.findall(r"detected CHILD_REKEY collision with CHILD_REKEY", log))
         per_side[side] = {
@@ -269,6 +283,7 @@ def swan_facts(run: Run, p: SwanPair) -> None:
             # every CHILD_SA after the first of each child, less those a collision made twice
             # and those a reauthentication made
             "rekeys": len(est) - len(set(est)) - redundant - reauths,
+            "last_established_s_before_end": _last_before_end(run, log, _SWAN_ESTABLISHED),
         }
         run.daemon_log[side] = [ln for ln in log.splitlines() if _SWAN_NOTABLE.search(ln)][:400]
     run.expect["charon"] = per_side
@@ -278,8 +293,12 @@ def libre_facts(run: Run, p: LibrePair) -> None:
     per_side: dict[str, Any] = {}
     for side in SIDES:
         log = _until_end(run, p.log(side))
-        est = re.findall(r'"[^"]+" #\d+: (?:initiator|responder) (?:established|rekeyed) Child SA', log)
-        per_side[side] = {"child_sas_established": len(est), "rekeys": max(len(est) - 1, 0)}
+        est = _LIBRE_ESTABLISHED.findall(log)
+        per_side[side] = {
+            "child_sas_established": len(est),
+            "rekeys": max(len(est) - 1, 0),
+            "last_established_s_before_end": _last_before_end(run, log, _LIBRE_ESTABLISHED),
+        }
         run.daemon_log[side] = [ln for ln in log.splitlines() if _LIBRE_NOTABLE.search(ln)][:400]
     run.expect["pluto"] = per_side
 
@@ -305,7 +324,7 @@ def strongswan_rekey(run: Run) -> None:
     with _swan(run) as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=40)
-        sleep_until(t0, 36)
+        sleep_until(t0, 31.5)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -334,7 +353,7 @@ def strongswan_bytes_rekey(run: Run) -> None:
     with _swan(run, **_BYTES) as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=100000, interval=0.05, duration=38)
-        sleep_until(t0, 38)
+        sleep_until(t0, 35.5)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -384,7 +403,7 @@ def strongswan_ipv6(run: Run) -> None:
     with _swan(run, ipv6=True) as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=30)
-        sleep_until(t0, 26)
+        sleep_until(t0, 22.5)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -393,7 +412,7 @@ def strongswan_transport(run: Run) -> None:
     with _swan(run, mode="transport") as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=30, src=p.addr.left_outer, dst=p.addr.right_outer)
-        sleep_until(t0, 26)
+        sleep_until(t0, 22.5)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -426,7 +445,7 @@ def strongswan_two_children(run: Run) -> None:
         tr = p.send_traffic(count=10000, interval=0.2, duration=30)
         tr2 = p.send_traffic(count=10000, interval=0.2, duration=30, port=7001,
                              src=p.addr.left_inner2, dst=p.addr.right_inner2)  # fmt: skip
-        sleep_until(t0, 27)
+        sleep_until(t0, 23)
         run.config["traffic"] = _summary(tr.stop())
         run.config["traffic_" + CONN2] = _summary(tr2.stop())
 
@@ -485,7 +504,7 @@ def libreswan_rekey(run: Run) -> None:
     with _libre(run) as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=40)
-        sleep_until(t0, 37)
+        sleep_until(t0, 31.5)
         run.config["traffic"] = _summary(tr.stop())
 
 

@@ -247,7 +247,7 @@ class Side:
 # with SPIs ..." at the set-up; a rekey's new CHILD_SA is logged twice, "inbound CHILD_SA
 # net{2} established ..." when its inbound SA is installed and "outbound ..." when the
 # outbound one is (charon 5.9.8, both sides).
-_ESTABLISHED = re.compile(r"CHILD_SA (\S+)\{(\d+)\} established")
+ESTABLISHED = re.compile(r"CHILD_SA (\S+)\{(\d+)\} established")
 
 
 class SwanPair(NsPair):
@@ -289,7 +289,7 @@ class SwanPair(NsPair):
     def established(self, side: str) -> list[tuple[str, int]]:
         """Every CHILD_SA this side's charon logged as established: (name, unique id), in order
         (the set-up, then one per rekey; a rekey collision shows two)."""
-        return list(dict.fromkeys((m.group(1), int(m.group(2))) for m in _ESTABLISHED.finditer(self.log(side))))
+        return list(dict.fromkeys((m.group(1), int(m.group(2))) for m in ESTABLISHED.finditer(self.log(side))))
 
     # -- charon -----------------------------------------------------------------
     def charon_pid(self, side: str) -> int:

@@ -21,6 +21,7 @@ printed at the end of the run (conftest.py) and attached to the JUnit report.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from collections.abc import Iterator
@@ -60,7 +61,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Out
         if os.environ.get("CI"):
             pytest.fail(f"needed in CI: {missing}")
         pytest.skip(missing)
-    out = tmp_path_factory.mktemp("tunnels")
+    # XW_TUNNEL_OUT: keep the streams and markers there (run_guest.sh passes XW_* in)
+    out = Path(os.environ["XW_TUNNEL_OUT"]) if os.environ.get("XW_TUNNEL_OUT") else tmp_path_factory.mktemp("tunnels")
+    out.mkdir(parents=True, exist_ok=True)
 
     def one(name: str) -> tuple[str, Outcome]:
         try:
@@ -68,6 +71,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Out
         except Exception:
             return name, Outcome(None, traceback.format_exc(), {})
         events = {side: run.events(side) for side in SIDES}
+        (out / f"{name}.json").write_text(json.dumps(run.markers_doc(), indent=1) + "\n")
         for evs in events.values():
             for e in evs:
                 validate_event(e)
@@ -140,6 +144,9 @@ def check_normal(name: str, o: Outcome, *, extra: dict[str, int] | None = None) 
         assert of(evs, "tunnel_up"), f"{name} {side}: no tunnel_up"
         assert [] == alerts_at_least_medium(evs), f"{name} {side}"
         real = (extra or {}).get(side)
+        last = daemon.get(side, {}).get("last_established_s_before_end")
+        if last is not None and last < 2.5:
+            pytest.fail(f"{name} {side}: inconclusive, a CHILD_SA was installed {last} s before the end")
         if real is None:
             real = daemon[side]["rekeys"] + daemon[side].get("reauths", 0)
         reported = rekeys_reported(evs)
