@@ -255,52 +255,82 @@ def _until_end(run: Run, log: str) -> str:
 
 
 
-def _last_before_end(run: Run, log: str, pattern: re.Pattern[str]) -> float | None:
-    """Seconds from the last CHILD_SA the daemon installed to the ``end`` marker."""
-    times = [t for line in log.splitlines() if pattern.search(line) and (t := _log_time(line)) is not None]
-    return round(parse_iso(run.marker("end")["time"]) - times[-1], 3) if times else None
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _timed(log: str, pattern: re.Pattern[str]) -> list[tuple[str, re.Match[str]]]:
+    """(time as ISO, match) of every line of the log that matches."""
+    out = []
+    for line in log.splitlines():
+        if (m := pattern.search(line)) and (t := _log_time(line)) is not None:
+            out.append((_iso(t), m))
+    return out
+
+
+_SWAN_COLLISION = re.compile(r"detected CHILD_REKEY collision with CHILD_REKEY")
+_SWAN_REAUTH = re.compile(r"reauthenticating IKE_SA")
 
 
 def swan_facts(run: Run, p: SwanPair) -> None:
-    """Rekeys as charon logged them up to the ``end`` marker, per side: CHILD_SAs established
-    (set-up included) and rekey collisions (each makes one CHILD_SA too many)."""
+    """What charon logged up to the ``end`` marker, per side: the CHILD_SAs it installed
+    (``child_sas``: time, name, unique id; the set-up included), the rekey collisions it
+    detected (each makes one CHILD_SA too many), the IKE reauthentications (logged by the
+    side that starts them; each makes a new CHILD_SA on both sides), and what that makes
+    of rekeys (``rekeys``: see :func:`daemon_rekeys`)."""
     per_side: dict[str, Any] = {}
     logs = {side: _until_end(run, p.log(side)) for side in SIDES}
-    # an IKE reauthentication (logged by the side that starts it) makes new CHILD_SAs on both
-    # sides that are not CHILD_SA rekeys
-    reauths = max(len(re.findall(r"reauthenticating IKE_SA", logs[side])) for side in SIDES)
+    reauths = max((_timed(logs[side], _SWAN_REAUTH) for side in SIDES), key=len)
     for side in SIDES:
         log = logs[side]
         # charon 5.9.8 logs a rekeyed CHILD_SA twice ("inbound CHILD_SA net{2} established",
-        # then "outbound ..."): count unique ids
-        est = [name for name, _ in dict.fromkeys(_SWAN_ESTABLISHED.findall(log))]
-        # a collision: both sides log it once and install both CHILD_SAs (one is then deleted)
-        redundant = len(re.findall(r"detected CHILD_REKEY collision with CHILD_REKEY", log))
-        per_side[side] = {
-            "child_sas_established": len(est),
-            "collisions": redundant,
-            "reauths": reauths,
-            # every CHILD_SA after the first of each child, less those a collision made twice
-            # and those a reauthentication made
-            "rekeys": len(est) - len(set(est)) - redundant - reauths,
-            "last_established_s_before_end": _last_before_end(run, log, _SWAN_ESTABLISHED),
+        # then "outbound ..."): keep the first line of each unique id
+        first: dict[tuple[str, str], str] = {}
+        for when, m in _timed(log, _SWAN_ESTABLISHED):
+            first.setdefault((m.group(1), m.group(2)), when)
+        facts = {
+            "child_sas": [{"time": when, "name": name, "id": int(uid)} for (name, uid), when in first.items()],
+            "collisions": [when for when, _ in _timed(log, _SWAN_COLLISION)],
+            "reauths": [when for when, _ in reauths],
         }
+        facts["rekeys"] = daemon_rekeys(facts)
+        per_side[side] = facts
         run.daemon_log[side] = [ln for ln in log.splitlines() if _SWAN_NOTABLE.search(ln)][:400]
     run.expect["charon"] = per_side
 
 
 def libre_facts(run: Run, p: LibrePair) -> None:
+    """What pluto logged up to the ``end`` marker, per side: every Child SA it installed
+    (``child_sas``: time and state number, the set-up included) and the rekeys that makes."""
     per_side: dict[str, Any] = {}
     for side in SIDES:
         log = _until_end(run, p.log(side))
-        est = _LIBRE_ESTABLISHED.findall(log)
-        per_side[side] = {
-            "child_sas_established": len(est),
-            "rekeys": max(len(est) - 1, 0),
-            "last_established_s_before_end": _last_before_end(run, log, _LIBRE_ESTABLISHED),
+        facts: dict[str, Any] = {
+            "child_sas": [{"time": when, "name": "net", "id": int(m.group(1))} for when, m in _timed(log, _LIBRE_ESTABLISHED)],
+            "collisions": [],
+            "reauths": [],
         }
+        facts["rekeys"] = daemon_rekeys(facts)
+        per_side[side] = facts
         run.daemon_log[side] = [ln for ln in log.splitlines() if _LIBRE_NOTABLE.search(ln)][:400]
     run.expect["pluto"] = per_side
+
+
+def daemon_rekeys(facts: dict[str, Any], until: str | None = None, since: str | None = None) -> int:
+    """The real rekeys in a daemon's facts (optionally only those logged in [since, until)):
+    every CHILD_SA after the first of its name, less one per collision and per
+    reauthentication."""
+
+    def inside(when: str) -> bool:
+        return (until is None or when < until) and (since is None or when >= since)
+
+    names: set[str] = set()
+    n = 0
+    for c in facts["child_sas"]:
+        if c["name"] in names and inside(c["time"]):
+            n += 1
+        names.add(c["name"])
+    return n - sum(map(inside, facts["collisions"])) - sum(map(inside, facts["reauths"]))
 
 
 # -- strongSwan ---------------------------------------------------------------
@@ -349,12 +379,14 @@ _BYTES = {
 
 def strongswan_bytes_rekey(run: Run) -> None:
     """Byte lifetimes only (rekey_bytes 20000 / life_bytes 30000 on left, 50000/60000 on right,
-    no time limits), 100-byte datagrams every 50 ms echoed back: a rekey about every 8 s."""
+    no time limits), 100-byte datagrams every 50 ms echoed back for 30 s: a rekey about every
+    8 s."""
     with _swan(run, **_BYTES) as p, watching(run, p):
         t0 = _initiate(run, p)
         tr = p.send_traffic(count=100000, interval=0.05, duration=38)
-        sleep_until(t0, 35.5)
-        run.config["traffic"] = _summary(tr.stop())
+        sleep_until(t0, 30)
+        run.config["traffic"] = _summary(tr.stop())  # no traffic, no further rekey
+        time.sleep(2)
 
 
 def strongswan_bytes_dead_peer(run: Run) -> None:
@@ -465,15 +497,17 @@ def strongswan_giveup_before_hard(run: Run) -> None:
 
 
 def strongswan_terminate(run: Run) -> None:
-    """A deliberate teardown after one rekey: ``swanctl --terminate --ike net`` on left."""
+    """A deliberate teardown 4 s after the first rekey: ``swanctl --terminate --ike net`` on
+    left (4 s: half-way between rekeys, so that the rekey is settled and none is due)."""
     with _swan(run) as p, watching(run, p):
-        t0 = _initiate(run, p)
-        tr = p.send_traffic(count=10000, interval=0.2, duration=30)
-        sleep_until(t0, 13)
+        _initiate(run, p)
+        tr = p.send_traffic(count=10000, interval=0.2, duration=40)
+        _wait_for(lambda: len(p.established("left")) >= 2, 30)
+        time.sleep(4)
         run.mark("terminate", side="left", how="swanctl --terminate --ike net")
         p.terminate("left")
         run.mark("terminated")
-        sleep_until(t0, 16)
+        time.sleep(3)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -522,15 +556,17 @@ def libreswan_dead_peer(run: Run) -> None:
 
 
 def libreswan_terminate(run: Run) -> None:
-    """A deliberate teardown after one rekey: ``whack --name net --terminate`` on left."""
+    """A deliberate teardown 4 s after the first rekey: ``whack --name net --terminate`` on
+    left, traffic still flowing (pluto brings the tunnel back up on the next packet)."""
     with _libre(run) as p, watching(run, p):
-        t0 = _initiate(run, p)
-        tr = p.send_traffic(count=10000, interval=0.2, duration=30)
-        sleep_until(t0, 13)
+        _initiate(run, p)
+        tr = p.send_traffic(count=10000, interval=0.2, duration=40)
+        _wait_for(lambda: len(p.established("left")) >= 2, 30)
+        time.sleep(4)
         run.mark("terminate", side="left", how="whack --name net --terminate")
         p.terminate("left")
         run.mark("terminated")
-        sleep_until(t0, 17)
+        time.sleep(4)
         run.config["traffic"] = _summary(tr.stop())
 
 
@@ -563,7 +599,11 @@ def manual_rotation(run: Run) -> None:
         time.sleep(3)
         run.config["traffic"] = _summary(tr.stop())
         run.keys |= set(p.keys())
-    run.expect["rotations"] = 2
+    # the test's own account, in the daemons' shape: a CHILD_SA per reqid generation
+    adds = [m for m in run.markers if m["what"] in ("setup", "rotate_add")]
+    child_sas = [{"time": m["time"], "name": f"reqid {m['reqid']}", "id": i} for i, m in enumerate(adds)]
+    facts = {"child_sas": child_sas, "collisions": [], "reauths": []}
+    run.expect["manual"] = {side: {**facts, "rekeys": daemon_rekeys(facts)} for side in SIDES}
 
 
 def manual_teardown(run: Run) -> None:
@@ -579,6 +619,8 @@ def manual_teardown(run: Run) -> None:
         time.sleep(1)
         run.config["traffic"] = _summary(tr.stop())
         run.keys |= set(p.keys())
+    facts = {"child_sas": [{"time": run.marker("setup")["time"], "name": "reqid 1", "id": 0}], "collisions": [], "reauths": []}
+    run.expect["manual"] = {side: {**facts, "rekeys": 0} for side in SIDES}
 
 
 # -- helpers ------------------------------------------------------------------
