@@ -557,17 +557,20 @@ def libreswan_dead_peer(run: Run) -> None:
 
 def libreswan_terminate(run: Run) -> None:
     """A deliberate teardown 4 s after the first rekey: ``whack --name net --terminate`` on
-    left, traffic still flowing (pluto brings the tunnel back up on the next packet)."""
+    left.  The traffic stops 1 s before: pluto leaves the out policy as a hold template, and a
+    packet would make it bring the tunnel back up at once (a new IKE_SA and Child SA with the
+    same reqid, within 0.1-1 s: see SEQUENCES.md)."""
     with _libre(run) as p, watching(run, p):
         _initiate(run, p)
         tr = p.send_traffic(count=10000, interval=0.2, duration=40)
         _wait_for(lambda: len(p.established("left")) >= 2, 30)
-        time.sleep(4)
+        time.sleep(3)
+        run.config["traffic"] = _summary(tr.stop())
+        time.sleep(1)
         run.mark("terminate", side="left", how="whack --name net --terminate")
         p.terminate("left")
         run.mark("terminated")
-        time.sleep(4)
-        run.config["traffic"] = _summary(tr.stop())
+        time.sleep(3)
 
 
 # -- manual keying ------------------------------------------------------------
