@@ -273,21 +273,20 @@ def test_normal_operation(outcomes: dict[str, Outcome], name: str) -> None:
     report_figure(name, figures)
 
 
-def test_strongswan_terminate(outcomes: dict[str, Outcome]) -> None:
-    """swanctl --terminate: one rekey each side, then an informational teardown on both."""
-    name = "strongswan-terminate"
-    figures = check_normal(name, outcomes[name], until_marker="terminate")
+TEARDOWNS = {
+    # scenario: the marker of the deliberate teardown
+    "strongswan-terminate": "terminate",  # swanctl --terminate --ike net: DELPOLICY x3, DELSA x2
+    "libreswan-terminate": "terminate",  # whack --terminate: out policy -> hold, in/fwd and SAs deleted
+    "manual-teardown": "teardown",  # ip xfrm policy delete x3, state delete x2
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEARDOWNS))
+def test_deliberate_teardown(outcomes: dict[str, Outcome], name: str) -> None:
+    """Rekeys up to a deliberate teardown, then an informational tunnel_down (teardown=true)
+    on both sides within 1 s; no medium+ alert."""
+    figures = check_normal(name, outcomes[name], until_marker=TEARDOWNS[name])
     figures["teardown"] = check_teardown(name, outcomes[name])
-    report_figure(name, figures)
-
-
-def test_libreswan_terminate(outcomes: dict[str, Outcome]) -> None:
-    """whack --terminate (no traffic): the out policy left as a hold template, in/fwd and the
-    SAs deleted: an informational teardown on both sides."""
-    name = "libreswan-terminate"
-    o = outcomes[name]
-    figures = check_normal(name, o, until_marker="terminate")
-    figures["teardown"] = check_teardown(name, o)
     report_figure(name, figures)
 
 
@@ -342,14 +341,6 @@ def test_manual_rotation(outcomes: dict[str, Outcome]) -> None:
     report_figure(name, figures)
 
 
-def test_manual_teardown(outcomes: dict[str, Outcome]) -> None:
-    """ip xfrm policies and SAs deleted: an informational teardown on both sides."""
-    name = "manual-teardown"
-    figures = check_normal(name, outcomes[name], until_marker="teardown")
-    figures["teardown"] = check_teardown(name, outcomes[name])
-    report_figure(name, figures)
-
-
 FAILURES: dict[str, list[tuple[str, int, bool, str]]] = {
     # scenario: [(side, reqid, warning possible?, why)]
     "strongswan-dead-peer": [
@@ -400,9 +391,8 @@ def test_libreswan_dead_side_warned(outcomes: dict[str, Outcome]) -> None:
 
 
 def test_every_scenario_is_tested() -> None:
-    tested = set(NORMAL) | set(FAILURES) | {
-        "strongswan-terminate", "libreswan-terminate", "manual-rotation", "manual-teardown",
-        "strongswan-reauth", "strongswan-reauth-mbb",
+    tested = set(NORMAL) | set(FAILURES) | set(TEARDOWNS) | {
+        "manual-rotation", "strongswan-reauth", "strongswan-reauth-mbb",
     }  # fmt: skip
     assert set(SCENARIOS) == tested
 
