@@ -288,13 +288,11 @@ def swan_facts(run: Run, p: SwanPair) -> None:
         first: dict[tuple[str, str], str] = {}
         for when, m in _timed(log, _SWAN_ESTABLISHED):
             first.setdefault((m.group(1), m.group(2)), when)
-        facts = {
-            "child_sas": [{"time": when, "name": name, "id": int(uid)} for (name, uid), when in first.items()],
-            "collisions": [when for when, _ in _timed(log, _SWAN_COLLISION)],
-            "reauths": [when for when, _ in reauths],
-        }
-        facts["rekeys"] = daemon_rekeys(facts)
-        per_side[side] = facts
+        per_side[side] = _counted({
+            "child_sa_log": [{"time": when, "name": name, "id": int(uid)} for (name, uid), when in first.items()],
+            "collision_log": [when for when, _ in _timed(log, _SWAN_COLLISION)],
+            "reauth_log": [when for when, _ in reauths],
+        })  # fmt: skip
         run.daemon_log[side] = [ln for ln in log.splitlines() if _SWAN_NOTABLE.search(ln)][:400]
     run.expect["charon"] = per_side
 
@@ -305,15 +303,25 @@ def libre_facts(run: Run, p: LibrePair) -> None:
     per_side: dict[str, Any] = {}
     for side in SIDES:
         log = _until_end(run, p.log(side))
-        facts: dict[str, Any] = {
-            "child_sas": [{"time": when, "name": "net", "id": int(m.group(1))} for when, m in _timed(log, _LIBRE_ESTABLISHED)],
-            "collisions": [],
-            "reauths": [],
-        }
-        facts["rekeys"] = daemon_rekeys(facts)
-        per_side[side] = facts
+        per_side[side] = _counted({
+            "child_sa_log": [{"time": when, "name": "net", "id": int(m.group(1))} for when, m in _timed(log, _LIBRE_ESTABLISHED)],
+            "collision_log": [],
+            "reauth_log": [],
+        })  # fmt: skip
         run.daemon_log[side] = [ln for ln in log.splitlines() if _LIBRE_NOTABLE.search(ln)][:400]
     run.expect["pluto"] = per_side
+
+
+def _counted(logs: dict[str, Any]) -> dict[str, Any]:
+    """A side's facts: the counts up to the ``end`` marker (``child_sas_established``,
+    ``collisions``, ``reauths``, ``rekeys``) and the timed logs they come from."""
+    return {
+        "child_sas_established": len(logs["child_sa_log"]),
+        "collisions": len(logs["collision_log"]),
+        "reauths": len(logs["reauth_log"]),
+        "rekeys": daemon_rekeys(logs),
+        **logs,
+    }
 
 
 def daemon_rekeys(facts: dict[str, Any], until: str | None = None, since: str | None = None) -> int:
@@ -326,11 +334,11 @@ def daemon_rekeys(facts: dict[str, Any], until: str | None = None, since: str | 
 
     names: set[str] = set()
     n = 0
-    for c in facts["child_sas"]:
+    for c in facts["child_sa_log"]:
         if c["name"] in names and inside(c["time"]):
             n += 1
         names.add(c["name"])
-    return n - sum(map(inside, facts["collisions"])) - sum(map(inside, facts["reauths"]))
+    return n - sum(map(inside, facts["collision_log"])) - sum(map(inside, facts["reauth_log"]))
 
 
 # -- strongSwan ---------------------------------------------------------------
@@ -605,8 +613,8 @@ def manual_rotation(run: Run) -> None:
     # the test's own account, in the daemons' shape: a CHILD_SA per reqid generation
     adds = [m for m in run.markers if m["what"] in ("setup", "rotate_add")]
     child_sas = [{"time": m["time"], "name": f"reqid {m['reqid']}", "id": i} for i, m in enumerate(adds)]
-    facts = {"child_sas": child_sas, "collisions": [], "reauths": []}
-    run.expect["manual"] = {side: {**facts, "rekeys": daemon_rekeys(facts)} for side in SIDES}
+    run.expect["manual"] = {side: _counted({"child_sa_log": child_sas, "collision_log": [], "reauth_log": []}) for side in SIDES}
+    run.expect["rotations"] = 2  # one to the same reqid (a rekey), one to a new reqid (a handover)
 
 
 def manual_teardown(run: Run) -> None:
@@ -622,8 +630,8 @@ def manual_teardown(run: Run) -> None:
         time.sleep(1)
         run.config["traffic"] = _summary(tr.stop())
         run.keys |= set(p.keys())
-    facts = {"child_sas": [{"time": run.marker("setup")["time"], "name": "reqid 1", "id": 0}], "collisions": [], "reauths": []}
-    run.expect["manual"] = {side: {**facts, "rekeys": 0} for side in SIDES}
+    setup = [{"time": run.marker("setup")["time"], "name": "reqid 1", "id": 0}]
+    run.expect["manual"] = {side: _counted({"child_sa_log": setup, "collision_log": [], "reauth_log": []}) for side in SIDES}
 
 
 # -- helpers ------------------------------------------------------------------

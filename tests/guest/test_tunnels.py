@@ -331,7 +331,7 @@ def test_reauthentication(outcomes: dict[str, Outcome], name: str) -> None:
     for side in SIDES:
         evs = o.events[side]
         assert [] == alerts_at_least_medium(evs), f"{name} {side}"
-        reauths = len([r for r in daemon_facts(run)[side]["reauths"] if parse_iso(r) < cut])
+        reauths = len([r for r in daemon_facts(run)[side]["reauth_log"] if parse_iso(r) < cut])
         completed = rekeys_reported(evs, cut)
         ups = [e for e in of(evs, "tunnel_up") if t(e) < cut]
         downs = [e for e in of(evs, "tunnel_down") if t(e) < cut]
