@@ -551,15 +551,20 @@ def libreswan_rekey(run: Run) -> None:
 
 
 def libreswan_dead_peer(run: Run) -> None:
-    """Right's pluto SIGKILLed after the first rekey while traffic flows; left retransmits its
-    next rekey for retransmit-timeout (10 s) and gives up."""
-    with _libre(run) as p, watching(run, p):
-        t0 = _initiate(run, p)
-        tr = p.send_traffic(count=10000, interval=0.1, duration=60)
-        sleep_until(t0, 12.5)
+    """Right's pluto SIGKILLed 2 s after the second rekey (so that one whole rekey interval,
+    8 s here, has been seen) while traffic flows; left retransmits its next rekey for
+    retransmit-timeout (8 s) and gives up; the run ends 3 s after left's SAs are gone."""
+    with _libre(run, salifetime=16, rekeymargin=8, retransmit_timeout=8) as p, watching(run, p):
+        _initiate(run, p)
+        tr = p.send_traffic(count=10000, interval=0.1, duration=80)
+        _wait_for(lambda: len(p.established("left")) >= 3, 40)
+        time.sleep(2)
         run.mark("kill", side="right", signal="SIGKILL")
         p.kill("right")
-        sleep_until(t0, 42)
+        # until pluto gave up: no SA of the tunnel's reqid left (the larval states that the
+        # ACQUIREs on its hold policy make have reqid 0)
+        _wait_for(lambda: not [b for b in p.esp_states("left") if re.search(r"reqid 16389\b", b)], 45)
+        time.sleep(3)
         run.config["traffic"] = _summary(tr.stop())
 
 
