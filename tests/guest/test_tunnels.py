@@ -251,36 +251,13 @@ NORMAL = [
 ]  # fmt: skip
 
 
-# Known model issue, reported to the lead (remove the mark when fixed): when both peers rekey
-# at once and charon resolves it as two rekeys in a row (no collision in its log; the out
-# policy is switched to the first new CHILD_SA, then to the second, 0.01-0.8 s apart), the
-# model folds both into one rekey_completed (collision=true).
-_FOLDS_BACK_TO_BACK = pytest.mark.xfail(
-    reason="tunnels.py folds two back-to-back rekeys into one rekey_completed", strict=False
-)
+# Cases the tunnel model once got wrong (streams in tests/fixtures/uml/scenarios/issues/):
+# two rekeys in a row folded into one (strongswan-collision), a slow break-before-make
+# reauthentication judged rekey_failed (strongswan-reauth), Libreswan's short first interval
+# learned and warned on (libreswan-rekey, libreswan-terminate).  Fixed in tunnels.py.
 
 
-# Known model issue, reported to the lead (remove the mark when fixed): the first generation's
-# life on the side that installs it late (IKE_AUTH retransmitted in a loaded guest: 4.4 s
-# after the peer) is learned as the rekey interval (5.2 s instead of pluto's 10 s), and the
-# next generation gets rekey_overdue (history, a high alert) after 1.5 x 5.2 s; a terminate
-# after that is then judged rekey_failed (critical).  Recorded:
-# tests/fixtures/uml/scenarios/issues/libreswan-rekey-short-first-interval-*.
-_SHORT_FIRST_INTERVAL = pytest.mark.xfail(
-    reason="tunnels.py learns a short first Libreswan interval and warns falsely", strict=False
-)
-_KNOWN = {
-    "strongswan-collision": _FOLDS_BACK_TO_BACK,
-    "libreswan-rekey": _SHORT_FIRST_INTERVAL,
-    "libreswan-terminate": _SHORT_FIRST_INTERVAL,
-}
-
-
-def _marked(names: list[str]) -> list[Any]:
-    return [pytest.param(n, marks=_KNOWN[n]) if n in _KNOWN else n for n in names]
-
-
-@pytest.mark.parametrize("name", _marked(NORMAL))
+@pytest.mark.parametrize("name", NORMAL)
 def test_normal_operation(outcomes: dict[str, Outcome], name: str) -> None:
     """Set-up and rekeys (or reauthentications, or collisions): no medium+ alert, one
     rekey_completed per real rekey per side, the tunnel never reported down."""
@@ -299,7 +276,7 @@ TEARDOWNS = {
 }
 
 
-@pytest.mark.parametrize("name", _marked(sorted(TEARDOWNS)))
+@pytest.mark.parametrize("name", sorted(TEARDOWNS))
 def test_deliberate_teardown(outcomes: dict[str, Outcome], name: str) -> None:
     """Rekeys up to a deliberate teardown, then an informational tunnel_down (teardown=true)
     on both sides within 1 s; no medium+ alert."""
@@ -308,18 +285,7 @@ def test_deliberate_teardown(outcomes: dict[str, Outcome], name: str) -> None:
     report_figure(name, figures)
 
 
-# Known model issue, reported to the lead (remove the mark when fixed): a break-before-make
-# reauthentication whose new SAs come more than `grace` after the old ones were deleted (2 s
-# in UML) is judged rekey_failed (critical) instead of a teardown: _rekey_was_due() reads
-# _has_limits() from the mirror after the SAs are gone, and then "age > min(intervals)" holds
-# for an age of 10.0 s against reauth intervals of 9.9-10.0 s.  Recorded:
-# tests/fixtures/uml/scenarios/issues/strongswan-reauth-slow-gap-*.
-_REAUTH_GAP = pytest.mark.xfail(reason="tunnels.py: slow break-before-make reauth judged rekey_failed", strict=False)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param("strongswan-reauth", marks=_REAUTH_GAP), "strongswan-reauth-mbb"]
-)
+@pytest.mark.parametrize("name", ["strongswan-reauth", "strongswan-reauth-mbb"])
 def test_reauthentication(outcomes: dict[str, Outcome], name: str) -> None:
     """IKE reauthentication: each is reported either as one rekey_completed (the new CHILD_SA
     replaced the old one within the model's grace) or as an informational teardown followed
