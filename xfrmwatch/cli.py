@@ -840,6 +840,7 @@ async def _stream_events(
     ``started``: set once the pipeline is ready (groups joined, first dump applied)."""
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
+    json_lines = msgspec.json.Encoder().encode_lines if args.format == "json" else None  # one call per batch
     console = None
     if tty:
         from rich.console import Console
@@ -881,7 +882,12 @@ async def _stream_events(
                             shown = shown[:left]
                             left -= len(shown)
                         if narrate is None:
-                            parts = [renderer.rich(e) for e in shown] if console is not None else [renderer(e) for e in shown]  # type: ignore[union-attr]
+                            if console is not None:
+                                parts = [renderer.rich(e) for e in shown]  # type: ignore[union-attr]
+                            elif json_lines is not None:
+                                parts = [json_lines(shown)]
+                            else:
+                                parts = [renderer(e) for e in shown]
                         else:
                             parts = _narrated(shown, renderer, console, narrate)
                         if not out_buffer:

@@ -326,15 +326,16 @@ class StateStage:
         out: list[ev.Event] = []
         skip: set[int] | None = None
         for e in events:
-            if isinstance(e, ev.DefaultPolicy):
-                e = _with_switches(e, mirror.default)
+            t = type(e)
+            if t is ev.DefaultPolicy:
+                e = _with_switches(e, mirror.default)  # type: ignore[arg-type]
             try:
                 entry = mirror.apply(e)
             except Exception as exc:  # a bug must not stop the namespace: forward, then repair
                 log.error("mirror could not apply an event: resyncing", type=type(e).__name__, error=type(exc).__name__)
                 entry = None
                 mirror.synced = False
-            if isinstance(e, ev.Overrun):
+            if t is ev.Overrun:
                 mirror.synced = False
             try:
                 derived, attached = observe(e, entry, now, wall)
@@ -527,10 +528,11 @@ class RulesStage:
         enrich, rules, skip = self.names.enrich, self.rules, batch.not_for_rules
         out: OutBatch = []
         for i, e in enumerate(batch.events):
-            try:
-                e = enrich(e, now)
-            except Exception as exc:  # never lose the event for a missing name
-                log.error("enrichment failed on an event", type=type(e).__name__, error=type(exc).__name__)
+            if e.nlmsg_pid:  # (0: the kernel's own events, and `ip`'s: nobody to name)
+                try:
+                    e = enrich(e, now)
+                except Exception as exc:  # never lose the event for a missing name
+                    log.error("enrichment failed on an event", type=type(e).__name__, error=type(exc).__name__)
             out.append(e)
             if rules is None or i in skip:
                 continue

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 from .. import events as ev
 from ..timestamps import utc, utc_precise
 from . import xfrm as x
@@ -332,19 +334,23 @@ _SHARES = x.SHARE_NAMES
 _POLICY_FLAGS = x.POLICY_FLAG_NAMES
 
 
-def _policy_at(buf: bytes, off: int, attrs: dict[str, Any]) -> ev.Policy:
-    """The policy whose xfrm_userpolicy_info starts at ``off``, with its decoded attributes."""
+#: a policy's attributes as :func:`_policy_at` takes them: ptype, templates, the rest
+PolicyAttrs = tuple[str, "list[ev.Template] | None", dict[str, Any]]
+
+
+def split_policy_attrs(attrs: dict[str, Any]) -> PolicyAttrs:
+    attrs.pop("lastused", None)
+    return attrs.pop("ptype", "main"), attrs.pop("tmpl", None), attrs
+
+
+def _policy_at(buf: bytes, off: int, attrs: PolicyAttrs) -> ev.Policy:
+    """The policy whose xfrm_userpolicy_info starts at ``off``, with its attributes."""
     v = _USERPOLICY_INFO.unpack_from(buf, off)
     # v: sel 0-11, lft 12-19, cur 20-23, priority 24, index 25, dir 26,
     #    action 27, flags 28, share 29
-    if attrs:
-        attrs.pop("lastused", None)
-        ptype = attrs.pop("ptype", "main")
-        tmpl = attrs.pop("tmpl", [])
-    else:
-        ptype, tmpl = "main", []
+    ptype, tmpl, rest = attrs
     d, a, sh = v[26], v[27], v[29]
-    return ev.Policy(
+    pol = ev.Policy(
         dir=_DIRS[d] if d < len(_DIRS) else str(d),
         action=_ACTIONS[a] if a < len(_ACTIONS) else str(a),
         index=v[25],
@@ -355,9 +361,10 @@ def _policy_at(buf: bytes, off: int, attrs: dict[str, Any]) -> ev.Policy:
         sel=_selector_at(buf, off, v, 0),
         lifetime=_lifetime_at(buf, off + _POL_LFT, v, 12),
         current=_current_at(buf, off + _POL_CUR, v, 20),
-        tmpl=tmpl,
-        **attrs,
+        tmpl=[] if tmpl is None else list(tmpl),
     )
+    # the other attributes (mark, if_id, sec_ctx, unknown ones) are the exception
+    return msgspec.structs.replace(pol, **rest) if rest else pol
 
 
 def _sa_id(buf: bytes, off: int) -> ev.SaId:
@@ -621,25 +628,25 @@ REPORT_ATTR_FIELDS = frozenset({"coaddr"})
 MIGRATE_ATTR_FIELDS = frozenset({"migrate", "kmaddress", "ptype", "encap", "mark", "if_id"})
 
 
-_pattr_cache: dict[bytes, dict[str, Any]] = {}
+_pattr_cache: dict[bytes, PolicyAttrs] = {}
 #: a policy's attribute chain up to this long is looked up by its bytes (ptype, mark, a few templates)
 _PATTR_MAX = 160
 
 
-def policy_attrs(buf: bytes, off: int, end: int) -> dict[str, Any]:
-    """:func:`decode_attrs` of a policy's attributes, remembered by their bytes when short:
-    policies announced together share them.  (Policy attributes carry no key material;
-    SA attributes, which do, are never cached.)  Returns a dict the caller may change."""
+def policy_attrs(buf: bytes, off: int, end: int) -> PolicyAttrs:
+    """A policy's attributes, remembered by their bytes when short: policies announced
+    together share them.  (Policy attributes carry no key material; SA attributes, which
+    do, are never cached.)  Not to be changed: the templates are copied where used."""
     if end - off > _PATTR_MAX:
-        return decode_attrs(buf, off, end, POLICY_ATTR_FIELDS)
+        return split_policy_attrs(decode_attrs(buf, off, end, POLICY_ATTR_FIELDS))
     raw = bytes(buf[off:end])
     attrs = _pattr_cache.get(raw)
     if attrs is None:
-        attrs = decode_attrs(buf, off, end, POLICY_ATTR_FIELDS)
+        attrs = split_policy_attrs(decode_attrs(buf, off, end, POLICY_ATTR_FIELDS))
         if len(_pattr_cache) > _CACHE_MAX:
             _pattr_cache.clear()
         _pattr_cache[raw] = attrs
-    return {k: list(v) if type(v) is list else v for k, v in attrs.items()}
+    return attrs
 
 
 def decode_attrs(
@@ -774,7 +781,7 @@ class Decoder:
         for atype, ao, n in iter_attrs(b, start, e):
             if atype == x.XFRMA_POLICY:
                 _need(168, n, "XFRMA_POLICY")
-                pol = _policy_at(b, ao, decode_attrs(b, start, e, POLICY_ATTR_FIELDS, x.XFRMA_POLICY))
+                pol = _policy_at(b, ao, split_policy_attrs(decode_attrs(b, start, e, POLICY_ATTR_FIELDS, x.XFRMA_POLICY)))
                 break
         return ev.DelPolicy(
             time=t, mono=m, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq,
@@ -806,7 +813,7 @@ class Decoder:
         sv = _SELECTOR.unpack_from(b, o + 40)
         sel, _ = _selector(sv, 0)
         aalgos, ealgos, calgos, seq = _USER_ACQUIRE_TAIL.unpack_from(b, o + 264)
-        pol = _policy_at(b, o + 96, decode_attrs(b, o + 280, e, POLICY_ATTR_FIELDS))
+        pol = _policy_at(b, o + 96, split_policy_attrs(decode_attrs(b, o + 280, e, POLICY_ATTR_FIELDS)))
         fam = FAMILY_NUMBERS.get(pol.tmpl[0].family if pol.tmpl else sel.family, 0)
         acq = ev.Acquire(
             family=family_name(fam),

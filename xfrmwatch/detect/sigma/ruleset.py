@@ -129,9 +129,14 @@ class RuleState:
         rs = self.ruleset
         self._seq += 1
         seq = self._seq
+        detections = rs.for_type(event)
+        if not detections:
+            # no rule can match this type (most events of a burst): nothing to count; the
+            # windows and suppressions are swept at the next event a rule can match
+            return []
         out: list[Hit] = []
         occurred: dict[int, list[Any]] = {}
-        for d in rs.for_type(event):
+        for d in detections:
             if not d.match(event):
                 continue
             occurred[d.meta.index] = [event]
