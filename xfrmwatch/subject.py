@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, field
+import socket
 from typing import Any
 
 import msgspec
@@ -67,6 +67,8 @@ def _host(value: str) -> str | None:
         return None
     if plen and not ((plen == "32" and ":" not in addr) or plen == "128"):
         return None
+    if _canonical(addr):
+        return addr
     try:
         ipaddress.ip_address(addr)
     except ValueError:
@@ -74,9 +76,19 @@ def _host(value: str) -> str | None:
     return addr
 
 
-@dataclass(frozen=True)
-class Subject:
-    """What one event is about; each dimension lists distinct values in the order met."""
+def _canonical(addr: str) -> bool:
+    """An address exactly as inet_ntop writes it (every address the decoder makes): valid,
+    and quicker to tell than by :func:`ipaddress.ip_address`, which judges the rest."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, addr)) == addr
+    except (OSError, ValueError):
+        return False
+
+
+class Subject(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What one event is about; each dimension lists distinct values in the order met.
+    (A frozen struct: made for every event an output renders, it must be cheap to build.)"""
 
     netns: str
     tunnel_id: tuple[str, ...] = ()
@@ -89,7 +101,7 @@ class Subject:
     mark: tuple[ev.Mark, ...] = ()
     ifindex: tuple[int, ...] = ()
     #: every specified host address, with the event field path it came from
-    addresses: tuple[tuple[str, str], ...] = field(default=())
+    addresses: tuple[tuple[str, str], ...] = ()
 
     def values(self) -> dict[str, list[str]]:
         """Per dimension of :data:`DIMENSIONS`, the values as strings, leaving out what names
@@ -129,7 +141,9 @@ class Subject:
 
 @functools.cache
 def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
-    return tuple(sorted(cls.__struct_fields__, key=lambda n: _FIELD_ORDER.get(n, len(_FIELD_ORDER))))
+    """The fields of ``cls`` the walk reads (records to descend into, values of a dimension)."""
+    names = [n for n in cls.__struct_fields__ if n in _NESTED or n in _VALUE_FIELDS]
+    return tuple(sorted(names, key=lambda n: _FIELD_ORDER.get(n, len(_FIELD_ORDER))))
 
 
 class _Walk:
