@@ -167,7 +167,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=MODES, default="monitor-json")
     ap.add_argument("--n", type=int, default=100_000, help="policies in the live burst")
-    ap.add_argument("--drain-n", type=int, default=30_000, help="policies queued while the reader is stopped")
+    ap.add_argument("--drain-n", type=int, default=60_000, help="policies queued while the reader is stopped")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quiet", type=float, default=10.0, help="seconds without output that end a phase")
     ap.add_argument("--xfrmwatch", metavar="CMD", help="the command to measure (default: this tree)")
