@@ -446,35 +446,60 @@ class Daemon:
         await self.sync_netns(nursery)
         log.info("configuration reloaded", path=self.path, pipelines_restarted=restart)
 
+    async def _serve_signals(self, signals: Any, pipes_n: trio.Nursery) -> None:
+        sd_notify("READY=1\nSTATUS=watching " + ", ".join(repr(n) for n in sorted(self.pipes)))
+        assert self.fan is not None
+        log.info("ready", namespaces=sorted(self.pipes), outputs=sorted(self.fan.outputs))
+        pipes_n.start_soon(self._watch_netns, pipes_n)
+        pipes_n.start_soon(self._housekeeping)
+        if self.on_ready is not None:
+            self.on_ready()
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                sd_notify("RELOADING=1")
+                await self.reload(pipes_n)
+                sd_notify("READY=1")
+            else:
+                sd_notify("STOPPING=1")
+                log.info("stopping", signal=signal.Signals(sig).name)
+                return
+
     async def run(self) -> int:
         check_capabilities(self.cfg)
         self._use_rules(self._load_rules(self.cfg))  # bad rules: fail now, with file:line
         async with trio.open_nursery() as outputs_n:
             self.fan = FanOut(outputs_n, self.metrics)
             await self.fan.apply(self.cfg.output)
-            async with trio.open_nursery() as pipes_n:
-                if self.cfg.metrics.enabled:
-                    await pipes_n.start(self.metrics.serve, self.cfg.metrics.listen)
-                await self.sync_netns(pipes_n)
-                pipes_n.start_soon(self._watch_netns, pipes_n)
-                pipes_n.start_soon(self._housekeeping)
-                sd_notify("READY=1\nSTATUS=watching " + ", ".join(repr(n) for n in sorted(self.pipes)))
-                log.info("ready", namespaces=sorted(self.pipes), outputs=sorted(self.fan.outputs))
-                if self.on_ready is not None:
-                    self.on_ready()
-                with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-                    async for sig in signals:
-                        if sig == signal.SIGHUP:
-                            sd_notify("RELOADING=1")
-                            await self.reload(pipes_n)
-                            sd_notify("READY=1")
-                        else:
-                            sd_notify("STOPPING=1")
-                            log.info("stopping", signal=signal.Signals(sig).name)
-                            break
-                pipes_n.cancel_scope.cancel()
+            # signals are received from here on, the first dumps included (a SIGTERM while
+            # they are read stops at once, with status 0; a SIGHUP then is moot: the
+            # configuration was just read)
+            with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as pipes_n:
+                    if self.cfg.metrics.enabled:
+                        await pipes_n.start(self.metrics.serve, self.cfg.metrics.listen)
+                    stopping: list[int] = []
+                    async with trio.open_nursery() as starting:
+                        starting.start_soon(_stop_while_starting, signals, starting.cancel_scope, stopping)
+                        await self.sync_netns(pipes_n)
+                        starting.cancel_scope.cancel()  # started: stop watching
+                    if not stopping:
+                        await self._serve_signals(signals, pipes_n)
+                    else:
+                        sd_notify("STOPPING=1")
+                        log.info("stopping", signal=signal.Signals(stopping[0]).name)
+                    pipes_n.cancel_scope.cancel()
             # pipelines stopped: let the outputs drain, within the deadline
             self.fan.close_all()
             outputs_n.cancel_scope.deadline = trio.current_time() + self.cfg.daemon.shutdown_timeout
         log.info("stopped", at=utc_precise(time.time()))
         return 0
+
+
+async def _stop_while_starting(signals: Any, starting: trio.CancelScope, stopping: list[int]) -> None:
+    """While the start runs (``starting`` is cancelled when it is over), a SIGTERM or SIGINT
+    cancels it."""
+    async for sig in signals:
+        if sig != signal.SIGHUP:
+            stopping.append(sig)
+            starting.cancel()
+            return

@@ -177,3 +177,31 @@ def test_signals_during_the_initial_dump_and_a_resync(netns: str, tmp_path: Path
         json.loads(m.state.read_text())  # complete, valid JSON
     finally:
         m.stop()
+
+
+def test_daemon_stops_on_sigterm_during_its_first_dump(netns: str, tmp_path: Path) -> None:
+    """`run` receives signals from before its first dumps: SIGTERM while 100k policies are
+    read stops it at once, with status 0."""
+    sh(f"ip -n {netns} -batch {batch_file(tmp_path, 100_000)}")
+    conf = tmp_path / "config.toml"
+    conf.write_text(
+        f'[watch]\nnetns = ["{netns}"]\n[metrics]\nenabled = false\n'
+        f'[[output]]\ntype = "file"\npath = "{tmp_path / "events.jsonl"}"\n'
+    )
+    log = tmp_path / "log"
+    proc = subprocess.Popen([*XFRMWATCH, "run", "--config", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"), cwd=ROOT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "reading the SAD and SPD" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert 0 == proc.wait(timeout=20)
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        events = [r.get("event") for r in records]
+        assert "stopping" in events
+        assert "ready" not in events  # it was stopped during the start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
