@@ -68,7 +68,10 @@ class FileOutput(Output):
                         batch = [await recv.receive()]
                     except trio.EndOfChannel:
                         return
-                    while len(batch) < 1000:
+                    # everything queued (at most the queue's length): the pipeline adds a batch
+                    # per scheduler pass, and a write takes a few, so a cap here would let the
+                    # queue fill in a burst and drop events
+                    while True:
                         try:
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
