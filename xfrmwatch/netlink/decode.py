@@ -93,6 +93,9 @@ class MalformedError(Exception):
 _addr_cache: dict[tuple[int, bytes], str] = {}
 
 
+_ZERO12 = bytes(12)
+
+
 def addr(family: int, raw: bytes) -> str:
     """Format a 16-byte xfrm_address_t for its family."""
     key = (family, raw)
@@ -103,7 +106,7 @@ def addr(family: int, raw: bytes) -> str:
         s = _inet_ntop(_AF_INET, raw[:4])
     elif family == _AF_INET6:
         s = _inet_ntop(_AF_INET6, raw)
-    elif raw[4:] == bytes(12):
+    elif raw[4:] == _ZERO12:
         s = _inet_ntop(_AF_INET, raw[:4])
     else:
         s = _inet_ntop(_AF_INET6, raw)
@@ -192,7 +195,7 @@ def _tlim(v: int) -> int | None:
 def _selector(v: tuple[Any, ...], i: int) -> tuple[ev.Selector, int]:
     """Build a Selector from the 12 unpacked selector values starting at v[i]."""
     daddr, saddr, dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user = v[i : i + 12]
-    if fam == _AF_INET:
+    if fam == _AF_INET or (fam == 0 and saddr[4:] == _ZERO12 and daddr[4:] == _ZERO12):
         src = _inet_ntop(_AF_INET, saddr[:4])
         dst = _inet_ntop(_AF_INET, daddr[:4])
     else:
@@ -434,7 +437,7 @@ def _a_auth_trunc(buf: bytes, o: int, n: int) -> ev.AuthAlg:
 def _a_encap(buf: bytes, o: int, n: int) -> ev.Encap:
     _need(24, n, "XFRMA_ENCAP")
     etype, sport, dport, oa = _ENCAP.unpack_from(buf, o)
-    fam = _AF_INET if oa[4:] == bytes(12) else _AF_INET6
+    fam = _AF_INET if oa[4:] == _ZERO12 else _AF_INET6
     return ev.Encap(
         type=x.ENCAP_NAMES.get(etype) or str(etype),
         sport=_ntohs(sport),
@@ -511,7 +514,7 @@ def _a_offload(buf: bytes, o: int, n: int) -> ev.Offload:
 def _a_addr(buf: bytes, o: int, n: int) -> str:
     _need(16, n, "address")
     raw = bytes(buf[o : o + 16])
-    return addr(_AF_INET if raw[4:] == bytes(12) else _AF_INET6, raw)
+    return addr(_AF_INET if raw[4:] == _ZERO12 else _AF_INET6, raw)
 
 
 def _a_ptype(buf: bytes, o: int, n: int) -> str:
