@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import pty
-import select
 import subprocess
 import sys
 import tempfile
@@ -53,12 +52,11 @@ def timed(argv: list[str], *, tty: bool = False) -> tuple[float, int]:
             pid, fd = pty.fork()
             if pid == 0:
                 os.execvp(argv[0], argv)
-            while True:
+            while True:  # until the terminal closes (however long the command thinks)
                 try:
-                    r, _, _ = select.select([fd], [], [], 60)
-                    chunk = os.read(fd, 1 << 16) if r else b""
-                except OSError:
-                    chunk = b""
+                    chunk = os.read(fd, 1 << 16)
+                except OSError:  # EIO: the command exited and closed its terminal
+                    break
                 if not chunk:
                     break
             _, status = os.waitpid(pid, 0)
