@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(mon)
     _add_event_output(mon)
     mon.add_argument(
-        "--out-buffer", type=int, default=256, metavar="BATCHES",
-        help="batches of rendered lines held for a slow stdout before the pipeline waits (default 256); "
+        "--out-buffer", type=int, default=64, metavar="BATCHES",
+        help="batches of rendered lines held for a slow stdout before the pipeline waits (default 64); "
         "a consumer that stays behind makes the kernel drop events, reported as `overrun` and repaired by `resync`",
     )  # fmt: skip
     mon.set_defaults(func=cmd_monitor)

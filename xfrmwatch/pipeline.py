@@ -112,7 +112,7 @@ class PipelineConfig:
     #: how often SA counters are read (GETSA dump) for rates and stalls; 0: never
     liveness_interval: float = 10.0
     #: batches (of up to ``source.MAX_BATCH`` events) buffered between two stages
-    channel_size: int = 64
+    channel_size: int = 16
     #: acquire auto: how often to look for a key manager on ACQUIRE (seconds)
     km_check: float = 10.0
 

@@ -30,7 +30,7 @@ from .netlink.socket import DEFAULT_RCVBUF, MessagesLost, XfrmSocket
 log = structlog.get_logger("xfrmwatch.source")
 
 #: Datagrams read per wakeup at most, so that the later stages run between batches.
-MAX_BATCH = 512
+MAX_BATCH = 2048
 
 
 @dataclass(frozen=True, slots=True)
