@@ -1,6 +1,7 @@
 """Soak: a compressed day of rekeys, inside the User-Mode Linux guest (full ESP).
 
-    sudo tests/uml/run_guest.sh /tmp/xw-soak .venv/bin/python bench/soak.py [--minutes 30] [--tunnels 1000]
+    sudo XW_UML_TIMEOUT=3000 XW_UML_MEM=1500M tests/uml/run_guest.sh /tmp/xw-soak .venv/bin/python bench/soak.py \
+        [--minutes 30] [--tunnels 1000]
 
 ``--tunnels`` CHILD_SAs (tunnel-mode ESP, a policy pair each) are installed with `ip xfrm`
 in a namespace of the guest, then rekeyed one after the other, continuously, the way IKE
@@ -25,7 +26,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +80,11 @@ def main() -> int:
     ap.add_argument("--tunnels", type=int, default=1000)
     ap.add_argument("--rekey-every", type=float, default=60.0, help="seconds between two rekeys of a tunnel")
     ap.add_argument("--xfrmwatch", metavar="CMD", help="the command to measure (default: this tree)")
+    ap.add_argument(
+        "--out", default="/tmp/xw-soak-out", metavar="DIR",
+        help="where the monitor's output goes: on the host's file system (/tmp is the host's in the guest), "
+        "not the guest's tmpfs, which a day of events would fill",
+    )  # fmt: skip
     args = ap.parse_args()
     if os.environ.get("XW_IN_UML") != "1":
         raise SystemExit("run it in the UML guest (full ESP): sudo tests/uml/run_guest.sh OUT .venv/bin/python bench/soak.py")
@@ -88,7 +93,10 @@ def main() -> int:
     sh(f"ip netns add {ns}")
     sh(f"ip -n {ns} link set lo up")
     sh(f"ip -n {ns} link add dummy0 type dummy && ip -n {ns} addr add {LOCAL}/8 dev dummy0 && ip -n {ns} link set dummy0 up")
-    tmp = Path(tempfile.mkdtemp(prefix="xw-soak-"))
+    tmp = Path(args.out)
+    tmp.mkdir(parents=True, exist_ok=True)
+    for old in tmp.iterdir():
+        old.unlink()
     setup = tmp / "setup"
     setup.write_text("".join(f"{x}\n" for i in range(args.tunnels) for x in (*policies(i), sa(i, 0, True), sa(i, 0, False))))
     sh(f"ip -n {ns} -batch {setup}")
