@@ -13,8 +13,10 @@ over 30 hours.  `monitor --format json` (default settings, rules on) watches it.
 Printed: rekeys done, events written, `rekey_completed` events, alerts at medium or above
 (none expected: these are normal rekeys), the monitor's RSS sampled every 10 s (after the
 first quarter, the warm-up: first, last, and the growth of the last tenth over the second
-quarter, which should stay within 5 %), its CPU, and whether its mirror (state file)
-equals `dump` at the end.
+quarter, which should stay within 5 %), its CPU, the tunnel model's size (the state
+file's ``tunnels``: live and down tunnels, SAs tracked, deadlines queued) when ready, after
+the warm-up and at the end (it must not grow), and whether its mirror (state file) equals
+`dump` at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from live import Proc, cpu_seconds, rss_kib, sh, xfrmwatch_cmd
 
@@ -74,6 +77,24 @@ def normalized(dump: dict[str, object]) -> tuple[object, object]:
     )
 
 
+def snapshot(mon: Proc, state: Path) -> dict[str, Any]:
+    """The monitor's state file, written now (SIGUSR1)."""
+    state.unlink(missing_ok=True)
+    mon.signal(signal.SIGUSR1)
+    t0 = time.monotonic()
+    while not state.exists():
+        if time.monotonic() - t0 > 120:
+            raise SystemExit(f"no state file 120 s after SIGUSR1: {mon.err.read_text()[-2000:]}")
+        time.sleep(0.05)
+    data: dict[str, Any] = json.loads(state.read_text())
+    return data
+
+
+def size(snap: dict[str, Any]) -> str:
+    t = snap.get("tunnels") or {}
+    return "/".join(str(t.get(k, "?")) for k in ("live", "down", "sas", "timers"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
@@ -103,6 +124,7 @@ def main() -> int:
     state = tmp / "state.json"
     mon = Proc([*cmd, "monitor", "--netns", ns, "--format", "json", "--state-file", str(state)], tmp / "out", tmp / "err")
     mon.wait_stderr("monitoring", timeout=300)
+    sizes = {"ready": snapshot(mon, state)}
     print(f"{args.tunnels} tunnels, each rekeyed every {args.rekey_every:.0f} s, for {args.minutes:.0f} min")
     feed = subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert feed.stdin is not None
@@ -114,6 +136,7 @@ def main() -> int:
     samples: list[tuple[float, int]] = []
     next_sample = t0
     rekeys = 0
+    warmed = t0 + args.minutes * 60 * 0.25
     while (now := time.monotonic()) < end:
         due = int((now - t0) / interval)
         lines = []
@@ -126,6 +149,8 @@ def main() -> int:
         if lines:
             feed.stdin.write("".join(f"{x}\n" for x in lines).encode())
             feed.stdin.flush()
+        if now >= warmed and "warm-up" not in sizes:
+            sizes["warm-up"] = snapshot(mon, state)
         if now >= next_sample:
             samples.append((now - t0, rss_kib(mon.pid)))
             next_sample += 10
@@ -134,12 +159,8 @@ def main() -> int:
     feed.wait()
     time.sleep(5)
     cpu = cpu_seconds(mon.pid) - cpu0
-    mon.signal(signal.SIGUSR1)
-    while not state.exists():
-        time.sleep(0.1)
-    time.sleep(1)
+    mirror = sizes["end"] = snapshot(mon, state)
     dump = json.loads(sh(" ".join([*cmd, "dump", "--netns", ns, "--format", "json"])).stdout)
-    mirror = json.loads(state.read_text())
     same = normalized(dump) == normalized(mirror)
     rc = mon.stop()
     counts: dict[str, int] = {}
@@ -161,8 +182,15 @@ def main() -> int:
     print(f"RSS of the last tenth vs the second quarter: {growth:+.1%}; CPU {cpu / duration:.1%} of one core; "
           f"mirror == dump at the end: {'yes' if same else 'NO'} ({len(mirror['sa'])} SAs, {len(mirror['policy'])} policies); "
           f"monitor exit status {rc}")  # fmt: skip
+    print("tunnel model (live/down tunnels, SAs tracked, deadlines queued): "
+          + "; ".join(f"{k} {size(v)}" for k, v in sizes.items()))  # fmt: skip
+    grown = any(
+        sizes["end"].get("tunnels", {}).get(k, 1) > sizes.get("warm-up", sizes["ready"]).get("tunnels", {}).get(k, 0)
+        for k in ("live", "down", "sas", "timers")
+    )
     print("event types: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
-    return 0 if same and abs(growth) <= 0.05 and loud == 0 and rc == 0 else 1
+    completed = counts.get("rekey_completed", 0) == rekeys
+    return 0 if same and abs(growth) <= 0.05 and loud == 0 and rc == 0 and completed and not grown else 1
 
 
 if __name__ == "__main__":

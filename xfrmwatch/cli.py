@@ -185,7 +185,8 @@ def _add_event_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
     p.add_argument(
         "--state-file", metavar="PATH",
-        help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced`) here on SIGUSR1 "
+        help="write the mirrored SAD/SPD (JSON, the `dump` shape plus `synced` and the tunnel model's size "
+        "`tunnels`) here on SIGUSR1 "
         "and at exit (SIGTERM, SIGHUP, SIGINT, --count)",
     )  # fmt: skip
 

@@ -102,6 +102,8 @@ class Mirror:
     #: True while the mirror is known to equal the kernel (as of the events applied): false
     #: before the first dump, and from an overrun until a resync succeeded
     synced: bool = False
+    #: the size of the tunnel model that reads this mirror (set by the model), for the state file
+    tunnel_stats: Callable[[], dict[str, int]] | None = field(default=None, repr=False, compare=False)
     _generations: dict[tuple[int, str, str, str], int] = field(default_factory=dict)
     _pairs: dict[PairKey, dict[SAKey, SAEntry]] = field(default_factory=dict)
 
@@ -278,13 +280,17 @@ class Mirror:
 
     def as_dump(self) -> dict[str, object]:
         """The mirror as plain data: the shape of `xfrmwatch dump --format json`, plus ``synced``
-        (false from an overrun until the resync that repaired it)."""
-        return {
+        (false from an overrun until the resync that repaired it) and, with a tunnel model,
+        ``tunnels`` (its size: :meth:`TunnelModel.stats`)."""
+        out: dict[str, object] = {
             "netns": self.netns,
             "sa": [s.sa for s in self.sas.values()],
             "policy": list(self.policies.values()),
             "synced": self.synced,
         }
+        if self.tunnel_stats is not None:
+            out["tunnels"] = self.tunnel_stats()
+        return out
 
     def differences(self, sas: Iterable[ev.SA], policies: Iterable[ev.Policy]) -> dict[str, list[str]]:
         """What a dump has that the mirror lacks, and the reverse (identities only)."""

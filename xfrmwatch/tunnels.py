@@ -276,6 +276,7 @@ class TunnelModel:
         self._pol_links: dict[tuple[str, int], frozenset[LinkKey]] = {}
         self._pols_by_link: dict[LinkKey, set[tuple[str, int]]] = {}
         self._tuns_by_link: dict[LinkKey, set[PairKey]] = {}
+        mirror.tunnel_stats = self.stats
 
     # --- set-up from a dump ---------------------------------------------------------------
 
@@ -1026,6 +1027,16 @@ class TunnelModel:
     def size(self) -> int:
         """How many tunnels :meth:`tunnel_keys` lists."""
         return len(self.tunnels) + len(self._down)
+
+    def stats(self) -> dict[str, int]:
+        """How much the model holds (a long run must not see it grow with the rekeys): live
+        tunnels, recently down ones, the SAs they track, deadlines queued (stale ones included)."""
+        return {
+            "live": len(self.tunnels),
+            "down": len(self._down),
+            "sas": sum(len(t.members) for t in self.tunnels.values()),
+            "timers": len(self._timers),
+        }
 
     def tunnel_keys(self) -> list[PairKey]:
         """Every tunnel's key: the live ones, then those that went down recently."""

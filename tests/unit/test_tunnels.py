@@ -555,6 +555,30 @@ def test_manual_key_rotation() -> None:
     assert s.derived("rekey_completed")[0]["initiator"] is None
 
 
+def test_model_size_stays_flat_over_many_rotations() -> None:
+    """Two tunnels rotated 200 times each (ip xfrm, as in bench/soak.py): one rekey_completed
+    per rotation, and the model (tunnels, SAs tracked, deadlines queued) no bigger at the end
+    than after the first rotations; the state file carries that size."""
+    s = Side()
+    s.pid = 0
+    live = {r: (s.add(s.sa(0x100 * r, R, L, reqid=r)), s.add(s.sa(0x100 * r + 0x80, L, R, reqid=r))) for r in (1, 2)}
+    for r in (1, 2):
+        s.policy("out", reqid=r)
+    sizes = []
+    for n in range(1, 201):
+        for r in (1, 2):
+            s.at(60.0 * n + r)
+            new = (s.add(s.sa(0x10000 * n + 0x100 * r, R, L, reqid=r)), s.add(s.sa(0x10000 * n + 0x100 * r + 0x80, L, R, reqid=r)))
+            for old in live[r]:
+                s.delete(old)
+            live[r] = new
+        sizes.append(s.model.stats())
+    assert len(s.derived("rekey_completed")) == 400 and not s.derived("tunnel_down", "rekey_overdue")
+    assert sizes[-1] == {"live": 2, "down": 0, "sas": 4, "timers": sizes[-1]["timers"]}
+    assert sizes[-1]["timers"] <= max(x["timers"] for x in sizes[:10])
+    assert s.mirror.as_dump()["tunnels"] == sizes[-1]
+
+
 def test_lone_delete_of_one_live_sa() -> None:
     """`ip xfrm state delete` of the inbound SA of a live tunnel: tunnel_down, partial, neither
     a teardown nor a rekey; putting one back brings it up again."""
