@@ -26,13 +26,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from . import events as ev
 
-__all__ = ["DIMENSIONS", "Subject", "subject"]
+__all__ = ["DIMENSIONS", "Subject", "addresses", "subject"]
 
 #: the dimensions a consumer prints, in this order (journal fields, SD-PARAMs)
 DIMENSIONS = ("spi", "reqid", "src", "dst", "proto", "dir", "tunnel_id")
@@ -146,48 +148,159 @@ def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda n: _FIELD_ORDER.get(n, len(_FIELD_ORDER))))
 
 
+_ADDRESS_DIMS = frozenset({"src", "dst", "address"})
+_ALL_DIMS = (*DIMENSIONS, "mark", "ifindex")
+
+#: one step of a walk: (field name, dimension or None for a record to descend into, the
+#: nested records' flags (selector, in a template) or the value's (address, dimension kept))
+_Step = tuple[str, str | None, bool, bool]
+
+
+@functools.cache
+def _plan(cls: type[msgspec.Struct], selector: bool, only_addresses: bool) -> tuple[_Step, ...]:
+    """What the walk does with a record of ``cls``, decided once per class and context:
+    ``selector``: the record is a selector (its ``proto`` is not the XFRM protocol);
+    ``only_addresses``: only the fields that can lead to an address."""
+    steps: list[_Step] = []
+    for name in _fields(cls):
+        if name in _NESTED:
+            steps.append((name, None, name == "sel", name in ("tmpl", "migrate")))
+            continue
+        dim = _VALUE_FIELDS[name]
+        if selector and name in _SELECTOR_SKIP:
+            continue
+        is_address = dim in _ADDRESS_DIMS
+        if only_addresses and not is_address:
+            continue
+        steps.append((name, dim, is_address, not only_addresses and dim != "address"))
+    return tuple(steps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_cached(value: str) -> str | None:
+    return _host(value)
+
+
+#: the walk of one class in one context, compiled (see :func:`_compile`)
+_Walker = Callable[[Any, str, "_Walk", dict[str, dict[Any, None]], dict[tuple[str, str], None]], None]
+_WALKERS: dict[tuple[type, bool, bool, bool], _Walker] = {}
+
+
+def _walker(cls: type, selector: bool, in_template: bool, only_addresses: bool) -> _Walker:
+    key = (cls, selector, in_template, only_addresses)
+    walk = _WALKERS.get(key)
+    if walk is None:
+        walk = _WALKERS[key] = _compile(cls, selector, in_template, only_addresses)
+    return walk
+
+
+def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool) -> _Walker:
+    """The steps of :func:`_plan` for ``cls`` as one function of straight-line code (as
+    :mod:`dataclasses` makes its methods): an event is read field by field without a loop
+    over field names per record.  The common value (one string, one number) is handled
+    inline; anything else (lists, a reqid or ifindex that may mean "none") by
+    :meth:`_Walk.value`."""
+    body: list[str] = []
+    scope: dict[str, Any] = {"_descend": _descend, "_host": _host_cached}
+    hints = typing.get_type_hints(cls) if isinstance(cls, type) and issubclass(cls, msgspec.Struct) else {}
+    for name, dim, flag_a, flag_b in _plan(cls, selector, only_addresses):
+        body += [f"    v = obj.{name}", "    if v is not None:"]
+        if dim is None:
+            sub, many = _record_class(hints.get(name))
+            call = f"(v, path + {name + '.'!r}, w, {flag_a}, {flag_b}, {only_addresses})"
+            if sub is None:
+                body.append(f"        _descend{call}")
+                continue
+            # the record's class is known: its own walk, directly
+            scope[f"W_{name}"] = _walker(sub, flag_a, flag_b, only_addresses)
+            scope[f"C_{name}"] = sub
+            item = f"(x, path + {name + '.'!r}, w, dims, addrs)"
+            if many:
+                body += [
+                    "        if type(v) is list:",
+                    "            for x in v:",
+                    f"                if type(x) is C_{name}:",
+                    f"                    W_{name}{item}",
+                    "                else:",
+                    f"                    _descend{call.replace('(v,', '([x],')}",
+                    "        else:",
+                    f"            _descend{call}",
+                ]
+            else:
+                body += [
+                    f"        if type(v) is C_{name}:",
+                    f"            W_{name}{item.replace('(x,', '(v,')}",
+                    "        else:",
+                    f"            _descend{call}",
+                ]
+        elif flag_a:
+            body += [
+                "        if type(v) is str:",
+                "            h = _host(v)",
+                "            if h is not None:",
+                f"                addrs[(path + {name!r}, h)] = None",
+                f"            {f'dims[{dim!r}][v] = None' if flag_b else 'pass'}",
+                "        else:",
+                f"            w.value({dim!r}, {name!r}, path, v, {in_template}, True, {flag_b})",
+            ]
+        elif dim in ("reqid", "ifindex"):
+            body.append(f"        w.value({dim!r}, {name!r}, path, v, {in_template}, False, True)")
+        else:
+            body += [
+                "        if type(v) is str or type(v) is int:",
+                f"            dims[{dim!r}][v] = None",
+                "        else:",
+                f"            w.value({dim!r}, {name!r}, path, v, {in_template}, False, True)",
+            ]
+    src = "def walk(obj, path, w, dims, addrs):\n" + ("\n".join(body) or "    pass") + "\n"
+    exec(compile(src, f"<subject walk of {cls.__name__}>", "exec"), scope)
+    walk: _Walker = scope["walk"]
+    return walk
+
+
+def _record_class(hint: Any) -> tuple[type | None, bool]:
+    """The record class a field holds, if one (``X``, ``X | None``), and whether a list of them."""
+    many = typing.get_origin(hint) is list
+    if many:
+        (hint,) = typing.get_args(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) else [hint]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], msgspec.Struct):
+        return args[0], many
+    return None, False
+
+
+def _descend(v: Any, path: str, w: _Walk, selector: bool, in_template: bool, only_addresses: bool) -> None:
+    """Read the record (or each record of the list) ``v`` found at ``path``."""
+    for item in v if isinstance(v, list) else (v,):
+        if isinstance(item, msgspec.Struct):
+            _walker(type(item), selector, in_template, only_addresses)(item, path, w, w.dims, w.addresses)
+
+
 class _Walk:
-    __slots__ = ("addresses", "dims")
+    """One reading of an event: every value per dimension and every address, in the order met.
+    ``only_addresses``: the addresses alone (what a SIEM document lists)."""
 
-    def __init__(self) -> None:
-        self.dims: dict[str, dict[Any, None]] = {d: {} for d in (*DIMENSIONS, "mark", "ifindex")}
+    __slots__ = ("addresses", "dims", "only_addresses")
+
+    def __init__(self, only_addresses: bool = False) -> None:
+        self.dims: dict[str, dict[Any, None]] = {} if only_addresses else {d: {} for d in _ALL_DIMS}
         self.addresses: dict[tuple[str, str], None] = {}
+        self.only_addresses = only_addresses
 
-    def value(self, dim: str, name: str, path: str, v: Any, in_template: bool) -> None:
-        if v is None:
-            return
+    def value(self, dim: str, name: str, path: str, v: Any, in_template: bool, is_address: bool, keep: bool) -> None:
         if isinstance(v, (list, tuple)):
             for x in v:
-                self.value(dim, name, path, x, in_template)
+                if x is not None:
+                    self.value(dim, name, path, x, in_template, is_address, keep)
             return
-        if dim == "reqid" and in_template and not v:
-            return  # a template's reqid 0 means "any"
-        if dim == "ifindex" and not v:
-            return
-        if dim in ("src", "dst", "address") and isinstance(v, str):
-            host = _host(v)
+        if not v and (dim == "ifindex" or (dim == "reqid" and in_template)):
+            return  # no interface; a template's reqid 0 means "any"
+        if is_address and isinstance(v, str):
+            host = _host_cached(v)
             if host is not None:
                 self.addresses[(path + name, host)] = None
-            if dim == "address":
-                return
-        self.dims[dim][v] = None
-
-    def record(self, obj: msgspec.Struct, path: str, *, selector: bool = False, in_template: bool = False) -> None:
-        for name in _fields(type(obj)):
-            v = getattr(obj, name)
-            if v is None:
-                continue
-            if name in _NESTED:
-                sub = f"{path}{name}."
-                items = v if isinstance(v, list) else [v]
-                for item in items:
-                    if isinstance(item, msgspec.Struct):
-                        self.record(item, sub, selector=name == "sel", in_template=name in ("tmpl", "migrate"))
-                continue
-            dim = _VALUE_FIELDS.get(name)
-            if dim is None or (selector and name in _SELECTOR_SKIP):
-                continue
-            self.value(dim, name, path, v, in_template)
+        if keep:
+            self.dims[dim][v] = None
 
     def event(self, e: Any, path: str = "") -> None:
         if isinstance(e, ev.Alert):
@@ -197,9 +310,19 @@ class _Walk:
                 for key, value in e.group.items():
                     dim = _VALUE_FIELDS.get(key.rsplit(".", 1)[-1])
                     if dim is not None and dim not in ("mark", "ifindex", "address"):
-                        self.value(dim, key, "group.", int(value) if dim == "reqid" and value.isdigit() else value, False)
+                        v = int(value) if dim == "reqid" and value.isdigit() else value
+                        if self.only_addresses and dim not in _ADDRESS_DIMS:
+                            continue
+                        self.value(dim, key, "group.", v, False, dim in _ADDRESS_DIMS, not self.only_addresses)
             return
-        self.record(e, path)
+        _walker(type(e), False, False, self.only_addresses)(e, path, self, self.dims, self.addresses)
+
+
+def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
+    """:attr:`Subject.addresses` of ``e`` alone (a walk of the fields that can hold one)."""
+    w = _Walk(only_addresses=True)
+    w.event(e)
+    return tuple(w.addresses)
 
 
 def subject(e: ev.Event) -> Subject:

@@ -95,6 +95,10 @@ _FALLBACK = (_CFG, ("info",), None)
 _DIRECTION = {"in": "ingress", "out": "egress"}
 _NETWORK_TYPE = {"inet": "ipv4", "inet6": "ipv6"}
 _DATASET = {"event": "xfrmwatch.events", "alert": "xfrmwatch.alerts", "state": "xfrmwatch.state"}
+_ECS = {"version": ECS_VERSION}
+_EXPIRES = frozenset({ev.Expire, ev.PolExpire})
+#: classes whose ``event`` object has more than their type says
+_SPECIAL = frozenset({ev.Malformed, ev.Overrun, ev.RekeyCompleted, ev.Alert})
 
 
 def ecs_class(e: ev.Event) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
@@ -106,44 +110,60 @@ def ecs_class(e: ev.Event) -> tuple[tuple[str, ...], tuple[str, ...], str | None
 
 
 class EcsRenderer:
-    """One event -> one ECS 8.11.0 document (a nested dict)."""
+    """One event -> one ECS 8.11.0 document (a nested dict, ready to encode: its ``xfrm``
+    part holds the event's records as they are)."""
 
-    __slots__ = ("hostname",)
+    __slots__ = ("_heads", "_host", "hostname")
 
     def __init__(self, hostname: str | None = None) -> None:
         #: ``host.hostname`` and ``host.name`` of every document
         self.hostname = socket.gethostname() if hostname is None else hostname
+        self._host = {"hostname": self.hostname, "name": self.hostname}
+        #: (class, kind, hard) -> the ``event`` object's fields that follow from them
+        self._heads: dict[tuple[type, str, bool], dict[str, Any]] = {}
 
-    def __call__(self, e: ev.Event) -> dict[str, Any]:
+    def _head(self, e: ev.Event, hard: bool) -> dict[str, Any]:
         t = event_type(e)
         kind = e.kind if e.kind in ECS_KINDS else "event"
-        category, etype, outcome = ecs_class(e)
-        event: dict[str, Any] = {
+        category, etype, outcome = ECS_TYPES.get(t + "/hard" if hard else t, _FALLBACK)
+        head: dict[str, Any] = {
             "kind": kind,
-            "category": list(category),
-            "type": list(etype),
+            "category": category,
+            "type": etype,
             "action": "xfrm-" + t.replace("_", "-"),
             "module": MODULE,
             "dataset": _DATASET.get(kind, "xfrmwatch.events"),
             "severity": severity(e).ocsf,
         }
+        if outcome is not None:
+            head["outcome"] = outcome
+        return head
+
+    def __call__(self, e: ev.Event) -> dict[str, Any]:
+        cls = type(e)
+        hard = cls in _EXPIRES and e.hard  # type: ignore[attr-defined]
+        key = (cls, e.kind, hard)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = self._head(e, hard)
+        event = dict(head)
         doc: dict[str, Any] = {
             "@timestamp": e.time,
-            "ecs": {"version": ECS_VERSION},
+            "ecs": _ECS,
             "message": message(e),
             "event": event,
-            "host": {"hostname": self.hostname, "name": self.hostname},
+            "host": self._host,
         }
-        if outcome is not None:
-            event["outcome"] = outcome
-        if isinstance(e, ev.Malformed):
-            event["reason"] = e.reason
-        elif isinstance(e, ev.Overrun):
-            event["reason"] = e.detail
-        elif isinstance(e, ev.RekeyCompleted):
-            event["duration"] = round(e.duration_seconds * 1e9)
-        elif isinstance(e, ev.Alert):
-            self._alert(e, doc, event)
+        if cls in _SPECIAL:
+            if isinstance(e, ev.Malformed):
+                event["reason"] = e.reason
+            elif isinstance(e, ev.Overrun):
+                event["reason"] = e.detail
+            elif isinstance(e, ev.RekeyCompleted):
+                event["duration"] = round(e.duration_seconds * 1e9)
+            elif isinstance(e, ev.Alert):
+                event["severity"] = severity(e).ocsf
+                self._alert(e, doc, event)
         if e.process is not None:
             doc["process"] = {"name": e.process, "pid": e.nlmsg_pid}
         n = net(e)

@@ -159,6 +159,7 @@ def _head(spec: Spec) -> dict[str, Any]:
 _HEADS = {k: _head(s) for k, s in OCSF_TYPES.items()}
 _DATASET = {"event": "xfrmwatch.events", "alert": "xfrmwatch.alerts", "state": "xfrmwatch.state"}
 _DIRECTION = {"in": (1, "Inbound"), "out": (2, "Outbound"), "fwd": (99, "Forward")}
+_PRODUCT = {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__}
 _IP_VERSION = {"inet": 4, "inet6": 6}
 
 
@@ -220,7 +221,7 @@ class OcsfRenderer:
         cls = spec.class_uid
         metadata: dict[str, Any] = {
             "version": OCSF_VERSION,
-            "product": {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__},
+            "product": _PRODUCT,
             "event_code": t,
             "log_name": _DATASET.get(e.kind, "xfrmwatch.events"),
             "log_provider": PRODUCT,

@@ -4,6 +4,7 @@ addresses of an event."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,21 +13,32 @@ from typing import Any, NamedTuple
 import msgspec
 
 from .. import events as ev
+from ..subject import addresses as subject_addresses
 from ..subject import subject
 from .render import event_type, summary
 
-#: Mapped top-level fields: removed from the native copy (``xfrm`` / ``unmapped``).
-MAPPED = ("type", "time", "kind", "rule")
+
+@functools.cache
+def _plain(cls: type[msgspec.Struct]) -> bool:
+    """Whether ``cls``'s fields are named in JSON as in Python (no ``in_`` -> ``in``)."""
+    return bool(cls.__struct_encode_fields__ == cls.__struct_fields__)
 
 
 def native(e: ev.Event) -> dict[str, Any]:
     """The event as the native schema's JSON object, minus the fields both
     formats map: ``type``, ``time``, ``kind``, ``rule``, ``process``, and
-    ``nlmsg_pid`` when ``process`` names the requester."""
-    d: dict[str, Any] = msgspec.to_builtins(e)
-    for k in MAPPED:
-        d.pop(k, None)
-    if d.pop("process", None) is not None:
+    ``nlmsg_pid`` when ``process`` names the requester.  Ready to encode: its
+    records (``sa``, ``policy``...) stay records, encoded as the native output
+    encodes them."""
+    if _plain(type(e)):
+        d: dict[str, Any] = msgspec.structs.asdict(e)
+    else:
+        d = msgspec.to_builtins(e)
+        del d["type"]
+    del d["time"], d["kind"]
+    if "rule" in d:
+        del d["rule"]
+    if d.pop("process") is not None:
         del d["nlmsg_pid"]
     return d
 
@@ -285,17 +297,17 @@ def net(e: ev.Event) -> Net | None:
     return f(e) if f is not None else None
 
 
-def addresses(e: ev.Event) -> list[tuple[str, str]]:
+def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
     """Every specified host address the event names, as (native field path, address):
     SA and template endpoints, single-host selectors, ACQUIRE/MAPPING/MIGRATE addresses;
-    an alert's are those of its triggering events (paths ``events.*``).  From
-    :func:`xfrmwatch.subject.subject`."""
-    return list(subject(e).addresses)
+    an alert's are those of its triggering events (paths ``events.*``).
+    :attr:`xfrmwatch.subject.Subject.addresses`."""
+    return subject_addresses(e)
 
 
 def ips(e: ev.Event) -> list[str]:
     """Every specified address the event names, without duplicates, in order."""
-    return list(dict.fromkeys(a for _, a in addresses(e)))
+    return list(dict.fromkeys(a for _, a in subject_addresses(e)))
 
 
 def trigger_span(a: ev.Alert) -> tuple[str, str] | None:
