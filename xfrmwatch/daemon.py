@@ -52,7 +52,7 @@ CAP_SYS_ADMIN = 21
 class MetricsSink(Protocol):
     """What the daemon reports (:class:`xfrmwatch.output.metrics.Metrics` is the real one)."""
 
-    def event(self, e: ev.Event) -> None: ...
+    def events(self, events: list[ev.Event]) -> None: ...
     def dropped(self, output: str, n: int) -> None: ...
     def queue(self, output: str, depth: int) -> None: ...
     def outputs_configured(self, names: Iterable[str]) -> None: ...
@@ -69,7 +69,7 @@ class MetricsSink(Protocol):
 class NoMetrics:
     """Metrics off: every report is ignored."""
 
-    def event(self, e: ev.Event) -> None:
+    def events(self, events: list[ev.Event]) -> None:
         pass
 
     def dropped(self, output: str, n: int) -> None:
@@ -261,14 +261,21 @@ class FanOut:
                 log.warning("output dropping events", output=name, dropped=run.dropped)
 
     def publish(self, e: ev.Event) -> None:
-        self.metrics.event(e)
+        self.publish_all([e])
+
+    def publish_all(self, events: list[ev.Event]) -> None:
+        """:meth:`publish` each of ``events``, in order: one pass per output."""
+        self.metrics.events(events)
         for name, run in self.outputs.items():
-            if not run.config.wants(e):
-                continue
-            try:
-                run.send.send_nowait(e)
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                self.dropped(name, 1)
+            send = run.send.send_nowait
+            wants = None if run.config.wants_all() else run.config.wants
+            for e in events:
+                if wants is not None and not wants(e):
+                    continue
+                try:
+                    send(e)
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    self.dropped(name, 1)
 
     def report(self) -> None:
         for name, run in self.outputs.items():
@@ -367,11 +374,10 @@ class Daemon:
                     task_status.started()
                     started = True
                     assert self.fan is not None
-                    publish = self.fan.publish
+                    publish = self.fan.publish_all
                     async with recv:
                         async for batch in recv:
-                            for e in batch:
-                                publish(e)
+                            publish(batch)
         except UserError as exc:
             log.error("cannot watch namespace", netns=netns, error=str(exc))
             if not started:

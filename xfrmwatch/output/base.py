@@ -53,6 +53,10 @@ class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag
     #: output format for outputs that write JSON: "json" (the event schema), "ecs", "ocsf"
     format: Literal["json", "ecs", "ocsf"] = "json"
 
+    def wants_all(self) -> bool:
+        """Whether every event passes :meth:`wants` (no filter set)."""
+        return self.select == "all" and not self.types and levels.rank(self.min_level) == 0
+
     def wants(self, e: ev.Event) -> bool:
         is_alert = isinstance(e, ev.Alert)
         if self.select == "alerts" and not is_alert:

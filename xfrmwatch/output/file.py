@@ -15,7 +15,7 @@ import trio
 
 from .. import events as ev
 from .base import DropSink, Output, OutputConfig
-from .render import json_renderer
+from .render import json_lines_renderer, json_renderer
 
 log = structlog.get_logger("xfrmwatch.output.file")
 
@@ -37,6 +37,7 @@ class FileOutput(Output):
         super().__init__(config, drops)
         self.path = config.path if isinstance(config, FileConfig) else None
         self.render = json_renderer(config.format)
+        self.render_lines = json_lines_renderer(config.format)
         self._f: IO[bytes] | None = None
         self._reopen = False
 
@@ -50,6 +51,14 @@ class FileOutput(Output):
 
     def reopen(self) -> None:
         self._reopen = True
+
+    def _lines(self, batch: list[ev.Event]) -> bytes:
+        """The batch's lines, rendered at once; if an event cannot be rendered, one by one
+        (that one is logged and dropped, the others written)."""
+        try:
+            return self.render_lines(batch)
+        except Exception:
+            return b"".join(b for b in (self.rendered(e, self.render) for e in batch) if b is not None)
 
     async def run(
         self,
@@ -76,12 +85,12 @@ class FileOutput(Output):
                             batch.append(recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    data = [b for b in (self.rendered(e, self.render) for e in batch) if b is not None]
+                    data = self._lines(batch)
                     if self._reopen and self.path is not None:
                         self._reopen = False
                         await trio.to_thread.run_sync(f.close)
                         f = await trio.to_thread.run_sync(self._open)
-                    await trio.to_thread.run_sync(_write, f, b"".join(data))
+                    await trio.to_thread.run_sync(_write, f, data)
         finally:
             if self.path is not None and not f.closed:
                 with trio.CancelScope(shield=True):

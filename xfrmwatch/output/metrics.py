@@ -90,6 +90,10 @@ DEFAULT_EXPIRY_TOP = 50
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+#: events that count in counters of their own too (see :meth:`Metrics.event`)
+_COUNTED_APART = frozenset({ev.Alert, ev.Overrun, ev.Resync})
+
+
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``[metrics]`` table."""
 
@@ -142,6 +146,16 @@ class Metrics:
             self.overrun(e.netns)
         elif isinstance(e, ev.Resync):
             self.resync(e.netns)
+
+    def events(self, events: list[ev.Event]) -> None:
+        """:meth:`event` for each of ``events``."""
+        counts, special = self._events, _COUNTED_APART
+        for e in events:
+            if type(e) in special:
+                self.event(e)
+                continue
+            k = (str(e.__struct_config__.tag), e.netns)
+            counts[k] = counts.get(k, 0) + 1
 
     def overrun(self, netns: str) -> None:
         self._overruns[netns] = self._overruns.get(netns, 0) + 1

@@ -236,25 +236,40 @@ def event_label(e: Any) -> str:
     return t
 
 
+def _document(fmt: str) -> Callable[[ev.Event], dict[str, Any]] | None:
+    """The renderer of ``fmt``'s documents: None for "json" (the event itself), ECS or OCSF."""
+    if fmt == "json":
+        return None
+    if fmt == "ecs":
+        from .ecs import EcsRenderer
+
+        return EcsRenderer()
+    if fmt == "ocsf":
+        from .ocsf import OcsfRenderer
+
+        return OcsfRenderer()
+    raise ValueError(f"unknown format {fmt!r}")
+
+
 def json_renderer(fmt: str, *, newline: bool = True) -> Callable[[ev.Event], bytes]:
     """An event -> its JSON for ``fmt``: "json" (the event schema), "ecs" or "ocsf";
     one line with a newline (JSON lines), or the bare document."""
     enc = msgspec.json.Encoder()
     end = b"\n" if newline else b""
-    if fmt == "json":
+    r = _document(fmt)
+    if r is None:
         return lambda e: enc.encode(e) + end
-    r: Callable[[ev.Event], dict[str, Any]]
-    if fmt == "ecs":
-        from .ecs import EcsRenderer
-
-        r = EcsRenderer()
-    elif fmt == "ocsf":
-        from .ocsf import OcsfRenderer
-
-        r = OcsfRenderer()
-    else:
-        raise ValueError(f"unknown format {fmt!r}")
     return lambda e: enc.encode(r(e)) + end
+
+
+def json_lines_renderer(fmt: str) -> Callable[[list[ev.Event]], bytes]:
+    """Events -> their JSON lines for ``fmt`` (as :func:`json_renderer` makes them, one
+    encoder call for all).  An event that cannot be rendered raises: render those one by one."""
+    lines = msgspec.json.Encoder().encode_lines
+    r = _document(fmt)
+    if r is None:
+        return lines
+    return lambda events: lines([r(e) for e in events])
 
 
 class TextRenderer:
