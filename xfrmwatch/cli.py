@@ -14,15 +14,12 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import IO, Annotated, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 
 import msgspec
-import structlog
-import trio
 
 from . import __version__, levels, options
 from . import events as ev
-from .detect.alerting import Alerter
 from .errors import (
     EXIT_CAPABILITY,
     EXIT_CAPTURE,
@@ -37,18 +34,20 @@ from .errors import (
     UsageError,
     UserError,
 )
-from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse_proto, parse_type
-from .journal_stream import PriorityPrefix
 from .journal_stream import prefix as journal_prefix
-from .mirror import Mirror
-from .netlink import query
-from .netlink.decode import Decoder
-from .netlink.netns import entered
-from .netlink.proc import ProcFile, xfrm_stat
-from .netlink.socket import DEFAULT_RCVBUF, XfrmSocket
-from .output import tables
-from .output.render import JsonRenderer, TextRenderer
-from .pipeline import PipelineConfig, Source, StateLink, start_pipeline
+from .netlink.request import DEFAULT_RCVBUF
+
+# What a command needs is imported when it runs: a one-shot listing starts in a fraction
+# of the time the live pipeline's modules (trio, structlog, rich, the rules) take to load.
+if TYPE_CHECKING:
+    import trio
+
+    from .detect.alerting import Alerter
+    from .filters import Filter
+    from .mirror import Mirror
+    from .netlink.decode import Decoder
+    from .netlink.socket import XfrmSocket
+    from .pipeline import PipelineConfig, Source, StateLink
 
 EXIT_CODES = f"""\
 exit codes:
@@ -516,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_filter(args: argparse.Namespace) -> Filter:
+    from .filters import Filter, parse_cidr, parse_dir, parse_int, parse_mark, parse_proto, parse_type
+    from .netlink.netns import entered
+
     ifindex = None
     if getattr(args, "dev", None):
         with entered(args.netns):
@@ -611,6 +613,8 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     buffer fills and its loss is reported as an ``overrun`` and repaired by a ``resync``
     (nothing is ever dropped silently, and the mirror stays exact).
     """
+    from .pipeline import PipelineConfig
+
     flt = build_filter(args)
     _check_options(args, MonitorOptions)
     cfg = PipelineConfig(
@@ -626,7 +630,10 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     (``main`` runs it on :func:`xfrmwatch.replay.replay_clock`).  Lines are written from the
     event loop itself: with ``--fast`` the clock then only moves once every line is out, so
     the pipeline sees exactly the recorded timing."""
+    import trio
+
     from .capture import Capture
+    from .pipeline import PipelineConfig
     from .replay import ReplaySource
 
     if args.dev:
@@ -664,6 +671,8 @@ async def _replay_top(
 ) -> int:
     """A recording (``source``, a :class:`~xfrmwatch.replay.ReplaySource`) in the dashboard of
     `top`, its redraws paced in real time whatever the replay's speed."""
+    from .filters import Filter
+    from .pipeline import start_pipeline
     from .top.app import Dashboard, LogLines, run
 
     rules = load_alerter(args)
@@ -684,6 +693,8 @@ async def _replay_top(
 
 
 async def _say_when_over(dash: Any, source: Any) -> None:
+    import trio
+
     await trio.sleep_until(source.mono(source.capture.end))
     dash.notice = "the recording has ended (the dashboard shows its last state): q quits"
     dash.wake()
@@ -692,7 +703,11 @@ async def _say_when_over(dash: Any, source: Any) -> None:
 async def cmd_demo(args: argparse.Namespace) -> int:
     """The shipped recording replayed with a narration, or (``--live``) a scripted tunnel life
     in throwaway namespaces, watched the same way."""
+    import trio
+
     from .demo import narrate
+    from .filters import Filter
+    from .pipeline import PipelineConfig
 
     if args.live:
         return await _demo_live(args)
@@ -734,7 +749,11 @@ def session_speed() -> float:
 
 
 async def _demo_live(args: argparse.Namespace) -> int:
+    import trio
+
     from .demo import live, narrate
+    from .filters import Filter
+    from .pipeline import PipelineConfig
 
     if not 2 <= args.rekey <= 600:
         raise UsageError("--rekey must be between 2 and 600 seconds")
@@ -839,6 +858,14 @@ async def _stream_events(
     0: they are written from the event loop.  ``narrate``: a sentence to print after an
     event (the demo).  ``until``: stop once this is set (a source that never ends);
     ``started``: set once the pipeline is ready (groups joined, first dump applied)."""
+    import structlog
+    import trio
+
+    from .filters import Filter
+    from .mirror import Mirror
+    from .output.render import JsonRenderer, TextRenderer
+    from .pipeline import start_pipeline
+
     tty = args.format == "text" and sys.stdout.isatty()
     renderer = JsonRenderer() if args.format == "json" else TextRenderer()
     json_lines = msgspec.json.Encoder().encode_lines if args.format == "json" else None  # one call per batch
@@ -947,6 +974,9 @@ def _check_top_args(args: argparse.Namespace) -> None:
 
 async def cmd_top(args: argparse.Namespace) -> int:
     """The live dashboard (xfrmwatch/top): one pipeline per namespace, as `monitor` runs it."""
+    from .detect.alerting import Alerter
+    from .filters import Filter
+    from .pipeline import PipelineConfig, start_pipeline
     from .top.app import Dashboard, LogLines, all_namespaces, run
 
     flt = build_filter(args)
@@ -991,6 +1021,9 @@ class _Stalled:
         self.since: float | None = None
 
     def begin(self, batches: int) -> None:
+        import structlog
+        import trio
+
         if self.since is None:
             self.since = trio.current_time()
             structlog.get_logger("xfrmwatch").warning(
@@ -999,6 +1032,9 @@ class _Stalled:
             )  # fmt: skip
 
     def end(self) -> None:
+        import structlog
+        import trio
+
         if self.since is not None:
             structlog.get_logger("xfrmwatch").info(
                 "stdout is read again", after=round(trio.current_time() - self.since, 3)
@@ -1021,10 +1057,12 @@ async def _monitor_signals(
     running: trio.CancelScope,
     stop: _Stop,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None],
 ) -> None:
     """From before the first dump to the end: SIGUSR1 writes the state file; SIGTERM and
     SIGHUP stop with status 0, SIGINT with 130 (the caller flushes and writes the state file)."""
+    import trio
+
     with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
         task_status.started()
         async for sig in signals:
@@ -1066,6 +1104,8 @@ class _FdText:
 
 async def _write_stdout(recv: trio.MemoryReceiveChannel[list[Any]], console: Any, done: trio.Event) -> None:
     """Write rendered batches to stdout from a worker thread, joining whatever is queued."""
+    import trio
+
     fd = sys.stdout.fileno()
     sys.stdout.flush()
 
@@ -1102,6 +1142,9 @@ def _output_file(path: str) -> BinaryIO:
 
 
 async def cmd_record(args: argparse.Namespace) -> int:
+    import structlog
+    import trio
+
     from .record import RecordConfig, RecordStats, record
 
     _check_options(args, RecordOptions)
@@ -1139,6 +1182,8 @@ def _write_state(mirror: Mirror, path: str) -> None:
     renamed over ``path`` (never following a link planted at a fixed temporary name)."""
     import tempfile
 
+    import structlog
+
     d = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".xfrmwatch-state-", dir=d)
@@ -1150,6 +1195,8 @@ def _write_state(mirror: Mirror, path: str) -> None:
 
 
 def load_alerter(args: argparse.Namespace) -> Alerter | None:
+    from .detect.alerting import Alerter
+
     if args.no_rules:
         return None
     from .detect.pack import load
@@ -1158,12 +1205,20 @@ def load_alerter(args: argparse.Namespace) -> Alerter | None:
 
 
 async def _with_socket(args: argparse.Namespace, fn: Callable[[XfrmSocket, Decoder], Awaitable[int]]) -> int:
+    from .netlink.decode import Decoder
+    from .netlink.socket import XfrmSocket
+
     with XfrmSocket.open(args.netns) as sock:
         return await fn(sock, Decoder(args.netns or ""))
 
 
 async def cmd_state_list(args: argparse.Namespace) -> int:
     """The SAD, streamed: each reply datagram's SAs are written as they arrive."""
+    from .filters import Filter
+    from .netlink import query
+    from .netlink.socket import XfrmSocket
+    from .output import tables
+
     flt = build_filter(args)
     keep = None if flt == Filter() else partial(_filter_sas, flt)
 
@@ -1195,6 +1250,10 @@ async def cmd_state_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_state_get(args: argparse.Namespace) -> int:
+    from .filters import parse_cidr, parse_int, parse_mark, parse_proto
+    from .netlink import query
+    from .output import tables
+
     spi = parse_int(args.spi, "--spi")
     proto = parse_proto(args.proto)
     mark = parse_mark(args.mark) if args.mark else None
@@ -1218,6 +1277,10 @@ async def cmd_state_get(args: argparse.Namespace) -> int:
 
 async def cmd_policy_list(args: argparse.Namespace) -> int:
     """The SPD, streamed: each reply datagram's policies are written as they arrive."""
+    from .filters import Filter
+    from .netlink import query
+    from .output import tables
+
     flt = build_filter(args)
     keep = None if flt == Filter() else partial(_filter_policies, flt)
 
@@ -1241,6 +1304,10 @@ async def cmd_policy_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_policy_get(args: argparse.Namespace) -> int:
+    from .filters import parse_cidr, parse_dir, parse_int, parse_mark
+    from .netlink import query
+    from .output import tables
+
     direction = parse_dir(args.dir)
     index = parse_int(args.index, "--index") if args.index else None
     for opt in ("src", "dst"):
@@ -1265,6 +1332,10 @@ async def cmd_policy_get(args: argparse.Namespace) -> int:
 
 async def cmd_dump(args: argparse.Namespace) -> int:
     """SAs then policies, streamed (as JSON: one object, written piece by piece)."""
+    from .filters import Filter
+    from .netlink import query
+    from .output import tables
+
     flt = build_filter(args)
     keep_sas = None if flt == Filter() else partial(_filter_sas, flt)
     keep_pols = None if flt == Filter() else partial(_filter_policies, flt)
@@ -1303,6 +1374,11 @@ async def cmd_dump(args: argparse.Namespace) -> int:
 
 
 async def cmd_info(args: argparse.Namespace) -> int:
+    from .netlink import query
+    from .netlink.netns import entered
+    from .netlink.proc import ProcFile, xfrm_stat
+    from .output import tables
+
     with entered(args.netns):
         stat_file = ProcFile("/proc/net/xfrm_stat")
         stat_text = stat_file.read()
@@ -1336,6 +1412,8 @@ async def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _load_config(path: str | None) -> tuple[Any, str]:
+    import structlog
+
     from .config import DEFAULT_PATH, Config, load
 
     if path is None:
@@ -1373,8 +1451,12 @@ async def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
+    import trio
+
     from .audit import read_state_records
+    from .detect.alerting import Alerter
     from .detect.pack import load
+    from .output import tables
 
     alerter = Alerter(load(args.rules, default_suppress=0.0))
     findings: list[ev.Alert] = []
@@ -1435,6 +1517,10 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 def configure_logging(fmt: str = "console", file: Any = None, *, quiet: bool = False) -> None:
     """Log lines to stderr (or ``file``: the dashboard keeps them while the screen is its own);
     ``quiet``: warnings and errors only (the demo's screen is its story)."""
+    import structlog
+
+    from .journal_stream import PriorityPrefix
+
     out = sys.stderr if file is None else file
     renderer: Any = (
         PriorityPrefix(structlog.processors.JSONRenderer())
@@ -1470,11 +1556,47 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
     return isinstance(exc, kind)
 
 
+#: what each listing command writes the fast way, from the dump's bytes (xfrmwatch/snapshot.py)
+_SNAPSHOTS = {"cmd_policy_list": "policy_list", "cmd_state_list": "state_list", "cmd_dump": "dump"}
+_FILTERS = ("src", "dst", "proto", "spi", "reqid", "mark", "dev", "dir")
+
+
+def _snapshot(args: argparse.Namespace) -> Callable[[], int] | None:
+    """A listing without filters (or ``--stats``): written straight from the dump's bytes,
+    with no event loop (the general way, with filters, is the command's own function)."""
+    name = _SNAPSHOTS.get(getattr(args.func, "__name__", ""))
+    if name is None or any(getattr(args, f, None) for f in _FILTERS) or getattr(args, "stats", False):
+        return None
+    from . import snapshot
+
+    fn = getattr(snapshot, name)
+    logger: list[Any] = []
+
+    def log() -> Any:  # structlog is configured (and imported) when there is something to say
+        if not logger:
+            configure_logging(getattr(args, "log_format", "console"))
+            import structlog
+
+            logger.append(structlog.get_logger("xfrmwatch.netlink.query"))
+        return logger[0]
+
+    def run() -> int:
+        code: int = fn(args.netns, _table_wanted(args), sys.stdout.isatty(), sys.stdout.buffer, log)
+        return code
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "log_format", "console"), quiet=args.func is cmd_demo)
     try:
+        snapshot = _snapshot(args)
+        if snapshot is not None:
+            return snapshot()
+        import trio
+
+        configure_logging(getattr(args, "log_format", "console"), quiet=args.func is cmd_demo)
         clock = None
         if args.func is cmd_replay or (args.func is cmd_demo and not args.live):
             from .replay import replay_clock

@@ -20,7 +20,7 @@ from support import ROOT, assert_no_keys, validate_event
 from xfrmwatch.errors import NotFoundError
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.decode import Decoder
-from xfrmwatch.netlink.socket import _scan_reply
+from xfrmwatch.netlink.request import scan_reply
 
 FIX = ROOT / "tests" / "fixtures"
 K_AES = "00112233445566778899aabbccddeeff"
@@ -202,7 +202,7 @@ def test_nlmsg_error_reply_becomes_not_found() -> None:
     assert [] == Decoder().decode(data, 0.0, 0.0)  # control messages are not events
     assert -errno.ESRCH == struct.unpack_from("=i", data, 16)[0]  # the recorded error code
     with pytest.raises(NotFoundError):
-        _scan_reply(data, 4242, "state get")
+        scan_reply(data, 4242, "state get")
 
 
 # --- UML kernel (6.1, full IPsec) -------------------------------------------------

@@ -1,12 +1,14 @@
 """xfrmwatch never sends a request that changes the SAD or SPD."""
 
 import ast
+import itertools
 
 import pytest
 import trio
 from support import ROOT
 
 from xfrmwatch.netlink import xfrm as x
+from xfrmwatch.netlink.request import blocking_dump
 from xfrmwatch.netlink.socket import READ_ONLY_REQUESTS, XfrmSocket
 
 WRITES = [
@@ -32,9 +34,28 @@ async def test_request_refuses_every_other_type(msg_type: int) -> None:
 
     sock = XfrmSocket.__new__(XfrmSocket)
     sock._sock = NoSend()  # type: ignore[assignment]
+    sock._seq = itertools.count(1)
+    sock.portid = 0
     with pytest.raises(ValueError, match="read-only"):
         await sock.request(x.usersa_id_msg(), msg_type)
     await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("msg_type", WRITES)
+def test_blocking_dump_refuses_every_other_type(msg_type: int) -> None:
+    """The listing commands' blocking dump builds its request the same way: refused before
+    any socket is opened."""
+    with pytest.raises(ValueError, match="read-only"):
+        next(iter(blocking_dump(None, x.usersa_id_msg(), msg_type, what="test")))
+
+
+def test_every_request_is_built_by_encode_request() -> None:
+    """Both senders send only what encode_request built (where the rule is enforced)."""
+    for name in ("socket.py", "request.py"):
+        text = (ROOT / "xfrmwatch/netlink" / name).read_text()
+        sends = [line for line in text.splitlines() if ".sendto(" in line]
+        assert sends and all("request" in line for line in sends), (name, sends)
+    assert "request = encode_request(" in (ROOT / "xfrmwatch/netlink/socket.py").read_text()
 
 
 def test_request_is_the_only_place_that_sends_to_netlink() -> None:
@@ -47,8 +68,9 @@ def test_request_is_the_only_place_that_sends_to_netlink() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("sendto", "sendmsg", "send"):
                 senders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     netlink = [s for s in senders if s.startswith("xfrmwatch/netlink/")]
-    assert ["xfrmwatch/netlink/addresses.py", "xfrmwatch/netlink/socket.py"] == sorted({s.split(":")[0] for s in netlink})
-    others = {s.split(":")[0] for s in senders} - {"xfrmwatch/netlink/socket.py", "xfrmwatch/netlink/addresses.py"}
+    senders_of_netlink = ["xfrmwatch/netlink/addresses.py", "xfrmwatch/netlink/request.py", "xfrmwatch/netlink/socket.py"]
+    assert senders_of_netlink == sorted({s.split(":")[0] for s in netlink})
+    others = {s.split(":")[0] for s in senders} - set(senders_of_netlink)
     # the outputs send to journald/syslog/notify sockets, the demo UDP datagrams: never AF_NETLINK
     for f in others:
         assert "AF_NETLINK" not in (ROOT / f).read_text(), f

@@ -192,15 +192,18 @@ def _tlim(v: int) -> int | None:
 # --- fixed parts -------------------------------------------------------------------
 
 
+def sel_addrs(fam: int, saddr: bytes, daddr: bytes) -> tuple[str, str]:
+    """A selector's source and destination addresses (16 bytes each) as text: an AF_UNSPEC
+    selector whose addresses both fit in 4 bytes reads as IPv4."""
+    if fam == _AF_INET or (fam == 0 and saddr[4:] == _ZERO12 and daddr[4:] == _ZERO12):
+        return _inet_ntop(_AF_INET, saddr[:4]), _inet_ntop(_AF_INET, daddr[:4])
+    return addr(fam, saddr), addr(fam, daddr)
+
+
 def _selector(v: tuple[Any, ...], i: int) -> tuple[ev.Selector, int]:
     """Build a Selector from the 12 unpacked selector values starting at v[i]."""
     daddr, saddr, dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user = v[i : i + 12]
-    if fam == _AF_INET or (fam == 0 and saddr[4:] == _ZERO12 and daddr[4:] == _ZERO12):
-        src = _inet_ntop(_AF_INET, saddr[:4])
-        dst = _inet_ntop(_AF_INET, daddr[:4])
-    else:
-        src = addr(fam, saddr)
-        dst = addr(fam, daddr)
+    src, dst = sel_addrs(fam, saddr, daddr)
     return (
         ev.Selector(
             family=FAMILY_NAMES.get(fam) or str(fam),
@@ -237,16 +240,10 @@ def _current(v: tuple[Any, ...], i: int) -> ev.Current:
     )
 
 
-def _offset(fields: x.Fields, name: str) -> int:
-    """Where field ``name`` starts in a packed layout."""
-    names = [n for n, _ in fields]
-    return struct.calcsize("=" + "".join(fmt for _, fmt in fields[: names.index(name)]))
-
-
-_SA_LFT = _offset(x.USERSA_INFO, "lft_soft_byte_limit")
-_SA_CUR = _offset(x.USERSA_INFO, "cur_bytes")
-_POL_LFT = _offset(x.USERPOLICY_INFO, "lft_soft_byte_limit")
-_POL_CUR = _offset(x.USERPOLICY_INFO, "cur_bytes")
+_SA_LFT = x.field_offset(x.USERSA_INFO, "lft_soft_byte_limit")
+_SA_CUR = x.field_offset(x.USERSA_INFO, "cur_bytes")
+_POL_LFT = x.field_offset(x.USERPOLICY_INFO, "lft_soft_byte_limit")
+_POL_CUR = x.field_offset(x.USERPOLICY_INFO, "cur_bytes")
 
 # Immutable sub-records repeat across messages (the same SA or policy is
 # announced many times, a burst of policies shares lifetimes and add times):
@@ -255,6 +252,11 @@ _sel_cache: dict[bytes, ev.Selector] = {}
 _lft_cache: dict[bytes, ev.Lifetime] = {}
 _cur_cache: dict[bytes, ev.Current] = {}
 _CACHE_MAX = 8192
+
+
+def current_from(raw: bytes) -> ev.Current:
+    """The current lifetime in a 32-byte xfrm_lifetime_cur."""
+    return _current(_LIFETIME_CUR.unpack(raw), 0)
 
 
 def _current_at(buf: bytes, off: int, v: tuple[Any, ...], i: int) -> ev.Current:

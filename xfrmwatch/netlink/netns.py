@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from pyroute2 import netns as p2netns
+import pyroute2.netns as p2netns
 
 from ..errors import CapabilityError, NetnsError
 

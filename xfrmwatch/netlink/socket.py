@@ -1,8 +1,9 @@
 """A NETLINK_XFRM socket driven by trio: multicast groups, requests, dumps.
 
 The product only ever sends GET requests (GETSA, GETPOLICY, GETAE,
-GETSAINFO, GETSPDINFO, GETDEFAULT): :data:`READ_ONLY_REQUESTS` is enforced in
-:meth:`XfrmSocket.request`, so nothing here can change the SAD or SPD.
+GETSAINFO, GETSPDINFO, GETDEFAULT): every request is built by
+:func:`xfrmwatch.netlink.request.encode_request`, which enforces
+:data:`READ_ONLY_REQUESTS`, so nothing here can change the SAD or SPD.
 """
 
 from __future__ import annotations
@@ -11,56 +12,37 @@ import errno
 import itertools
 import os
 import socket as _stdsocket
-import struct
 from collections.abc import AsyncIterator
 
 import structlog
 import trio
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink import nlmsg
 
-from ..errors import NEED_CAP, CapabilityError, KernelError, NoXfrmError, UserError
+from ..errors import NEED_CAP, CapabilityError, KernelError
 from . import xfrm as x
-from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
 from .netns import entered
 from .proc import ProcFile, socket_drops
+from .request import (
+    DEFAULT_RCVBUF,
+    READ_ONLY_REQUESTS,
+    DumpInterrupted,
+    encode_request,
+    kernel_error,
+    open_raw,
+    scan_reply,
+)
 
 log = structlog.get_logger("xfrmwatch.netlink")
 
-DEFAULT_RCVBUF = 32 * 1024 * 1024
 RECV_BUFSIZE = 1024 * 1024
-_ERR = struct.Struct("=i")
 
-READ_ONLY_REQUESTS = frozenset(
-    {
-        x.XFRM_MSG_GETSA,
-        x.XFRM_MSG_GETPOLICY,
-        x.XFRM_MSG_GETAE,
-        x.XFRM_MSG_GETSADINFO,
-        x.XFRM_MSG_GETSPDINFO,
-        x.XFRM_MSG_GETDEFAULT,
-    }
-)
+__all__ = [
+    "DEFAULT_RCVBUF", "READ_ONLY_REQUESTS", "DumpInterrupted", "MessagesLost", "XfrmSocket", "kernel_error",
+]  # fmt: skip
 
 
 class MessagesLost(Exception):
     """ENOBUFS: the kernel dropped messages for this socket."""
-
-
-def _open_raw() -> _stdsocket.socket:
-    try:
-        sock = _stdsocket.socket(_stdsocket.AF_NETLINK, _stdsocket.SOCK_RAW, x.NETLINK_XFRM)
-    except OSError as exc:
-        if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
-            raise NoXfrmError(
-                "this kernel has no XFRM netlink (CONFIG_XFRM_USER); "
-                "load it with `modprobe xfrm_user`"
-            ) from None
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            raise CapabilityError(f"opening an XFRM netlink socket {NEED_CAP}") from None
-        raise
-    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, 1 << 20)
-    sock.bind((0, 0))
-    return sock
 
 
 class XfrmSocket:
@@ -82,7 +64,7 @@ class XfrmSocket:
     @classmethod
     def open(cls, netns: str | None = None) -> XfrmSocket:
         with entered(netns):
-            raw = _open_raw()
+            raw = open_raw()
             listing = ProcFile("/proc/net/netlink")  # this namespace's, for drops()
         return cls(raw, netns or "", listing)
 
@@ -190,17 +172,11 @@ class XfrmSocket:
         NLMSG_ERROR with a non-zero code raises a :class:`UserError` subclass.  Each reply
         datagram must come within 10 s.
         """
-        if msg_type not in READ_ONLY_REQUESTS:
-            raise ValueError(f"refusing to send XFRM message type {msg_type}: xfrmwatch is read-only")
         seq = next(self._seq)
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
-        msg["header"]["sequence_number"] = seq
-        msg["header"]["pid"] = self.portid
-        msg.encode()
+        request = encode_request(msg, msg_type, seq, self.portid, dump=dump)
         what = what or x.MSG_NAMES.get(msg_type, str(msg_type))
         with trio.fail_after(10):
-            await self._sock.sendto(bytes(msg.data), (0, 0))
+            await self._sock.sendto(request, (0, 0))
         while True:
             try:
                 data = self.receive_nowait()
@@ -210,9 +186,9 @@ class XfrmSocket:
                 with trio.fail_after(10):
                     await self.wait_readable()
                 continue
-            done, interrupted = _scan_reply(data, seq, what)
+            done, interrupted = scan_reply(data, seq, what)
             if interrupted:
-                raise _DumpInterrupted()
+                raise DumpInterrupted()
             yield data
             if done or not dump:
                 return
@@ -234,7 +210,7 @@ class XfrmSocket:
         for _ in range(5):
             try:
                 return await self.request(msg, msg_type, dump=True, what=what)
-            except _DumpInterrupted:
+            except DumpInterrupted:
                 continue
         raise KernelError(f"{what}: the dump kept being interrupted by changes; retry")
 
@@ -242,43 +218,3 @@ class XfrmSocket:
 def _receive_error(exc: OSError) -> Exception:
     """ENOBUFS is :class:`MessagesLost` (never swallowed); any other error as it is."""
     return MessagesLost() if exc.errno == errno.ENOBUFS else exc
-
-
-class _DumpInterrupted(Exception):
-    pass
-
-
-def _scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
-    """Check one reply datagram: (saw NLMSG_DONE or a final reply, dump interrupted)."""
-    done = False
-    intr = False
-    for item in iter_messages(data):
-        if isinstance(item, str):  # a framing error: the decoder reports it
-            break
-        mtype, flags, mseq, _, off, end = item
-        if mseq == seq:
-            if mtype == NLMSG_ERROR:
-                code = _ERR.unpack_from(data, off)[0] if end - off >= _ERR.size else -errno.EIO
-                if code:
-                    raise kernel_error(-code, what)
-                done = True
-            elif mtype == NLMSG_DONE or not flags & NLM_F_MULTI:
-                done = True
-            if flags & NLM_F_DUMP_INTR:
-                intr = True
-    return done, intr
-
-
-def kernel_error(code: int, what: str) -> UserError:
-    """Turn an NLMSG_ERROR code into the error a user can act on."""
-    if code in (errno.EPERM, errno.EACCES):
-        return CapabilityError(f"{what} {NEED_CAP}")
-    if code == errno.ESRCH or code == errno.ENOENT:
-        from ..errors import NotFoundError
-
-        return NotFoundError(f"{what}: no such entry in the kernel")
-    if code == errno.EOPNOTSUPP:
-        return KernelError(f"{what}: not supported by this kernel", code)
-    import os
-
-    return KernelError(f"{what}: kernel error: {os.strerror(code)}", code)

@@ -233,6 +233,13 @@ AE_FLAG_NAMES = (
 Fields = tuple[tuple[str, str], ...]
 
 
+def field_offset(fields: Fields, name: str) -> int:
+    """Where field ``name`` starts in a packed layout."""
+    names = [n for n, _ in fields]
+    return struct.calcsize("=" + "".join(fmt for _, fmt in fields[: names.index(name)]))
+
+
+
 def _prefixed(prefix: str, fields: Fields) -> Fields:
     return tuple((prefix + name, fmt) for name, fmt in fields)
 

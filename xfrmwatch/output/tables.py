@@ -6,20 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from rich.console import Console
-from rich.table import Table
-
 from .. import events as ev
 from ..subject import subject
 from .render import _alg, sel_summary
 
 
-def _console() -> Console:
+def _console() -> Any:
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
 def _lim(v: int | None) -> str:
     return "-" if v is None else str(v)
+
+
+_SEP = "  "  # between columns
 
 
 class StreamTable:
@@ -33,6 +35,7 @@ class StreamTable:
         self.out = out
         self.style = style
         self.fmt = ""
+        self.widths: list[int] = []
         self.count = 0
 
     def _start(self, first: list[list[str]]) -> None:
@@ -41,7 +44,8 @@ class StreamTable:
             for i, cell in enumerate(row):
                 widths[i] = max(widths[i], len(cell))
         widths[-1] = 0  # the last column is never padded
-        self.fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "\n"
+        self.widths = widths
+        self.fmt = _SEP.join(f"{{:<{w}}}" for w in widths) + "\n"
         head = self.fmt.format(*self.columns).rstrip() + "\n"
         if self.style:
             head = f"\x1b[1m{head.rstrip()}\x1b[0m\n"
@@ -55,6 +59,16 @@ class StreamTable:
         fmt = self.fmt.format
         self.out.write("".join([fmt(*r) for r in rows]).encode())
         self.count += len(rows)
+
+    def line(self, row: list[str]) -> str:
+        """One row as :meth:`rows` writes it (the widths known)."""
+        return self.fmt.format(*row)
+
+    def template(self, cells: Sequence[str | None]) -> str:
+        """A row as a %-format (the widths known): each None cell a hole taking its value
+        (``%-{width}s``), every other cell as :meth:`rows` writes it."""
+        parts = [f"%-{w}s" if c is None else f"{c:<{w}}".replace("%", "%%") for c, w in zip(cells, self.widths, strict=True)]
+        return _SEP.join(parts) + "\n"
 
     def close(self, noun: str) -> None:
         if not self.fmt:
@@ -105,6 +119,8 @@ def policy_table(out: BinaryIO, *, style: bool = False) -> StreamTable:
 
 
 def print_info(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
     t = Table(title="XFRM" + (f" in {info['netns']}" if info["netns"] else ""), title_justify="left")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -135,6 +151,8 @@ def _subject(a: ev.Alert) -> str:
 
 
 def print_findings(findings: list[ev.Alert], netns: str) -> None:
+    from rich.table import Table
+
     styles = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan"}
     t = Table(title=f"Audit{' of ' + netns if netns else ''}: {len(findings)} findings", title_justify="left")
     for col in ("level", "finding", "subject"):

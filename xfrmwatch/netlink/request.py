@@ -1,0 +1,145 @@
+"""GET requests on NETLINK_XFRM, without an event loop: the read-only rule, the socket,
+the reply checks, and the blocking dump of the one-shot listing commands.
+
+:func:`encode_request` is where the read-only rule is enforced: every request the
+product sends, from the trio socket (:mod:`xfrmwatch.netlink.socket`) or from
+:func:`blocking_dump`, is built by it, and it refuses anything but the GET requests
+of :data:`READ_ONLY_REQUESTS`, so nothing can change the SAD or SPD.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _stdsocket
+import struct
+from collections.abc import Iterator
+
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST, nlmsg
+
+from ..errors import NEED_CAP, CapabilityError, KernelError, NotFoundError, NoXfrmError, UserError
+from . import xfrm as x
+from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
+from .netns import entered
+
+__all__ = [
+    "DEFAULT_RCVBUF", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "encode_request", "kernel_error", "open_raw",
+    "scan_reply",
+]  # fmt: skip
+
+READ_ONLY_REQUESTS = frozenset(
+    {
+        x.XFRM_MSG_GETSA,
+        x.XFRM_MSG_GETPOLICY,
+        x.XFRM_MSG_GETAE,
+        x.XFRM_MSG_GETSADINFO,
+        x.XFRM_MSG_GETSPDINFO,
+        x.XFRM_MSG_GETDEFAULT,
+    }
+)
+
+#: the receive buffer of a subscribed socket (forced past net.core.rmem_max where allowed)
+DEFAULT_RCVBUF = 32 * 1024 * 1024
+#: the biggest datagram a dump reply can be (the kernel's netlink dumps stop at 32 KiB)
+RECV_BUFSIZE = 1024 * 1024
+#: how long each reply datagram may take (seconds)
+REPLY_TIMEOUT = 10.0
+#: the sequence number of :func:`blocking_dump`'s request (one request per socket)
+DUMP_SEQ = 1
+_ERR = struct.Struct("=i")
+
+
+class DumpInterrupted(Exception):
+    """The kernel marked a dump reply NLM_F_DUMP_INTR: the table changed during the dump."""
+
+
+def encode_request(msg: nlmsg, msg_type: int, seq: int, portid: int, *, dump: bool = False) -> bytes:
+    """The bytes of one GET request; any other message type raises before anything is built."""
+    if msg_type not in READ_ONLY_REQUESTS:
+        raise ValueError(f"refusing to send XFRM message type {msg_type}: xfrmwatch is read-only")
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = portid
+    msg.encode()
+    return bytes(msg.data)
+
+
+def open_raw() -> _stdsocket.socket:
+    """A NETLINK_XFRM socket, bound (in the caller's network namespace)."""
+    try:
+        sock = _stdsocket.socket(_stdsocket.AF_NETLINK, _stdsocket.SOCK_RAW, x.NETLINK_XFRM)
+    except OSError as exc:
+        if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+            raise NoXfrmError(
+                "this kernel has no XFRM netlink (CONFIG_XFRM_USER); load it with `modprobe xfrm_user`"
+            ) from None
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise CapabilityError(f"opening an XFRM netlink socket {NEED_CAP}") from None
+        raise
+    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, 1 << 20)
+    sock.bind((0, 0))
+    return sock
+
+
+def scan_reply(data: bytes, seq: int, what: str) -> tuple[bool, bool]:
+    """Check one reply datagram: (saw NLMSG_DONE or a final reply, dump interrupted)."""
+    done = False
+    intr = False
+    for item in iter_messages(data):
+        if isinstance(item, str):  # a framing error: the decoder reports it
+            break
+        mtype, flags, mseq, _, off, end = item
+        if mseq == seq:
+            if mtype == NLMSG_ERROR:
+                code = _ERR.unpack_from(data, off)[0] if end - off >= _ERR.size else -errno.EIO
+                if code:
+                    raise kernel_error(-code, what)
+                done = True
+            elif mtype == NLMSG_DONE or not flags & NLM_F_MULTI:
+                done = True
+            if flags & NLM_F_DUMP_INTR:
+                intr = True
+    return done, intr
+
+
+def kernel_error(code: int, what: str) -> UserError:
+    """Turn an NLMSG_ERROR code into the error a user can act on."""
+    if code in (errno.EPERM, errno.EACCES):
+        return CapabilityError(f"{what} {NEED_CAP}")
+    if code == errno.ESRCH or code == errno.ENOENT:
+        return NotFoundError(f"{what}: no such entry in the kernel")
+    if code == errno.EOPNOTSUPP:
+        return KernelError(f"{what}: not supported by this kernel", code)
+    return KernelError(f"{what}: kernel error: {os.strerror(code)}", code)
+
+
+def blocking_dump(netns: str | None, msg: nlmsg, msg_type: int, *, what: str) -> Iterator[bytes]:
+    """One dump request (sequence number :data:`DUMP_SEQ`) in ``netns``; every datagram the
+    kernel sends back, as it arrives (blocking reads: bounded memory for any size), for as
+    long as the caller iterates.
+
+    For the commands that print a snapshot and exit: no event loop, nothing else to serve.
+    The caller reads the replies' NLMSG_DONE, NLMSG_ERROR and NLM_F_DUMP_INTR (it walks
+    every message anyway; :func:`scan_reply` does it for a whole datagram) and stops.
+    """
+    request = encode_request(msg, msg_type, DUMP_SEQ, 0, dump=True)  # (the kernel answers the socket)
+    with entered(netns):
+        sock = open_raw()
+    with sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        sock.sendto(request, (0, 0))
+        buf = bytearray(RECV_BUFSIZE)
+        view = memoryview(buf)
+        recv = sock.recvfrom_into
+        while True:
+            try:
+                n, address = recv(buf, 0, _stdsocket.MSG_TRUNC)
+            except TimeoutError:
+                raise KernelError(f"{what}: no reply from the kernel within {REPLY_TIMEOUT:g} s") from None
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
+                raise
+            if address[0] == 0:  # from the kernel
+                yield bytes(view[: min(n, RECV_BUFSIZE)])
