@@ -133,7 +133,8 @@ class Lines:
     arrays), or the rows of a :class:`StreamTable`."""
 
     kind: type[ev.Event]  # the events carrying this kind (PolicyEvent, SaEvent)
-    what: str  # the request, for messages
+    what: str  # the request, for errors
+    skipped: str  # what a malformed entry's warning says it was skipped from (as query.py says it)
     msg_type: int  # the dump's replies
     min_size: int  # their fixed part
     noun: str  # the table's count
@@ -150,6 +151,7 @@ class Lines:
         self.decoder = Decoder()
         self.enc = msgspec.json.Encoder()
         self.parts: list[str] = []
+        self.malformed: list[ev.Malformed] = []
         self.templates: dict[tuple[bytes, ...], Any] = {}
         self.seen: set[tuple[bytes, ...]] = set()
         self.currents: dict[bytes, Any] = {}
@@ -170,8 +172,17 @@ class Lines:
                 done = self._walk(data)
         except BaseException:
             del self.parts[mark:]
+            self.malformed.clear()
             self.flush()
             raise
+        for e in self.malformed:
+            self.log().warning(
+                f"{self.skipped}: skipped a malformed entry",
+                reason=e.reason,
+                msg_type=e.msg_type,
+                length=e.length,
+            )
+        self.malformed.clear()
         if len(self.parts) >= _FLUSH:
             self.flush()
         return done
@@ -184,16 +195,16 @@ class Lines:
         hdr = NLMSG_HDR.unpack_from
         off = 0
         total = len(data)
-        done = False
+        done = interrupted = False
         while off < total:
             if total - off < 16:
-                return self._general_rest(data) or done
+                return self._general_rest(data, interrupted) or done
             mlen, mtype, flags, seq, pid = hdr(data, off)
             end = off + mlen
             if mlen < 16 or end > total:
-                return self._general_rest(data) or done
-            if flags & _NLM_F_DUMP_INTR:
-                raise KernelError(f"{self.what}: the kernel's table changed during the dump; run it again")
+                return self._general_rest(data, interrupted) or done
+            if flags & _NLM_F_DUMP_INTR and seq == DUMP_SEQ:
+                interrupted = True
             if mtype == mtype_fast and mlen - 16 >= size:
                 fast(data, off + 16, end, mtype, seq, pid)
             elif mtype >= 16:
@@ -204,9 +215,14 @@ class Lines:
                 done = True
             nxt = off + ((mlen + 3) & ~3)
             if nxt > total and end < total:
-                return self._general_rest(data) or done
+                return self._general_rest(data, interrupted) or done
             off = nxt
+        if interrupted:
+            self._interrupted()
         return done
+
+    def _interrupted(self) -> None:
+        raise KernelError(f"{self.what}: the kernel's table changed during the dump; run it again")
 
     def _control(self, data: bytes, off: int, end: int, mtype: int) -> bool:
         """NLMSG_DONE ends the dump; NLMSG_ERROR with a code is the kernel's refusal."""
@@ -250,7 +266,7 @@ class Lines:
         """A whole datagram the general way (the table's first rows)."""
         done, interrupted = scan_reply(data, DUMP_SEQ, self.what)
         if interrupted:
-            raise KernelError(f"{self.what}: the kernel's table changed during the dump; run it again")
+            self._interrupted()
         rows = []
         for e in self.decoder.decode(data, 0.0, 0.0):
             if isinstance(e, ev.Malformed):
@@ -262,8 +278,10 @@ class Lines:
         self.table.rows(rows)
         return done
 
-    def _general_rest(self, data: bytes) -> bool:
+    def _general_rest(self, data: bytes, interrupted: bool) -> bool:
         """A framing error: what the general decoder says of it (the entries before it are out)."""
+        if interrupted:
+            self._interrupted()
         for e in self.decoder.decode(data, 0.0, 0.0):
             if isinstance(e, ev.Malformed) and e.msg_type == 0:
                 self._malformed(e)
@@ -293,9 +311,7 @@ class Lines:
             self.table.count += 1
 
     def _malformed(self, e: ev.Malformed) -> None:
-        self.log().warning(
-            f"{self.what}: skipped a malformed entry", reason=e.reason, msg_type=e.msg_type, length=e.length
-        )
+        self.malformed.append(e)  # said once the datagram is through (none of it is printed on an error)
 
     def _shape_missed(
         self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int, key: tuple[bytes, ...] | None
@@ -390,6 +406,7 @@ class PolicyLines(Lines):
 
     kind = ev.PolicyEvent
     what = "policy dump (GETPOLICY)"
+    skipped = "policy dump"
     msg_type = x.XFRM_MSG_NEWPOLICY
     min_size = _POLICY_SIZE
     noun = "policies"
@@ -478,6 +495,7 @@ class SaLines(Lines):
 
     kind = ev.SaEvent
     what = "state dump (GETSA)"
+    skipped = "state dump"
     msg_type = x.XFRM_MSG_NEWSA
     min_size = _SA_SIZE
     noun = "SAs"
