@@ -1581,7 +1581,11 @@ def _snapshot(args: argparse.Namespace) -> Callable[[], int] | None:
         return logger[0]
 
     def run() -> int:
-        code: int = fn(args.netns, _table_wanted(args), sys.stdout.isatty(), sys.stdout.buffer, log)
+        from .netlink.request import dump_socket
+
+        table = _table_wanted(args)
+        with dump_socket(args.netns) as sock:
+            code: int = fn(sock, table, sys.stdout.isatty(), sys.stdout.buffer, log, netns=args.netns or "")
         return code
 
     return run

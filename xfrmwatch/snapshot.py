@@ -599,46 +599,51 @@ class SaLines(Lines):
         return fam, 0, True, fmt
 
 
-def policy_list(netns: str | None, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any]) -> int:
-    """The SPD, every policy, as JSON lines or a table."""
-    msg = x.userpolicy_id_msg()
+def policy_list(
+    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+) -> int:
+    """The SPD, every policy, as JSON lines or a table (``sock``: a :func:`dump_socket` in
+    ``netns``; ``style``: a terminal's bold header; ``log``: the logger, on first need)."""
     lines = PolicyLines(policy_table(out, style=style) if table else None, out, log)
-    _run(lines, netns, msg, x.XFRM_MSG_GETPOLICY)
+    _run(lines, sock, x.userpolicy_id_msg(), x.XFRM_MSG_GETPOLICY)
     lines.close()
     out.flush()
     return 0
 
 
-def state_list(netns: str | None, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any]) -> int:
+def state_list(
+    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+) -> int:
     """The SAD, every SA, as JSON lines or a table."""
-    msg = x.usersa_id_msg()
     lines = SaLines(sa_table(out, style=style) if table else None, out, log)
-    _run(lines, netns, msg, x.XFRM_MSG_GETSA)
+    _run(lines, sock, x.usersa_id_msg(), x.XFRM_MSG_GETSA)
     lines.close()
     out.flush()
     return 0
 
 
-def dump(netns: str | None, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any]) -> int:
-    """SAs then policies: two tables, or one JSON object {"netns", "sa": [...], "policy": [...]}."""
+def dump(
+    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+) -> int:
+    """SAs then policies (on one socket: the kernel sizes its replies by what the socket
+    read before): two tables, or one JSON object {"netns", "sa": [...], "policy": [...]}."""
     if table:
-        state_list(netns, True, style, out, log)
-        return policy_list(netns, True, style, out, log)
-    enc = msgspec.json.Encoder()
-    out.write(b'{"netns":' + enc.encode(netns or "") + b',"sa":[')
+        state_list(sock, True, style, out, log)
+        return policy_list(sock, True, style, out, log)
+    out.write(b'{"netns":' + msgspec.json.encode(netns) + b',"sa":[')
     sas = SaLines(None, out, log, sep=",")
-    _run(sas, netns, x.usersa_id_msg(), x.XFRM_MSG_GETSA)
+    _run(sas, sock, x.usersa_id_msg(), x.XFRM_MSG_GETSA)
     sas.flush()
     out.write(b'],"policy":[')
     pols = PolicyLines(None, out, log, sep=",")
-    _run(pols, netns, x.userpolicy_id_msg(), x.XFRM_MSG_GETPOLICY)
+    _run(pols, sock, x.userpolicy_id_msg(), x.XFRM_MSG_GETPOLICY)
     pols.flush()
     out.write(b"]}\n")
     out.flush()
     return 0
 
 
-def _run(lines: Lines, netns: str | None, msg: Any, msg_type: int) -> None:
-    for data in blocking_dump(netns, msg, msg_type, what=lines.what):
+def _run(lines: Lines, sock: socket.socket, msg: Any, msg_type: int) -> None:
+    for data in blocking_dump(sock, msg, msg_type, what=lines.what):
         if lines.feed(data):
             return

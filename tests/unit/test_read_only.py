@@ -44,9 +44,17 @@ async def test_request_refuses_every_other_type(msg_type: int) -> None:
 @pytest.mark.parametrize("msg_type", WRITES)
 def test_blocking_dump_refuses_every_other_type(msg_type: int) -> None:
     """The listing commands' blocking dump builds its request the same way: refused before
-    any socket is opened."""
+    anything is sent."""
+
+    class NoSend:
+        def getsockname(self) -> tuple[int, int]:
+            return (0, 0)
+
+        def sendto(self, *a: object) -> None:
+            raise AssertionError("sent")
+
     with pytest.raises(ValueError, match="read-only"):
-        next(iter(blocking_dump(None, x.usersa_id_msg(), msg_type, what="test")))
+        next(iter(blocking_dump(NoSend(), x.usersa_id_msg(), msg_type, what="test")))  # type: ignore[arg-type]
 
 
 def test_every_request_is_built_by_encode_request() -> None:
@@ -68,7 +76,11 @@ def test_request_is_the_only_place_that_sends_to_netlink() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("sendto", "sendmsg", "send"):
                 senders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     netlink = [s for s in senders if s.startswith("xfrmwatch/netlink/")]
-    senders_of_netlink = ["xfrmwatch/netlink/addresses.py", "xfrmwatch/netlink/request.py", "xfrmwatch/netlink/socket.py"]
+    senders_of_netlink = [
+        "xfrmwatch/netlink/addresses.py",
+        "xfrmwatch/netlink/request.py",
+        "xfrmwatch/netlink/socket.py",
+    ]
     assert senders_of_netlink == sorted({s.split(":")[0] for s in netlink})
     others = {s.split(":")[0] for s in senders} - set(senders_of_netlink)
     # the outputs send to journald/syslog/notify sockets, the demo UDP datagrams: never AF_NETLINK

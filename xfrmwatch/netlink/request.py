@@ -23,7 +23,7 @@ from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
 from .netns import entered
 
 __all__ = [
-    "DEFAULT_RCVBUF", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "encode_request", "kernel_error", "open_raw",
+    "DEFAULT_RCVBUF", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "dump_socket", "encode_request", "kernel_error", "open_raw",
     "scan_reply",
 ]  # fmt: skip
 
@@ -114,32 +114,37 @@ def kernel_error(code: int, what: str) -> UserError:
     return KernelError(f"{what}: kernel error: {os.strerror(code)}", code)
 
 
-def blocking_dump(netns: str | None, msg: nlmsg, msg_type: int, *, what: str) -> Iterator[bytes]:
-    """One dump request (sequence number :data:`DUMP_SEQ`) in ``netns``; every datagram the
-    kernel sends back, as it arrives (blocking reads: bounded memory for any size), for as
-    long as the caller iterates.
+def dump_socket(netns: str | None) -> _stdsocket.socket:
+    """A blocking socket in ``netns`` for :func:`blocking_dump` (each reply must come within
+    :data:`REPLY_TIMEOUT`); the caller closes it."""
+    with entered(netns):
+        sock = open_raw()
+    sock.settimeout(REPLY_TIMEOUT)
+    return sock
+
+
+def blocking_dump(sock: _stdsocket.socket, msg: nlmsg, msg_type: int, *, what: str) -> Iterator[bytes]:
+    """One dump request (sequence number :data:`DUMP_SEQ`) on a :func:`dump_socket`; every
+    datagram the kernel sends back, as it arrives (blocking reads: bounded memory for any
+    size), for as long as the caller iterates.  (One request at a time on a socket: the next
+    once this one's replies are read to their end.)
 
     For the commands that print a snapshot and exit: no event loop, nothing else to serve.
     The caller reads the replies' NLMSG_DONE, NLMSG_ERROR and NLM_F_DUMP_INTR (it walks
     every message anyway; :func:`scan_reply` does it for a whole datagram) and stops.
     """
-    request = encode_request(msg, msg_type, DUMP_SEQ, 0, dump=True)  # (the kernel answers the socket)
-    with entered(netns):
-        sock = open_raw()
-    with sock:
-        sock.settimeout(REPLY_TIMEOUT)
-        sock.sendto(request, (0, 0))
-        buf = bytearray(RECV_BUFSIZE)
-        view = memoryview(buf)
-        recv = sock.recvfrom_into
-        while True:
-            try:
-                n, address = recv(buf, 0, _stdsocket.MSG_TRUNC)
-            except TimeoutError:
-                raise KernelError(f"{what}: no reply from the kernel within {REPLY_TIMEOUT:g} s") from None
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
-                raise
-            if address[0] == 0:  # from the kernel
-                yield bytes(view[: min(n, RECV_BUFSIZE)])
+    sock.sendto(encode_request(msg, msg_type, DUMP_SEQ, sock.getsockname()[0], dump=True), (0, 0))
+    buf = bytearray(RECV_BUFSIZE)
+    view = memoryview(buf)
+    recv = sock.recvfrom_into
+    while True:
+        try:
+            n, address = recv(buf, 0, _stdsocket.MSG_TRUNC)
+        except TimeoutError:
+            raise KernelError(f"{what}: no reply from the kernel within {REPLY_TIMEOUT:g} s") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise KernelError(f"{what}: reply lost (receive buffer overrun); retry") from None
+            raise
+        if address[0] == 0:  # from the kernel
+            yield bytes(view[: min(n, RECV_BUFSIZE)])
