@@ -553,22 +553,15 @@ def _write_json_lines(objs: list[Any]) -> None:
     out.flush()
 
 
-class _Holder:
-    """Lets a Filter look at a bare SA or policy like at an event carrying it."""
-
-    __slots__ = ("policy", "sa")
-
-    def __init__(self, sa: ev.SA | None = None, policy: ev.Policy | None = None) -> None:
-        self.sa = sa
-        self.policy = policy
-
-
 def _filter_sas(flt: Filter, sas: list[ev.SA]) -> list[ev.SA]:
-    return [s for s in sas if flt.match(_Holder(sa=s))]  # type: ignore[arg-type]
+    """The SAs a filter keeps, each seen as the event that announces it (what filters read)."""
+    return [s for s in sas if flt.match(ev.NewSA(time="", mono=0.0, netns="", nlmsg_pid=0, nlmsg_seq=0, sa=s))]
 
 
 def _filter_policies(flt: Filter, pols: list[ev.Policy]) -> list[ev.Policy]:
-    return [p for p in pols if flt.match(_Holder(policy=p))]  # type: ignore[arg-type]
+    return [
+        p for p in pols if flt.match(ev.NewPolicy(time="", mono=0.0, netns="", nlmsg_pid=0, nlmsg_seq=0, policy=p))
+    ]
 
 
 # --- commands ----------------------------------------------------------------------------

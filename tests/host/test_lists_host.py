@@ -138,3 +138,15 @@ def test_lists_hold_what_ip_lists(netns: str, tmp_path: Path) -> None:
         for p in pols
         if p["sel"]["family"] == "inet"
     )
+
+
+def test_filtered_lists(netns: str, tmp_path: Path) -> None:
+    """With filters (the general way): only the matching entries."""
+    _populate(netns, tmp_path)
+    spi = run_cli("state", "list", "--netns", netns, "--spi", "0x1005", "--format", "json")
+    assert spi.returncode == 0, spi.stderr
+    assert ["0x00001005"] == [json.loads(line)["spi"] for line in spi.stdout.splitlines()]
+    fwd = run_cli("policy", "list", "--netns", netns, "--dir", "fwd", "--format", "json")
+    assert 20 == len(fwd.stdout.splitlines()) and all('"dir":"fwd"' in line for line in fwd.stdout.splitlines())
+    dump = json.loads(run_cli("dump", "--netns", netns, "--dst", "10.200.0.1", "--format", "json").stdout)
+    assert (0, 300) == (len(dump["sa"]), len(dump["policy"]))
