@@ -182,7 +182,9 @@ def _host_cached(value: str) -> str | None:
 
 
 #: the walk of one class in one context, compiled (see :func:`_compile`)
-_Walker = Callable[[Any, str, "_Walk", dict[str, dict[Any, None]], dict[tuple[str, str], None]], None]
+_Dims = dict[str, dict[Any, None]]
+_Addresses = dict[tuple[str, str], None]
+_Walker = Callable[[Any, str, _Dims, _Addresses], None]
 _WALKERS: dict[tuple[type, bool, bool, bool], _Walker] = {}
 
 
@@ -199,22 +201,22 @@ def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool)
     :mod:`dataclasses` makes its methods): an event is read field by field without a loop
     over field names per record.  The common value (one string, one number) is handled
     inline; anything else (lists, a reqid or ifindex that may mean "none") by
-    :meth:`_Walk.value`."""
+    :func:`_value`."""
     body: list[str] = []
-    scope: dict[str, Any] = {"_descend": _descend, "_host": _host_cached}
+    scope: dict[str, Any] = {"_descend": _descend, "_host": _host_cached, "_value": _value}
     hints = typing.get_type_hints(cls) if isinstance(cls, type) and issubclass(cls, msgspec.Struct) else {}
     for name, dim, flag_a, flag_b in _plan(cls, selector, only_addresses):
         body += [f"    v = obj.{name}", "    if v is not None:"]
         if dim is None:
             sub, many = _record_class(hints.get(name))
-            call = f"(v, path + {name + '.'!r}, w, {flag_a}, {flag_b}, {only_addresses})"
+            call = f"(v, path + {name + '.'!r}, dims, addrs, {flag_a}, {flag_b}, {only_addresses})"
             if sub is None:
                 body.append(f"        _descend{call}")
                 continue
             # the record's class is known: its own walk, directly
             scope[f"W_{name}"] = _walker(sub, flag_a, flag_b, only_addresses)
             scope[f"C_{name}"] = sub
-            item = f"(x, path + {name + '.'!r}, w, dims, addrs)"
+            item = f"(x, path + {name + '.'!r}, dims, addrs)"
             if many:
                 body += [
                     "        if type(v) is list:",
@@ -241,18 +243,18 @@ def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool)
                 f"                addrs[(path + {name!r}, h)] = None",
                 f"            {f'dims[{dim!r}][v] = None' if flag_b else 'pass'}",
                 "        else:",
-                f"            w.value({dim!r}, {name!r}, path, v, {in_template}, True, {flag_b})",
+                f"            _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, True, {flag_b})",
             ]
         elif dim in ("reqid", "ifindex"):
-            body.append(f"        w.value({dim!r}, {name!r}, path, v, {in_template}, False, True)")
+            body.append(f"        _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, False, True)")
         else:
             body += [
                 "        if type(v) is str or type(v) is int:",
                 f"            dims[{dim!r}][v] = None",
                 "        else:",
-                f"            w.value({dim!r}, {name!r}, path, v, {in_template}, False, True)",
+                f"            _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, False, True)",
             ]
-    src = "def walk(obj, path, w, dims, addrs):\n" + ("\n".join(body) or "    pass") + "\n"
+    src = "def walk(obj, path, dims, addrs):\n" + ("\n".join(body) or "    pass") + "\n"
     exec(compile(src, f"<subject walk of {cls.__name__}>", "exec"), scope)
     walk: _Walker = scope["walk"]
     return walk
@@ -269,67 +271,69 @@ def _record_class(hint: Any) -> tuple[type | None, bool]:
     return None, False
 
 
-def _descend(v: Any, path: str, w: _Walk, selector: bool, in_template: bool, only_addresses: bool) -> None:
+def _descend(
+    v: Any, path: str, dims: _Dims, addrs: _Addresses, selector: bool, in_template: bool, only_addresses: bool
+) -> None:
     """Read the record (or each record of the list) ``v`` found at ``path``."""
     for item in v if isinstance(v, list) else (v,):
         if isinstance(item, msgspec.Struct):
-            _walker(type(item), selector, in_template, only_addresses)(item, path, w, w.dims, w.addresses)
+            _walker(type(item), selector, in_template, only_addresses)(item, path, dims, addrs)
 
 
-class _Walk:
-    """One reading of an event: every value per dimension and every address, in the order met.
-    ``only_addresses``: the addresses alone (what a SIEM document lists)."""
+def _value(
+    dims: _Dims, addrs: _Addresses, dim: str, name: str, path: str, v: Any, in_template: bool, is_address: bool,
+    keep: bool,
+) -> None:  # fmt: skip
+    """Note the value ``v`` of field ``name`` (at ``path``) in its dimension (``keep``) and, for an
+    address field (``is_address``), its host address."""
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            if x is not None:
+                _value(dims, addrs, dim, name, path, x, in_template, is_address, keep)
+        return
+    if not v and (dim == "ifindex" or (dim == "reqid" and in_template)):
+        return  # no interface; a template's reqid 0 means "any"
+    if is_address and isinstance(v, str):
+        host = _host_cached(v)
+        if host is not None:
+            addrs[(path + name, host)] = None
+    if keep:
+        dims[dim][v] = None
 
-    __slots__ = ("addresses", "dims", "only_addresses")
 
-    def __init__(self, only_addresses: bool = False) -> None:
-        self.dims: dict[str, dict[Any, None]] = {} if only_addresses else {d: {} for d in _ALL_DIMS}
-        self.addresses: dict[tuple[str, str], None] = {}
-        self.only_addresses = only_addresses
+def _read(e: Any, path: str, dims: _Dims, addrs: _Addresses, only_addresses: bool) -> None:
+    """Walk one event: every value per dimension (none if ``only_addresses``) and every
+    address, in the order met."""
+    if type(e) is not ev.Alert:
+        _walker(type(e), False, False, only_addresses)(e, path, dims, addrs)
+        return
+    for t in e.events:
+        _read(t, path + "events.", dims, addrs, only_addresses)
+    if not e.events:
+        for key, value in e.group.items():
+            dim = _VALUE_FIELDS.get(key.rsplit(".", 1)[-1])
+            if dim is not None and dim not in ("mark", "ifindex", "address"):
+                if only_addresses and dim not in _ADDRESS_DIMS:
+                    continue
+                v = int(value) if dim == "reqid" and value.isdigit() else value
+                _value(dims, addrs, dim, key, "group.", v, False, dim in _ADDRESS_DIMS, not only_addresses)
 
-    def value(self, dim: str, name: str, path: str, v: Any, in_template: bool, is_address: bool, keep: bool) -> None:
-        if isinstance(v, (list, tuple)):
-            for x in v:
-                if x is not None:
-                    self.value(dim, name, path, x, in_template, is_address, keep)
-            return
-        if not v and (dim == "ifindex" or (dim == "reqid" and in_template)):
-            return  # no interface; a template's reqid 0 means "any"
-        if is_address and isinstance(v, str):
-            host = _host_cached(v)
-            if host is not None:
-                self.addresses[(path + name, host)] = None
-        if keep:
-            self.dims[dim][v] = None
 
-    def event(self, e: Any, path: str = "") -> None:
-        if isinstance(e, ev.Alert):
-            for t in e.events:
-                self.event(t, path + "events.")
-            if not e.events:
-                for key, value in e.group.items():
-                    dim = _VALUE_FIELDS.get(key.rsplit(".", 1)[-1])
-                    if dim is not None and dim not in ("mark", "ifindex", "address"):
-                        v = int(value) if dim == "reqid" and value.isdigit() else value
-                        if self.only_addresses and dim not in _ADDRESS_DIMS:
-                            continue
-                        self.value(dim, key, "group.", v, False, dim in _ADDRESS_DIMS, not self.only_addresses)
-            return
-        _walker(type(e), False, False, self.only_addresses)(e, path, self, self.dims, self.addresses)
+_NO_DIMS: _Dims = {}
 
 
 def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
     """:attr:`Subject.addresses` of ``e`` alone (a walk of the fields that can hold one)."""
-    w = _Walk(only_addresses=True)
-    w.event(e)
-    return tuple(w.addresses)
+    addrs: _Addresses = {}
+    _read(e, "", _NO_DIMS, addrs, True)
+    return tuple(addrs)
 
 
 def subject(e: ev.Event) -> Subject:
     """What ``e`` is about (see the module's description)."""
-    w = _Walk()
-    w.event(e)
-    d = w.dims
+    d: _Dims = {dim: {} for dim in _ALL_DIMS}
+    addrs: _Addresses = {}
+    _read(e, "", d, addrs, False)
     return Subject(
         netns=e.netns,
         tunnel_id=tuple(d["tunnel_id"]),
@@ -341,5 +345,5 @@ def subject(e: ev.Event) -> Subject:
         dir=tuple(d["dir"]),
         mark=tuple(d["mark"]),
         ifindex=tuple(d["ifindex"]),
-        addresses=tuple(w.addresses),
+        addresses=tuple(addrs),
     )

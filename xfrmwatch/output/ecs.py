@@ -32,8 +32,11 @@ What ECS shares with OCSF (network endpoints, addresses, times) is in
 
 from __future__ import annotations
 
+import functools
 import socket
 from typing import Any
+
+import msgspec
 
 from .. import events as ev
 from ..levels import severity
@@ -95,7 +98,7 @@ _FALLBACK = (_CFG, ("info",), None)
 _DIRECTION = {"in": "ingress", "out": "egress"}
 _NETWORK_TYPE = {"inet": "ipv4", "inet6": "ipv6"}
 _DATASET = {"event": "xfrmwatch.events", "alert": "xfrmwatch.alerts", "state": "xfrmwatch.state"}
-_ECS = {"version": ECS_VERSION}
+_ECS = msgspec.Raw(msgspec.json.encode({"version": ECS_VERSION}))
 _EXPIRES = frozenset({ev.Expire, ev.PolExpire})
 #: classes whose ``event`` object has more than their type says
 _SPECIAL = frozenset({ev.Malformed, ev.Overrun, ev.RekeyCompleted, ev.Alert})
@@ -110,19 +113,21 @@ def ecs_class(e: ev.Event) -> tuple[tuple[str, ...], tuple[str, ...], str | None
 
 
 class EcsRenderer:
-    """One event -> one ECS 8.11.0 document (a nested dict, ready to encode: its ``xfrm``
-    part holds the event's records as they are)."""
+    """One event -> one ECS 8.11.0 document: a nested dict ready to encode with msgspec (its
+    parts that are the same for every event of a type are pre-encoded :class:`msgspec.Raw`
+    JSON, and its ``xfrm`` part holds the event's records as they are)."""
 
     __slots__ = ("_heads", "_host", "hostname")
 
     def __init__(self, hostname: str | None = None) -> None:
         #: ``host.hostname`` and ``host.name`` of every document
         self.hostname = socket.gethostname() if hostname is None else hostname
-        self._host = {"hostname": self.hostname, "name": self.hostname}
-        #: (class, kind, hard) -> the ``event`` object's fields that follow from them
-        self._heads: dict[tuple[type, str, bool], dict[str, Any]] = {}
+        self._host = msgspec.Raw(msgspec.json.encode({"hostname": self.hostname, "name": self.hostname}))
+        #: (class, kind, hard) -> the ``event`` object, as far as it follows from them
+        #: (pre-encoded, or a dict to complete for the classes that add to it)
+        self._heads: dict[tuple[type, str, bool], msgspec.Raw | dict[str, Any]] = {}
 
-    def _head(self, e: ev.Event, hard: bool) -> dict[str, Any]:
+    def _head(self, e: ev.Event, hard: bool) -> msgspec.Raw | dict[str, Any]:
         t = event_type(e)
         kind = e.kind if e.kind in ECS_KINDS else "event"
         category, etype, outcome = ECS_TYPES.get(t + "/hard" if hard else t, _FALLBACK)
@@ -137,7 +142,7 @@ class EcsRenderer:
         }
         if outcome is not None:
             head["outcome"] = outcome
-        return head
+        return head if type(e) in _SPECIAL else msgspec.Raw(msgspec.json.encode(head))
 
     def __call__(self, e: ev.Event) -> dict[str, Any]:
         cls = type(e)
@@ -146,15 +151,15 @@ class EcsRenderer:
         head = self._heads.get(key)
         if head is None:
             head = self._heads[key] = self._head(e, hard)
-        event = dict(head)
         doc: dict[str, Any] = {
             "@timestamp": e.time,
             "ecs": _ECS,
             "message": message(e),
-            "event": event,
+            "event": head,
             "host": self._host,
         }
-        if cls in _SPECIAL:
+        if type(head) is dict:
+            doc["event"] = event = dict(head)
             if isinstance(e, ev.Malformed):
                 event["reason"] = e.reason
             elif isinstance(e, ev.Overrun):
@@ -195,28 +200,34 @@ class EcsRenderer:
     @staticmethod
     def _net(n: Net, doc: dict[str, Any]) -> None:
         if n.src is not None:
-            src: dict[str, Any] = {"ip": n.src}
-            if n.sport is not None:
-                src["port"] = n.sport
-            doc["source"] = src
+            doc["source"] = {"ip": n.src} if n.sport is None else {"ip": n.src, "port": n.sport}
         if n.dst is not None:
-            dst: dict[str, Any] = {"ip": n.dst}
-            if n.dport is not None:
-                dst["port"] = n.dport
-            doc["destination"] = dst
-        network: dict[str, Any] = {}
-        keyword, number = iana(n.proto)
-        if keyword is not None:
-            network["transport"] = keyword
-        if number is not None:
-            network["iana_number"] = str(number)
-        if n.family is not None:
-            network["type"] = _NETWORK_TYPE[n.family]
-        d = _DIRECTION.get(n.dir) if n.dir is not None else None
-        if d is not None:
-            network["direction"] = d
-        if n.bytes is not None:
-            network["bytes"] = n.bytes
-            network["packets"] = n.packets
-        if network:
-            doc["network"] = network
+            doc["destination"] = {"ip": n.dst} if n.dport is None else {"ip": n.dst, "port": n.dport}
+        if n.bytes is None:
+            network = _network(n.proto, n.family, n.dir)
+            if network is not None:
+                doc["network"] = network
+        else:
+            doc["network"] = {**_network_fields(n.proto, n.family, n.dir), "bytes": n.bytes, "packets": n.packets}
+
+
+def _network_fields(proto: str, family: str | None, direction: str | None) -> dict[str, Any]:
+    network: dict[str, Any] = {}
+    keyword, number = iana(proto)
+    if keyword is not None:
+        network["transport"] = keyword
+    if number is not None:
+        network["iana_number"] = str(number)
+    if family is not None:
+        network["type"] = _NETWORK_TYPE[family]
+    d = _DIRECTION.get(direction) if direction is not None else None
+    if d is not None:
+        network["direction"] = d
+    return network
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(proto: str, family: str | None, direction: str | None) -> msgspec.Raw | None:
+    """The ``network`` object without counters, pre-encoded (a few distinct values)."""
+    network = _network_fields(proto, family, direction)
+    return msgspec.Raw(msgspec.json.encode(network)) if network else None

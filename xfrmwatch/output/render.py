@@ -269,7 +269,19 @@ def json_lines_renderer(fmt: str) -> Callable[[list[ev.Event]], bytes]:
     r = _document(fmt)
     if r is None:
         return lines
-    return lambda events: lines([r(e) for e in events])
+
+    def documents(events: list[ev.Event]) -> bytes:
+        # a few hundred documents at a time: a whole batch of them alive at once would
+        # make the garbage collector scan them again and again
+        if len(events) <= _CHUNK:
+            return lines([r(e) for e in events])
+        return b"".join([lines([r(e) for e in events[i : i + _CHUNK]]) for i in range(0, len(events), _CHUNK)])
+
+    return documents
+
+
+#: documents rendered before they are encoded (see :func:`json_lines_renderer`)
+_CHUNK = 256
 
 
 class TextRenderer:

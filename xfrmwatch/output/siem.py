@@ -151,30 +151,20 @@ def _family(family: str, addr: str | None) -> str | None:
 
 def _sa_net(sa: ev.SA) -> Net:
     enc = sa.encap
+    cur = sa.current
+    # (positional: Net's fields in order; made for every rendered SA event)
     return Net(
-        sa.proto,
-        src=_ip(sa.src),
-        dst=_ip(sa.dst),
-        sport=enc.sport if enc else None,
-        dport=enc.dport if enc else None,
-        family=_family(sa.family, sa.dst),
-        dir=sa.dir,
-        spi=sa.spi,
-        bytes=sa.current.bytes,
-        packets=sa.current.packets,
-    )
+        sa.proto, _ip(sa.src), _ip(sa.dst), enc.sport if enc else None, enc.dport if enc else None,
+        _family(sa.family, sa.dst), sa.dir, sa.spi, cur.bytes, cur.packets,
+    )  # fmt: skip
 
 
 def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
+    # (positional: Net's fields in order; made for every rendered policy event)
     return Net(
-        sel.proto,
-        src=host_of(sel.src),
-        dst=host_of(sel.dst),
-        sport=sel.sport if sel.sport_mask == 0xFFFF else None,
-        dport=sel.dport if sel.dport_mask == 0xFFFF else None,
-        family=_family(sel.family, sel.src.partition("/")[0]),
-        dir=direction,
-    )
+        sel.proto, host_of(sel.src), host_of(sel.dst), sel.sport if sel.sport_mask == 0xFFFF else None,
+        sel.dport if sel.dport_mask == 0xFFFF else None, _family(sel.family, sel.src.partition("/")[0]), direction,
+    )  # fmt: skip
 
 
 def _net_sa(e: Any) -> Net:
@@ -307,7 +297,7 @@ def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
 
 def ips(e: ev.Event) -> list[str]:
     """Every specified address the event names, without duplicates, in order."""
-    return list(dict.fromkeys(a for _, a in subject_addresses(e)))
+    return list(dict.fromkeys([a for _, a in subject_addresses(e)]))
 
 
 def trigger_span(a: ev.Alert) -> tuple[str, str] | None:
