@@ -47,7 +47,9 @@ class Detection:
 class RuleSet:
     """Compiled rules (never changed once built; share one between namespaces)."""
 
-    __slots__ = ("_any_type", "_by_type", "correlations", "default_suppress", "detections", "limits", "rules")
+    __slots__ = (
+        "_any_type", "_by_class", "_by_type", "correlations", "default_suppress", "detections", "limits", "rules",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -72,6 +74,8 @@ class RuleSet:
         self._by_type: Mapping[str, tuple[Detection, ...]] = {
             t: tuple(d for d in self.detections if d.types is None or t in d.types) for t in named
         }
+        #: the same answer per event class (an event struct's `type` is its class's tag)
+        self._by_class: dict[type, tuple[Detection, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -79,10 +83,15 @@ class RuleSet:
     def for_type(self, event: Any) -> tuple[Detection, ...]:
         """The detection rules that can match this event's type (the same answer as
         evaluating them all, without evaluating those that require another type)."""
+        cls = type(event)
+        found = self._by_class.get(cls)
+        if found is not None:
+            return found
         t = get(event, "type")
-        if isinstance(t, str):
-            return self._by_type.get(t.lower(), self._any_type)
-        return self._any_type
+        found = self._by_type.get(t.lower(), self._any_type) if isinstance(t, str) else self._any_type
+        if isinstance(event, msgspec.Struct) and "type" not in cls.__struct_fields__:
+            self._by_class[cls] = found
+        return found
 
     def new_state(self) -> RuleState:
         """Fresh live state for one event stream."""
