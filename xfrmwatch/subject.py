@@ -34,7 +34,7 @@ import msgspec
 
 from . import events as ev
 
-__all__ = ["DIMENSIONS", "Subject", "addresses", "subject"]
+__all__ = ["DIMENSIONS", "Subject", "addresses", "hosts", "subject"]
 
 #: the dimensions a consumer prints, in this order (journal fields, SD-PARAMs)
 DIMENSIONS = ("spi", "reqid", "src", "dst", "proto", "dir", "tunnel_id")
@@ -149,6 +149,9 @@ def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
 
 
 _ADDRESS_DIMS = frozenset({"src", "dst", "address"})
+#: what a walk collects: every dimension and the addresses with their paths; the addresses
+#: alone (with their paths); the addresses alone, without paths
+_EVERYTHING, _ADDRESSES, _HOSTS = 0, 1, 2
 _ALL_DIMS = (*DIMENSIONS, "mark", "ifindex")
 
 #: one step of a walk: (field name, dimension or None for a record to descend into, the
@@ -157,10 +160,10 @@ _Step = tuple[str, str | None, bool, bool]
 
 
 @functools.cache
-def _plan(cls: type[msgspec.Struct], selector: bool, only_addresses: bool) -> tuple[_Step, ...]:
+def _plan(cls: type[msgspec.Struct], selector: bool, mode: int) -> tuple[_Step, ...]:
     """What the walk does with a record of ``cls``, decided once per class and context:
     ``selector``: the record is a selector (its ``proto`` is not the XFRM protocol);
-    ``only_addresses``: only the fields that can lead to an address."""
+    ``mode``: :data:`_EVERYTHING`, or only the fields that can lead to an address."""
     steps: list[_Step] = []
     for name in _fields(cls):
         if name in _NESTED:
@@ -170,9 +173,9 @@ def _plan(cls: type[msgspec.Struct], selector: bool, only_addresses: bool) -> tu
         if selector and name in _SELECTOR_SKIP:
             continue
         is_address = dim in _ADDRESS_DIMS
-        if only_addresses and not is_address:
+        if mode and not is_address:
             continue
-        steps.append((name, dim, is_address, not only_addresses and dim != "address"))
+        steps.append((name, dim, is_address, not mode and dim != "address"))
     return tuple(steps)
 
 
@@ -183,20 +186,21 @@ def _host_cached(value: str) -> str | None:
 
 #: the walk of one class in one context, compiled (see :func:`_compile`)
 _Dims = dict[str, dict[Any, None]]
-_Addresses = dict[tuple[str, str], None]
+#: addresses found: (path, host) pairs, or (mode _HOSTS) hosts
+_Addresses = dict[Any, None]
 _Walker = Callable[[Any, str, _Dims, _Addresses], None]
-_WALKERS: dict[tuple[type, bool, bool, bool], _Walker] = {}
+_WALKERS: dict[tuple[type, bool, bool, int], _Walker] = {}
 
 
-def _walker(cls: type, selector: bool, in_template: bool, only_addresses: bool) -> _Walker:
-    key = (cls, selector, in_template, only_addresses)
+def _walker(cls: type, selector: bool, in_template: bool, mode: int) -> _Walker:
+    key = (cls, selector, in_template, mode)
     walk = _WALKERS.get(key)
     if walk is None:
-        walk = _WALKERS[key] = _compile(cls, selector, in_template, only_addresses)
+        walk = _WALKERS[key] = _compile(cls, selector, in_template, mode)
     return walk
 
 
-def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool) -> _Walker:
+def _compile(cls: type, selector: bool, in_template: bool, mode: int) -> _Walker:
     """The steps of :func:`_plan` for ``cls`` as one function of straight-line code (as
     :mod:`dataclasses` makes its methods): an event is read field by field without a loop
     over field names per record.  The common value (one string, one number) is handled
@@ -205,16 +209,16 @@ def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool)
     body: list[str] = []
     scope: dict[str, Any] = {"_descend": _descend, "_host": _host_cached, "_value": _value}
     hints = typing.get_type_hints(cls) if isinstance(cls, type) and issubclass(cls, msgspec.Struct) else {}
-    for name, dim, flag_a, flag_b in _plan(cls, selector, only_addresses):
+    for name, dim, flag_a, flag_b in _plan(cls, selector, mode):
         body += [f"    v = obj.{name}", "    if v is not None:"]
         if dim is None:
             sub, many = _record_class(hints.get(name))
-            call = f"(v, path + {name + '.'!r}, dims, addrs, {flag_a}, {flag_b}, {only_addresses})"
+            call = f"(v, path + {name + '.'!r}, dims, addrs, {flag_a}, {flag_b}, {mode})"
             if sub is None:
                 body.append(f"        _descend{call}")
                 continue
             # the record's class is known: its own walk, directly
-            scope[f"W_{name}"] = _walker(sub, flag_a, flag_b, only_addresses)
+            scope[f"W_{name}"] = _walker(sub, flag_a, flag_b, mode)
             scope[f"C_{name}"] = sub
             item = f"(x, path + {name + '.'!r}, dims, addrs)"
             if many:
@@ -240,10 +244,10 @@ def _compile(cls: type, selector: bool, in_template: bool, only_addresses: bool)
                 "        if type(v) is str:",
                 "            h = _host(v)",
                 "            if h is not None:",
-                f"                addrs[(path + {name!r}, h)] = None",
+                f"                addrs[{'h' if mode == _HOSTS else f'(path + {name!r}, h)'}] = None",
                 f"            {f'dims[{dim!r}][v] = None' if flag_b else 'pass'}",
                 "        else:",
-                f"            _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, True, {flag_b})",
+                f"            _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, True, {flag_b}, {mode})",
             ]
         elif dim in ("reqid", "ifindex"):
             body.append(f"        _value(dims, addrs, {dim!r}, {name!r}, path, v, {in_template}, False, True)")
@@ -272,51 +276,52 @@ def _record_class(hint: Any) -> tuple[type | None, bool]:
 
 
 def _descend(
-    v: Any, path: str, dims: _Dims, addrs: _Addresses, selector: bool, in_template: bool, only_addresses: bool
+    v: Any, path: str, dims: _Dims, addrs: _Addresses, selector: bool, in_template: bool, mode: int
 ) -> None:
     """Read the record (or each record of the list) ``v`` found at ``path``."""
     for item in v if isinstance(v, list) else (v,):
         if isinstance(item, msgspec.Struct):
-            _walker(type(item), selector, in_template, only_addresses)(item, path, dims, addrs)
+            _walker(type(item), selector, in_template, mode)(item, path, dims, addrs)
 
 
 def _value(
     dims: _Dims, addrs: _Addresses, dim: str, name: str, path: str, v: Any, in_template: bool, is_address: bool,
-    keep: bool,
+    keep: bool, mode: int = 0,
 ) -> None:  # fmt: skip
     """Note the value ``v`` of field ``name`` (at ``path``) in its dimension (``keep``) and, for an
-    address field (``is_address``), its host address."""
+    address field (``is_address``), its host address (with its path, unless ``mode`` is
+    :data:`_HOSTS`)."""
     if isinstance(v, (list, tuple)):
         for x in v:
             if x is not None:
-                _value(dims, addrs, dim, name, path, x, in_template, is_address, keep)
+                _value(dims, addrs, dim, name, path, x, in_template, is_address, keep, mode)
         return
     if not v and (dim == "ifindex" or (dim == "reqid" and in_template)):
         return  # no interface; a template's reqid 0 means "any"
     if is_address and isinstance(v, str):
         host = _host_cached(v)
         if host is not None:
-            addrs[(path + name, host)] = None
+            addrs[host if mode == _HOSTS else (path + name, host)] = None
     if keep:
         dims[dim][v] = None
 
 
-def _read(e: Any, path: str, dims: _Dims, addrs: _Addresses, only_addresses: bool) -> None:
-    """Walk one event: every value per dimension (none if ``only_addresses``) and every
+def _read(e: Any, path: str, dims: _Dims, addrs: _Addresses, mode: int) -> None:
+    """Walk one event: every value per dimension (``mode`` :data:`_EVERYTHING`) and every
     address, in the order met."""
     if type(e) is not ev.Alert:
-        _walker(type(e), False, False, only_addresses)(e, path, dims, addrs)
+        _walker(type(e), False, False, mode)(e, path, dims, addrs)
         return
     for t in e.events:
-        _read(t, path + "events.", dims, addrs, only_addresses)
+        _read(t, path + "events.", dims, addrs, mode)
     if not e.events:
         for key, value in e.group.items():
             dim = _VALUE_FIELDS.get(key.rsplit(".", 1)[-1])
             if dim is not None and dim not in ("mark", "ifindex", "address"):
-                if only_addresses and dim not in _ADDRESS_DIMS:
+                if mode and dim not in _ADDRESS_DIMS:
                     continue
                 v = int(value) if dim == "reqid" and value.isdigit() else value
-                _value(dims, addrs, dim, key, "group.", v, False, dim in _ADDRESS_DIMS, not only_addresses)
+                _value(dims, addrs, dim, key, "group.", v, False, dim in _ADDRESS_DIMS, not mode, mode)
 
 
 _NO_DIMS: _Dims = {}
@@ -325,15 +330,22 @@ _NO_DIMS: _Dims = {}
 def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
     """:attr:`Subject.addresses` of ``e`` alone (a walk of the fields that can hold one)."""
     addrs: _Addresses = {}
-    _read(e, "", _NO_DIMS, addrs, True)
+    _read(e, "", _NO_DIMS, addrs, _ADDRESSES)
     return tuple(addrs)
+
+
+def hosts(e: ev.Event) -> list[str]:
+    """The addresses of :attr:`Subject.addresses` without their paths, each once, in order."""
+    found: dict[str, None] = {}
+    _read(e, "", _NO_DIMS, found, _HOSTS)
+    return list(found)
 
 
 def subject(e: ev.Event) -> Subject:
     """What ``e`` is about (see the module's description)."""
     d: _Dims = {dim: {} for dim in _ALL_DIMS}
     addrs: _Addresses = {}
-    _read(e, "", d, addrs, False)
+    _read(e, "", d, addrs, _EVERYTHING)
     return Subject(
         netns=e.netns,
         tunnel_id=tuple(d["tunnel_id"]),

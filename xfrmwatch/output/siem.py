@@ -14,7 +14,7 @@ import msgspec
 
 from .. import events as ev
 from ..subject import addresses as subject_addresses
-from ..subject import subject
+from ..subject import hosts, subject
 from .render import event_type, summary
 
 
@@ -297,7 +297,7 @@ def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
 
 def ips(e: ev.Event) -> list[str]:
     """Every specified address the event names, without duplicates, in order."""
-    return list(dict.fromkeys([a for _, a in subject_addresses(e)]))
+    return hosts(e)
 
 
 def trigger_span(a: ev.Alert) -> tuple[str, str] | None:
