@@ -179,9 +179,26 @@ def _plan(cls: type[msgspec.Struct], selector: bool, mode: int) -> tuple[_Step, 
     return tuple(steps)
 
 
-@functools.lru_cache(maxsize=4096)
+#: value -> :func:`_host` of it, for the values seen lately (emptied when full: cheaper than an
+#: LRU when nearly every address is new, as in a burst, and as quick when they repeat)
+_HOSTS_SEEN: dict[str, str | None] = {}
+_HOSTS_SEEN_MAX = 4096
+_UNSEEN = object()
+
+
 def _host_cached(value: str) -> str | None:
-    return _host(value)
+    host = _HOSTS_SEEN.get(value, _UNSEEN)
+    if host is _UNSEEN:
+        return _host_seen(value)
+    return host  # type: ignore[return-value]
+
+
+def _host_seen(value: str) -> str | None:
+    """:func:`_host`, remembered."""
+    if len(_HOSTS_SEEN) >= _HOSTS_SEEN_MAX:
+        _HOSTS_SEEN.clear()
+    host = _HOSTS_SEEN[value] = _host(value)
+    return host
 
 
 #: the walk of one class in one context, compiled (see :func:`_compile`)
@@ -207,7 +224,9 @@ def _compile(cls: type, selector: bool, in_template: bool, mode: int) -> _Walker
     inline; anything else (lists, a reqid or ifindex that may mean "none") by
     :func:`_value`."""
     body: list[str] = []
-    scope: dict[str, Any] = {"_descend": _descend, "_host": _host_cached, "_value": _value}
+    scope: dict[str, Any] = {
+        "_descend": _descend, "_value": _value, "_seen": _HOSTS_SEEN.get, "_host": _host_seen, "_UNSEEN": _UNSEEN,
+    }  # fmt: skip
     hints = typing.get_type_hints(cls) if isinstance(cls, type) and issubclass(cls, msgspec.Struct) else {}
     for name, dim, flag_a, flag_b in _plan(cls, selector, mode):
         body += [f"    v = obj.{name}", "    if v is not None:"]
@@ -242,7 +261,9 @@ def _compile(cls: type, selector: bool, in_template: bool, mode: int) -> _Walker
         elif flag_a:
             body += [
                 "        if type(v) is str:",
-                "            h = _host(v)",
+                "            h = _seen(v, _UNSEEN)",
+                "            if h is _UNSEEN:",
+                "                h = _host(v)",
                 "            if h is not None:",
                 f"                addrs[{'h' if mode == _HOSTS else f'(path + {name!r}, h)'}] = None",
                 f"            {f'dims[{dim!r}][v] = None' if flag_b else 'pass'}",
