@@ -15,18 +15,25 @@ timeout is raised so that they stay), per run:
   seconds and peak RSS, next to `ip xfrm policy list` / `ip xfrm state list` in the same
   run (output to a file, or read from the pseudo-terminal as fast as it comes).
 
-``--xfrmwatch "CMD"`` measures another build.  Figures of several runs: min / median / max.
+``--xfrmwatch "CMD"`` measures another build; ``--compare "CMD"`` measures the lists and
+the dump of another build too, in the same runs (e.g. the code before a change).
+``--breakdown``: where a list's time goes, measured in each run: the interpreter's start,
+the imports of the listing commands, the kernel's dump alone (read by a bare Python loop
+that decodes nothing), the rest (decoding and writing) by difference; CPU seconds next
+to ip's.  Figures of several runs: min / median / max.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pty
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from live import (
@@ -45,8 +52,14 @@ from live import (
 
 def timed(argv: list[str], *, tty: bool = False) -> tuple[float, int]:
     """Run ``argv`` to completion: (seconds, its peak RSS in KiB, measured by /usr/bin/time)."""
+    elapsed, kib, _ = timed_cpu(argv, tty=tty)
+    return elapsed, kib
+
+
+def timed_cpu(argv: list[str], *, tty: bool = False) -> tuple[float, int, float]:
+    """(seconds, peak RSS in KiB, CPU seconds: user + system) of ``argv`` run to completion."""
     with tempfile.NamedTemporaryFile("r") as rss:
-        argv = ["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *argv]
+        argv = ["/usr/bin/time", "-q", "-f", "%M %U %S", "-o", rss.name, *argv]
         t0 = time.monotonic()
         if tty:
             pid, fd = pty.fork()
@@ -67,7 +80,53 @@ def timed(argv: list[str], *, tty: bool = False) -> tuple[float, int]:
         elapsed = time.monotonic() - t0
         if status != 0:
             raise SystemExit(f"{argv} failed ({status})")
-        return elapsed, int(rss.read().split()[-1])
+        kib, user, system = rss.read().split()[-3:]
+        return elapsed, int(kib), float(user) + float(system)
+
+
+#: the kernel's dump alone: a bare loop reading every reply datagram, decoding nothing
+RAW_DUMP = """
+import socket, struct, sys, time
+t0 = time.perf_counter()
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6)
+s.bind((0, 0))
+typ = int(sys.argv[1])
+s.send(struct.pack("=IHHII", 16 + (64 if typ == 21 else 24), typ, 0x301, 1, 0) + bytes(64 if typ == 21 else 24))
+buf = bytearray(1 << 20)
+done = False
+while not done:
+    n = s.recv_into(buf)
+    off = 0
+    while off < n:
+        ml, mt = struct.unpack_from("=IH", buf, off)
+        done = done or mt in (2, 3)
+        off += (ml + 3) & ~3
+print(time.perf_counter() - t0)
+"""
+
+
+def breakdown(cmd: list[str], ns: str, fig: Figures) -> None:
+    """Where `policy list` / `state list` (JSON) spend their time, next to ip's."""
+    python = cmd[0] if cmd[:3] == [sys.executable, "-m", "xfrmwatch"] else sys.executable
+    t_start, _, _ = timed_cpu([python, "-c", "pass"])
+    t_imports, _, _ = timed_cpu([python, "-c", "import xfrmwatch.cli, xfrmwatch.snapshot"])
+    fig.add("breakdown: interpreter start s", t_start)
+    fig.add("breakdown: + imports s", t_imports - t_start)
+    line = f"  where the time goes: interpreter start {t_start:.3f} s, imports {t_imports - t_start:.3f} s"
+    for what, typ in (("policy", 21), ("state", 18)):
+        kernel = float(sh(f"ip netns exec {ns} {python} -c '{RAW_DUMP}' {typ}").stdout)
+        t, _, cpu = timed_cpu([*cmd, what, "list", "--netns", ns, "--format", "json"])
+        t_ip, _, cpu_ip = timed_cpu(["ip", "-n", ns, "xfrm", what, "list"])
+        rest = t - t_imports - kernel
+        fig.add(f"breakdown: {what} kernel dump s", kernel)
+        fig.add(f"breakdown: {what} list json decode+write s", rest)
+        fig.add(f"breakdown: {what} list json CPU s", cpu)
+        fig.add(f"breakdown: ip xfrm {what} list CPU s", cpu_ip)
+        line += (
+            f"; {what} list json {t:.3f} s = start + imports + kernel's dump {kernel:.3f} s + decoding and "
+            f"writing {rest:.3f} s (CPU {cpu:.2f} s; ip {t_ip:.3f} s, CPU {cpu_ip:.2f} s)"
+        )
+    print(line)
 
 
 def ready_and_rss(cmd: list[str], ns: str, tmp: Path) -> tuple[float, float, int]:
@@ -82,54 +141,85 @@ def ready_and_rss(cmd: list[str], ns: str, tmp: Path) -> tuple[float, float, int
         p.stop()
 
 
+@contextlib.contextmanager
+def _populated(args: argparse.Namespace) -> Iterator[str]:
+    """The namespace holding the policies and SAs: made here, or ``--netns`` (kept)."""
+    if args.netns:
+        yield args.netns
+        return
+    with netns("xws") as ns:
+        sh(f"ip netns exec {ns} sysctl -qw net.core.xfrm_acq_expires=86400")
+        sh(f"ip -n {ns} -batch {policy_batch(args.n)}")
+        sh(f"ip -n {ns} -batch {allocspi_batch(args.n)} > /dev/null")
+        yield ns
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="policies, and as many SAs")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--xfrmwatch", metavar="CMD", help="the command to measure (default: this tree)")
+    ap.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="an existing namespace already holding them, made as here (allocspi takes minutes)",
+    )
+    ap.add_argument("--compare", metavar="CMD", help="another build whose lists and dump are measured too")
     ap.add_argument("--skip-lists", action="store_true")
+    ap.add_argument("--skip-ready", action="store_true", help="lists only (no monitor)")
+    ap.add_argument("--breakdown", action="store_true", help="where the lists' time goes")
     args = ap.parse_args()
     require_root()
     cmd = xfrmwatch_cmd(args.xfrmwatch)
     fig = Figures()
     print(f"{' '.join(cmd)}: {args.n:,} policies + {args.n:,} SAs, {args.runs} runs")
-    with netns("xws") as empty, netns("xws") as ns, tempfile.TemporaryDirectory(prefix="xw-scale-") as d:
+    with netns("xws") as empty, _populated(args) as ns, tempfile.TemporaryDirectory(prefix="xw-scale-") as d:
         tmp = Path(d)
-        sh(f"ip netns exec {ns} sysctl -qw net.core.xfrm_acq_expires=86400")
-        sh(f"ip -n {ns} -batch {policy_batch(args.n)}")
-        sh(f"ip -n {ns} -batch {allocspi_batch(args.n)} > /dev/null")
+        builds = [("", cmd)] + ([("before: ", xfrmwatch_cmd(args.compare))] if args.compare else [])
         for i in range(args.runs):
-            _, _, base = ready_and_rss(cmd, empty, tmp)
-            ready, cpu, rss = ready_and_rss(cmd, ns, tmp)
-            per = (rss - base) / (2 * args.n)
-            fig.add("monitor ready s", ready)
-            fig.add("monitor CPU s until ready", cpu)
-            fig.add("RSS KiB per object", per)
-            print(
-                f"run {i + 1}: monitor ready in {ready:.2f} s ({cpu:.2f} s of CPU); RSS {rss / 1024:.0f} MiB "
-                f"(empty namespace {base / 1024:.0f} MiB): {per:.2f} KiB per mirrored object"
-            )
+            if not args.skip_ready:
+                _, _, base = ready_and_rss(cmd, empty, tmp)
+                ready, cpu, rss = ready_and_rss(cmd, ns, tmp)
+                per = (rss - base) / (2 * args.n)
+                fig.add("monitor ready s", ready)
+                fig.add("monitor CPU s until ready", cpu)
+                fig.add("RSS KiB per object", per)
+                print(
+                    f"run {i + 1}: monitor ready in {ready:.2f} s ({cpu:.2f} s of CPU); RSS {rss / 1024:.0f} MiB "
+                    f"(empty namespace {base / 1024:.0f} MiB): {per:.2f} KiB per mirrored object"
+                )
+            else:
+                print(f"run {i + 1}:")
+            if args.breakdown:
+                breakdown(cmd, ns, fig)
             if args.skip_lists:
                 continue
             for what, ip_what in (("policy", "policy"), ("state", "state")):
                 t_ip, m_ip = timed(["ip", "-n", ns, "xfrm", ip_what, "list"])
                 fig.add(f"ip xfrm {ip_what} list s", t_ip)
                 line = f"  ip xfrm {ip_what} list {t_ip:.2f} s ({m_ip / 1024:.0f} MiB)"
-                for fmt, tty in (("json", False), ("table", False), ("auto", True)):
-                    t, m = timed([*cmd, what, "list", "--netns", ns, "--format", fmt], tty=tty)
-                    label = f"{what} list {fmt}{' (terminal)' if tty else ''}"
-                    fig.add(f"{label} s", t)
-                    fig.add(f"{label} MiB", m / 1024)
-                    fig.add(f"{label} / ip", t / t_ip)
-                    line += f"; {label} {t:.2f} s ({m / 1024:.0f} MiB, {t / t_ip:.1f}x ip)"
+                for label, build in builds:
+                    for fmt, tty in (("json", False), ("table", False), ("auto", True)):
+                        t, m = timed([*build, what, "list", "--netns", ns, "--format", fmt], tty=tty)
+                        name = f"{label}{what} list {fmt}{' (terminal)' if tty else ''}"
+                        fig.add(f"{name} s", t)
+                        fig.add(f"{name} MiB", m / 1024)
+                        fig.add(f"{name} / ip", t / t_ip)
+                        line += f"; {name} {t:.2f} s ({m / 1024:.0f} MiB, {t / t_ip:.1f}x ip)"
                 print(line)
-            t, m = timed([*cmd, "dump", "--netns", ns, "--format", "json"])
-            fig.add("dump json s", t)
-            fig.add("dump json MiB", m / 1024)
-            print(f"  dump --format json {t:.2f} s ({m / 1024:.0f} MiB)")
+            for label, build in builds:
+                t, m = timed([*build, "dump", "--netns", ns, "--format", "json"])
+                fig.add(f"{label}dump json s", t)
+                fig.add(f"{label}dump json MiB", m / 1024)
+                print(f"  {label}dump --format json {t:.2f} s ({m / 1024:.0f} MiB)")
     print("summary (min / median / max):")
     for name in fig.values:
-        print("  " + fig.line(name, "{:,.0f}" if name.endswith("MiB") else "{:.2f}"))
+        print(
+            "  "
+            + fig.line(
+                name, "{:,.0f}" if name.endswith("MiB") else "{:.3f}" if "breakdown" in name else "{:.2f}"
+            )
+        )
     return 0
 
 

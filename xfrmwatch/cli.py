@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
-import math
 import os
 import signal
 import socket
@@ -18,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 
 import msgspec
 
-from . import __version__, levels, options
+from . import __version__, options
 from . import events as ev
 from .errors import (
     EXIT_CAPABILITY,
@@ -967,6 +963,8 @@ def _check_top_args(args: argparse.Namespace) -> None:
 
 async def cmd_top(args: argparse.Namespace) -> int:
     """The live dashboard (xfrmwatch/top): one pipeline per namespace, as `monitor` runs it."""
+    import dataclasses
+
     from .detect.alerting import Alerter
     from .filters import Filter
     from .pipeline import PipelineConfig, start_pipeline
@@ -1135,6 +1133,9 @@ def _output_file(path: str) -> BinaryIO:
 
 
 async def cmd_record(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
     import structlog
     import trio
 
@@ -1446,6 +1447,7 @@ async def cmd_config_check(args: argparse.Namespace) -> int:
 async def cmd_audit(args: argparse.Namespace) -> int:
     import trio
 
+    from . import levels
     from .audit import read_state_records
     from .detect.alerting import Alerter
     from .detect.pack import load
@@ -1495,6 +1497,7 @@ async def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 async def cmd_schema(args: argparse.Namespace) -> int:
+    import json
     if args.markdown:
         from .schema_doc import markdown
 
@@ -1510,6 +1513,8 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 def configure_logging(fmt: str = "console", file: Any = None, *, quiet: bool = False) -> None:
     """Log lines to stderr (or ``file``: the dashboard keeps them while the screen is its own);
     ``quiet``: warnings and errors only (the demo's screen is its story)."""
+    import logging
+
     import structlog
 
     from .journal_stream import PriorityPrefix

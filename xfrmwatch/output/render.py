@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from rich.text import Text
 
 from .. import events as ev
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 class JsonRenderer:
@@ -301,6 +303,8 @@ class TextRenderer:
         return f"{when} {ns}{t:<16} {text}\n".encode()
 
     def rich(self, e: Any) -> Text:
+        from rich.text import Text  # a terminal's line: rich only where one is drawn
+
         when, netns, t, text = self.parts(e)
         line = Text()
         line.append(when[11:23], style="dim")

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from .. import events as ev
-from ..subject import subject
 from .render import _alg, sel_summary
 
 
@@ -144,6 +143,8 @@ def print_info(info: dict[str, Any]) -> None:
 
 
 def _subject(a: ev.Alert) -> str:
+    from ..subject import subject
+
     for e in a.events:
         if isinstance(e, ev.NetnsState):
             return ", ".join(e.xfrm_stat_nonzero) or "namespace"
