@@ -200,25 +200,32 @@ def sel_addrs(fam: int, saddr: bytes, daddr: bytes) -> tuple[str, str]:
     return addr(fam, saddr), addr(fam, daddr)
 
 
+#: what a selector is but its addresses: (family number, family, "/source prefix length",
+#: "/destination prefix length", proto, sport, sport_mask, dport, dport_mask, ifindex, user)
+SelectorRest = tuple[int, str, str, str, str, int, int, int, int, int, int]
+
+
+def _sel_rest(v: tuple[Any, ...], i: int) -> SelectorRest:
+    """The selector whose 12 unpacked values start at v[i], but its addresses."""
+    dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user = v[i + 2 : i + 12]
+    return (
+        fam, FAMILY_NAMES.get(fam) or str(fam), f"/{ps}", f"/{pd}", IP_PROTO_NAMES.get(proto) or str(proto),
+        _ntohs(sport), _ntohs(smask), _ntohs(dport), _ntohs(dmask), ifindex, user,
+    )  # fmt: skip
+
+
+def _build_selector(rest: SelectorRest, saddr: bytes, daddr: bytes) -> ev.Selector:
+    fam, family, ps, pd, proto, sport, smask, dport, dmask, ifindex, user = rest
+    src, dst = sel_addrs(fam, saddr, daddr)
+    return ev.Selector(
+        family=family, src=src + ps, dst=dst + pd, proto=proto, sport=sport, sport_mask=smask,
+        dport=dport, dport_mask=dmask, ifindex=ifindex, user=user,
+    )  # fmt: skip
+
+
 def _selector(v: tuple[Any, ...], i: int) -> tuple[ev.Selector, int]:
     """Build a Selector from the 12 unpacked selector values starting at v[i]."""
-    daddr, saddr, dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user = v[i : i + 12]
-    src, dst = sel_addrs(fam, saddr, daddr)
-    return (
-        ev.Selector(
-            family=FAMILY_NAMES.get(fam) or str(fam),
-            src=f"{src}/{ps}",
-            dst=f"{dst}/{pd}",
-            proto=IP_PROTO_NAMES.get(proto) or str(proto),
-            sport=_ntohs(sport),
-            sport_mask=_ntohs(smask),
-            dport=_ntohs(dport),
-            dport_mask=_ntohs(dmask),
-            ifindex=ifindex,
-            user=user,
-        ),
-        i + 12,
-    )
+    return _build_selector(_sel_rest(v, i), v[i + 1], v[i]), i + 12
 
 
 def _lifetime(v: tuple[Any, ...], i: int) -> ev.Lifetime:
@@ -249,6 +256,8 @@ _POL_CUR = x.field_offset(x.USERPOLICY_INFO, "cur_bytes")
 # announced many times, a burst of policies shares lifetimes and add times):
 # build each distinct one once, keyed by its raw bytes.
 _sel_cache: dict[bytes, ev.Selector] = {}
+_sel_rest_cache: dict[bytes, SelectorRest] = {}
+_SEL_REST = x.field_offset(x.SELECTOR, "be_dport")  # after the two addresses
 _lft_cache: dict[bytes, ev.Lifetime] = {}
 _cur_cache: dict[bytes, ev.Current] = {}
 _CACHE_MAX = 8192
@@ -274,7 +283,13 @@ def _selector_at(buf: bytes, off: int, v: tuple[Any, ...], i: int) -> ev.Selecto
     raw = bytes(buf[off : off + 56])
     sel = _sel_cache.get(raw)
     if sel is None:
-        sel = _selector(v, i)[0]
+        rest = _sel_rest_cache.get(tail := raw[_SEL_REST:])  # selectors of one shape, other addresses
+        if rest is None:
+            rest = _sel_rest(v, i)
+            if len(_sel_rest_cache) > _CACHE_MAX:
+                _sel_rest_cache.clear()
+            _sel_rest_cache[tail] = rest
+        sel = _build_selector(rest, v[i + 1], v[i])
         if len(_sel_cache) > _CACHE_MAX:
             _sel_cache.clear()
         _sel_cache[raw] = sel
