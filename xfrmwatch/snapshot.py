@@ -53,23 +53,13 @@ _NLM_F_MULTI = 2
 _NLM_F_DUMP_INTR = 16
 _ERR = struct.Struct("=i")
 _U16 = struct.Struct("=H")
-_II = struct.Struct("=II")
-_BE32 = struct.Struct(">I")
 _ZERO12 = bytes(12)
 _ntop = socket.inet_ntop
+_ntohl = socket.ntohl
 _AF4 = socket.AF_INET
-_AF6 = socket.AF_INET6
 
 # field offsets in xfrm_userpolicy_info and xfrm_usersa_info (the layouts of netlink/xfrm.py)
 _SEL_FAMILY = x.field_offset(x.SELECTOR, "family")
-_P_CUR = x.field_offset(x.USERPOLICY_INFO, "cur_bytes")
-_P_PRIO = x.field_offset(x.USERPOLICY_INFO, "priority")
-_S_DADDR = x.field_offset(x.USERSA_INFO, "id_daddr")
-_S_SPI = x.field_offset(x.USERSA_INFO, "id_be_spi")
-_S_SADDR = x.field_offset(x.USERSA_INFO, "saddr")
-_S_CUR = x.field_offset(x.USERSA_INFO, "cur_bytes")
-_S_STATS = x.field_offset(x.USERSA_INFO, "stats_replay_window")
-_S_SEQ = x.field_offset(x.USERSA_INFO, "seq")
 _S_FAMILY = x.field_offset(x.USERSA_INFO, "family")
 _POLICY_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWPOLICY]
 _SA_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWSA]
@@ -101,6 +91,32 @@ _POLICY_SHAPE = _own_fields(x.USERPOLICY_INFO, ("sel_daddr", "sel_saddr", *_CUR,
 _SA_SHAPE = _own_fields(
     x.USERSA_INFO, ("sel_daddr", "sel_saddr", "id_daddr", "id_be_spi", "saddr", *_CUR, "seq", "reqid")
 )
+
+
+def _picking(fields: x.Fields, picks: tuple[tuple[str, str], ...]) -> struct.Struct:
+    """A struct reading, of a layout, only what ``picks`` names: (field, format) in layout
+    order, a format ``Ns`` taking N bytes from that field on; the rest skipped."""
+    fmt, at = "=", 0
+    for name, f in picks:
+        off = x.field_offset(fields, name)
+        assert off >= at, name
+        fmt += (f"{off - at}x" if off > at else "") + f
+        at = off + struct.calcsize("=" + f)
+    return struct.Struct(fmt)
+
+
+#: a policy's own fields: selector destination and source, current lifetime, priority, index
+_POLICY_OWN = _picking(
+    x.USERPOLICY_INFO, (("sel_daddr", "16s"), ("sel_saddr", "16s"), ("cur_bytes", "32s"), ("priority", "I"), ("index", "I"))
+)
+#: an SA's: selector destination and source, destination, SPI, source, current lifetime, seq, reqid
+_SA_OWN = _picking(
+    x.USERSA_INFO,
+    (
+        ("sel_daddr", "16s"), ("sel_saddr", "16s"), ("id_daddr", "16s"), ("id_be_spi", "I"), ("saddr", "16s"),
+        ("cur_bytes", "32s"), ("seq", "I"), ("reqid", "I"),
+    ),
+)  # fmt: skip
 
 
 def _split(text: str, marks: Iterable[tuple[str, str]]) -> list[str] | None:
@@ -241,24 +257,30 @@ class Lines:
             st = self.shapes[n] = struct.Struct(f"{self.shape.format}{n - self.min_size}s")
         return st.unpack_from(data, off)
 
-    def _addr4(self, raw: bytes) -> str:
-        """An IPv4 address's text (not in :attr:`v4`), remembered by its bytes while there is
-        room (the same peers recur)."""
-        text = _ntop(_AF4, raw)
+    def _v4(self, raw: bytes) -> str | None:
+        """The text of a 16-byte address in IPv4 form (its last 12 bytes zero; else None),
+        remembered by its bytes while there is room (the same peers recur)."""
+        if raw[4:] != _ZERO12:
+            return None
+        text = _ntop(_AF4, raw[:4])
         if len(self.v4) < _CACHE_MAX:
             self.v4[raw] = text
         return text
 
-    def _sel_texts(self, fam: int, data: bytes, off: int) -> tuple[str, str]:
+    def _sel_texts(self, fam: int, saddr: bytes, daddr: bytes) -> tuple[str, str]:
         """A selector's addresses as the decoder writes them (:func:`sel_addrs`)."""
-        if fam == _AF4 or (
-            fam == 0 and data[off + 4 : off + 16] == _ZERO12 and data[off + 20 : off + 32] == _ZERO12
-        ):
-            v4 = self.v4.get
-            return v4(data[off + 16 : off + 20]) or self._addr4(data[off + 16 : off + 20]), v4(
-                data[off : off + 4]
-            ) or self._addr4(data[off : off + 4])
-        return sel_addrs(fam, data[off + 16 : off + 32], data[off : off + 16])
+        if fam == _AF4 or fam == 0:
+            src = self.v4.get(saddr) or self._v4(saddr)
+            dst = self.v4.get(daddr) or self._v4(daddr)
+            if src is not None and dst is not None:
+                return src, dst
+        return sel_addrs(fam, saddr, daddr)
+
+    def _addr(self, fam: int, raw: bytes) -> str:
+        """An address as the decoder writes it (:func:`addr`)."""
+        if fam == _AF4:
+            return self.v4.get(raw) or self._v4(raw) or _ntop(_AF4, raw[:4])
+        return addr(fam, raw)
 
     # --- the general way ------------------------------------------------------------
 
@@ -427,15 +449,17 @@ class PolicyLines(Lines):
             self._missed(data, off, end, mtype, seq, pid)
             return
         fam, sel_fmt, pieces = t
-        if fam == _AF4:
+        daddr, saddr, cur, prio, index = _POLICY_OWN.unpack_from(data, off)
+        if fam == _AF4 or fam == 0:
             v4 = self.v4
-            src = v4.get(raw := data[off + 16 : off + 20]) or self._addr4(raw)
-            dst = v4.get(raw := data[off : off + 4]) or self._addr4(raw)
+            src = v4.get(saddr) or self._v4(saddr)
+            dst = v4.get(daddr) or self._v4(daddr)
+            if src is None or dst is None:
+                src, dst = sel_addrs(fam, saddr, daddr)
         else:
-            src, dst = self._sel_texts(fam, data, off)
-        prio, index = _II.unpack_from(data, off + _P_PRIO)
+            src, dst = sel_addrs(fam, saddr, daddr)
         if sel_fmt is None:
-            cur = self.currents.get(raw := data[off + _P_CUR : off + _P_PRIO]) or self._current(raw)
+            cur = self.currents.get(cur) or self._current(cur)
             c0, c1, c2, c3, c4, c5 = pieces
             self.parts += (c0, str(index), c1, str(prio), c2, src, c3, dst, c4, cur, c5)
         else:
@@ -449,11 +473,11 @@ class PolicyLines(Lines):
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         pol: ev.Policy = record
         fam = _U16.unpack_from(data, off + _SEL_FAMILY)[0]
-        src, dst = self._sel_texts(fam, data, off)
+        daddr, saddr, cur, prio, index = _POLICY_OWN.unpack_from(data, off)
+        src, dst = self._sel_texts(fam, saddr, daddr)
         sel = _sel_probe(pol.sel, src, dst)
         if sel is None:
             return None
-        prio, index = _II.unpack_from(data, off + _P_PRIO)
         if self.table is None:
             probe = msgspec.structs.replace(pol, index=_S + "i", priority=_S + "p", sel=sel, current=_S + "c")
             pieces = self._json_pieces(
@@ -468,7 +492,7 @@ class PolicyLines(Lines):
             )
             if pieces is None:
                 return None
-            own = (str(index), str(prio), src, dst, self._current(data[off + _P_CUR : off + _P_PRIO]))
+            own = (str(index), str(prio), src, dst, self._current(cur))
             if "".join(p + v for p, v in zip(pieces, (*own, ""), strict=True)) != line:
                 return None
             return fam, None, pieces
@@ -517,30 +541,29 @@ class SaLines(Lines):
             self._missed(data, off, end, mtype, seq, pid)
             return
         fam, sel_fam, table, pieces = t
+        sel_daddr, sel_saddr, daddr, spi, saddr, cur, seq_, reqid = _SA_OWN.unpack_from(data, off)
         v4 = self.v4
         if fam == _AF4:
-            src = v4.get(raw := data[off + _S_SADDR : off + _S_SADDR + 4]) or self._addr4(raw)
-            dst = v4.get(raw := data[off + _S_DADDR : off + _S_DADDR + 4]) or self._addr4(raw)
+            src = v4.get(saddr) or self._addr(fam, saddr)
+            dst = v4.get(daddr) or self._addr(fam, daddr)
         else:
-            src = addr(fam, data[off + _S_SADDR : off + _S_SADDR + 16])
-            dst = addr(fam, data[off + _S_DADDR : off + _S_DADDR + 16])
-        spi = _BE32.unpack_from(data, off + _S_SPI)[0]
-        seq_, reqid = _II.unpack_from(data, off + _S_SEQ)
-        cur = self.currents.get(raw := data[off + _S_CUR : off + _S_STATS]) or self._current(raw)
+            src = addr(fam, saddr)
+            dst = addr(fam, daddr)
+        cur = self.currents.get(cur) or self._current(cur)
         if table:
-            self.parts.append(pieces % (src, dst, f"0x{spi:08x}", reqid, *cur))
+            self.parts.append(pieces % (src, dst, f"0x{_ntohl(spi):08x}", reqid, *cur))
             self.table.count += 1  # type: ignore[union-attr]
             return
-        if sel_fam == _AF4 or (
-            sel_fam == 0 and data[off + 4 : off + 16] == _ZERO12 and data[off + 20 : off + 32] == _ZERO12
-        ):
-            sel_src = v4.get(raw := data[off + 16 : off + 20]) or self._addr4(raw)
-            sel_dst = v4.get(raw := data[off : off + 4]) or self._addr4(raw)
+        if sel_fam == _AF4 or sel_fam == 0:
+            sel_src = v4.get(sel_saddr)
+            sel_dst = v4.get(sel_daddr)
+            if sel_src is None or sel_dst is None:
+                sel_src, sel_dst = self._sel_texts(sel_fam, sel_saddr, sel_daddr)
         else:
-            sel_src, sel_dst = self._sel_texts(sel_fam, data, off)
+            sel_src, sel_dst = self._sel_texts(sel_fam, sel_saddr, sel_daddr)
         c0, c1, c2, c3, c4, c5, c6, c7, c8 = pieces
         self.parts += (
-            c0, src, c1, dst, c2, f"{spi:08x}", c3, str(reqid), c4, str(seq_), c5, sel_src, c6, sel_dst, c7, cur, c8,
+            c0, src, c1, dst, c2, f"{_ntohl(spi):08x}", c3, str(reqid), c4, str(seq_), c5, sel_src, c6, sel_dst, c7, cur, c8,
         )  # fmt: skip
 
     def _missed(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
@@ -557,17 +580,17 @@ class SaLines(Lines):
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         sa: ev.SA = record
         fam = _U16.unpack_from(data, off + _S_FAMILY)[0]
-        src = addr(fam, data[off + _S_SADDR : off + _S_SADDR + 16])
-        dst = addr(fam, data[off + _S_DADDR : off + _S_DADDR + 16])
+        sel_daddr, sel_saddr, daddr, spi, saddr, cur_raw, seq, reqid = _SA_OWN.unpack_from(data, off)
+        spi = _ntohl(spi)
+        src = self._addr(fam, saddr)
+        dst = self._addr(fam, daddr)
         if sa.src != src or sa.dst != dst:
             return None
-        spi = _BE32.unpack_from(data, off + _S_SPI)[0]
-        seq, reqid = _II.unpack_from(data, off + _S_SEQ)
-        cur = self._current(data[off + _S_CUR : off + _S_STATS])
+        cur = self._current(cur_raw)
         own = {"src": _S + "a", "dst": _S + "b", "spi": _S + "x", "reqid": _S + "r"}
         if self.table is None:
             sel_fam = _U16.unpack_from(data, off + _SEL_FAMILY)[0]
-            sel_src, sel_dst = self._sel_texts(sel_fam, data, off)
+            sel_src, sel_dst = self._sel_texts(sel_fam, sel_saddr, sel_daddr)
             sel = _sel_probe(sa.sel, sel_src, sel_dst)
             if sel is None:
                 return None
