@@ -77,6 +77,37 @@ def normalized(dump: dict[str, object]) -> tuple[object, object]:
     )
 
 
+class Feeder:
+    """`ip -batch -` fed from a pipe, replaced by a fresh one every ``LIMIT`` commands: iproute2's
+    batch mode keeps about 4 KiB per command (240 MiB after 60,000 of them), which in UML ends in
+    "UML ran out of memory on the host side" (vm.max_map_count) and kills it mid-run."""
+
+    LIMIT = 4000
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.sent = 0
+        self.ip: subprocess.Popen[bytes] | None = None
+
+    def send(self, lines: list[str]) -> None:
+        if self.ip is None or self.sent >= self.LIMIT:
+            self.close()  # the old one first: every command in order
+            self.ip = subprocess.Popen(["ip", "-n", self.ns, "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            self.sent = 0
+        assert self.ip.stdin is not None
+        self.ip.stdin.write("".join(f"{x}\n" for x in lines).encode())
+        self.ip.stdin.flush()
+        self.sent += len(lines)
+
+    def close(self) -> None:
+        if self.ip is not None:
+            assert self.ip.stdin is not None
+            self.ip.stdin.close()
+            if self.ip.wait() != 0:
+                raise SystemExit(f"ip -batch failed ({self.ip.returncode})")
+            self.ip = None
+
+
 def snapshot(mon: Proc, state: Path) -> dict[str, Any]:
     """The monitor's state file, written now (SIGUSR1)."""
     state.unlink(missing_ok=True)
@@ -126,8 +157,7 @@ def main() -> int:
     mon.wait_stderr("monitoring", timeout=300)
     sizes = {"ready": snapshot(mon, state)}
     print(f"{args.tunnels} tunnels, each rekeyed every {args.rekey_every:.0f} s, for {args.minutes:.0f} min")
-    feed = subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert feed.stdin is not None
+    feed = Feeder(ns)
     gens = [0] * args.tunnels
     interval = args.rekey_every / args.tunnels
     t0 = time.monotonic()
@@ -147,16 +177,14 @@ def main() -> int:
             gens[i] = g + 1
             rekeys += 1
         if lines:
-            feed.stdin.write("".join(f"{x}\n" for x in lines).encode())
-            feed.stdin.flush()
+            feed.send(lines)
         if now >= warmed and "warm-up" not in sizes:
             sizes["warm-up"] = snapshot(mon, state)
         if now >= next_sample:
             samples.append((now - t0, rss_kib(mon.pid)))
             next_sample += 10
         time.sleep(0.02)
-    feed.stdin.close()
-    feed.wait()
+    feed.close()
     time.sleep(5)
     cpu = cpu_seconds(mon.pid) - cpu0
     mirror = sizes["end"] = snapshot(mon, state)
