@@ -68,9 +68,10 @@ _SA_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWSA]
 _PATTR_MAX = 160
 
 
-def _own_fields(fields: x.Fields, own: tuple[str, ...]) -> str:
-    """A struct format reading a layout but the fields named ``own`` (skipped): the bytes
-    of an entry's shape, one ``bytes`` per run of fields that are not its own."""
+def _own_fields(fields: x.Fields, own: tuple[str, ...], after: int = 0) -> str:
+    """A struct format reading a layout but the fields named ``own`` (skipped), and the
+    ``after`` bytes that follow it (the attributes): the bytes of an entry's shape, one
+    ``bytes`` per run of fields that are not its own."""
     fmt = "="
     run = 0
     for name, f in fields:
@@ -81,16 +82,17 @@ def _own_fields(fields: x.Fields, own: tuple[str, ...]) -> str:
             run = 0
         else:
             run += size
+    run += after
     return fmt + (f"{run}s" if run else "")
 
 
 _CUR = ("cur_bytes", "cur_packets", "cur_add_time", "cur_use_time")
-#: a policy's shape: the selector but its addresses, the lifetimes, direction, action, flags, share
-_POLICY_SHAPE = _own_fields(x.USERPOLICY_INFO, ("sel_daddr", "sel_saddr", *_CUR, "priority", "index"))
-#: an SA's shape: the selector but its addresses, the protocol, lifetimes, statistics, family, mode, ...
-_SA_SHAPE = _own_fields(
-    x.USERSA_INFO, ("sel_daddr", "sel_saddr", "id_daddr", "id_be_spi", "saddr", *_CUR, "seq", "reqid")
-)
+#: a policy's own fields; its shape is the rest: the selector but its addresses, the
+#: lifetimes, direction, action, flags, share, and the attributes
+_POLICY_OWN_FIELDS = ("sel_daddr", "sel_saddr", *_CUR, "priority", "index")
+#: an SA's own fields; its shape is the rest: the selector but its addresses, the protocol,
+#: lifetimes, statistics, family, mode, replay window, flags, and the attributes
+_SA_OWN_FIELDS = ("sel_daddr", "sel_saddr", "id_daddr", "id_be_spi", "saddr", *_CUR, "seq", "reqid")
 
 
 def _picking(fields: x.Fields, picks: tuple[tuple[str, str], ...]) -> struct.Struct:
@@ -154,7 +156,8 @@ class Lines:
     msg_type: int  # the dump's replies
     min_size: int  # their fixed part
     noun: str  # the table's count
-    shape: struct.Struct  # an entry's shape: its fixed part but its own fields
+    layout: x.Fields  # the dump's entries' fixed part
+    own: tuple[str, ...]  # the fields of it that are an entry's own (the rest is its shape)
 
     def __init__(
         self, table: StreamTable | None, out: BinaryIO, log: Callable[[], Any], *, sep: str = "\n"
@@ -222,7 +225,7 @@ class Lines:
             if flags & _NLM_F_DUMP_INTR and seq == DUMP_SEQ:
                 interrupted = True
             if mtype == mtype_fast and mlen - 16 >= size:
-                fast(data, off + 16, end, mtype, seq, pid)
+                fast(data, off + 16, end)  # (the header is read again on a miss)
             elif mtype >= 16:
                 general(data, off + 16, end, mtype, seq, pid)
             elif seq == DUMP_SEQ:
@@ -254,7 +257,7 @@ class Lines:
         n = end - off
         st = self.shapes.get(n)
         if st is None:
-            st = self.shapes[n] = struct.Struct(f"{self.shape.format}{n - self.min_size}s")
+            st = self.shapes[n] = struct.Struct(_own_fields(self.layout, self.own, n - self.min_size))
         return st.unpack_from(data, off)
 
     def _v4(self, raw: bytes) -> str | None:
@@ -335,11 +338,10 @@ class Lines:
     def _malformed(self, e: ev.Malformed) -> None:
         self.malformed.append(e)  # said once the datagram is through (none of it is printed on an error)
 
-    def _shape_missed(
-        self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int, key: tuple[bytes, ...] | None
-    ) -> None:
-        """An entry of a shape without a template: the general way, and a template on the
-        shape's second sighting."""
+    def _shape_missed(self, data: bytes, off: int, end: int, key: tuple[bytes, ...] | None) -> None:
+        """An entry of a shape without a template (its body at ``off``): the general way,
+        and a template on the shape's second sighting."""
+        _, mtype, _, seq, pid = NLMSG_HDR.unpack_from(data, off - 16)
         record = self._record(data, off, end, mtype, seq, pid)
         if record is None:
             return
@@ -409,7 +411,7 @@ class Lines:
         """The template of ``record``'s shape, made and checked (None: this shape goes the general way)."""
         raise NotImplementedError
 
-    def _entry(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
+    def _entry(self, data: bytes, off: int, end: int) -> None:
         raise NotImplementedError
 
 
@@ -432,7 +434,8 @@ class PolicyLines(Lines):
     msg_type = x.XFRM_MSG_NEWPOLICY
     min_size = _POLICY_SIZE
     noun = "policies"
-    shape = struct.Struct(_POLICY_SHAPE)
+    layout = x.USERPOLICY_INFO
+    own = _POLICY_OWN_FIELDS
 
     def record_of(self, e: Any) -> ev.Policy:
         policy: ev.Policy = e.policy
@@ -441,12 +444,12 @@ class PolicyLines(Lines):
     def row(self, record: Any) -> list[str]:
         return policy_row(record)
 
-    def _entry(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
+    def _entry(self, data: bytes, off: int, end: int) -> None:
         # the hot path, spelled out (each call saved is some 5 % of the time)
         st = self.shapes.get(end - off)
         t = self.templates.get(st.unpack_from(data, off)) if st is not None else None
         if t is None:
-            self._missed(data, off, end, mtype, seq, pid)
+            self._missed(data, off, end)
             return
         fam, sel_fmt, pieces = t
         daddr, saddr, cur, prio, index = _POLICY_OWN.unpack_from(data, off)
@@ -466,9 +469,9 @@ class PolicyLines(Lines):
             self.parts.append(pieces % (sel_fmt % (src, dst), prio, index))
             self.table.count += 1  # type: ignore[union-attr]
 
-    def _missed(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
+    def _missed(self, data: bytes, off: int, end: int) -> None:
         key = self._shape(data, off, end) if end - off <= _POLICY_SIZE + _PATTR_MAX else None
-        self._shape_missed(data, off, end, mtype, seq, pid, key)
+        self._shape_missed(data, off, end, key)
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         pol: ev.Policy = record
@@ -523,7 +526,8 @@ class SaLines(Lines):
     msg_type = x.XFRM_MSG_NEWSA
     min_size = _SA_SIZE
     noun = "SAs"
-    shape = struct.Struct(_SA_SHAPE)
+    layout = x.USERSA_INFO
+    own = _SA_OWN_FIELDS
 
     def record_of(self, e: Any) -> ev.SA:
         sa: ev.SA = e.sa
@@ -532,13 +536,13 @@ class SaLines(Lines):
     def row(self, record: Any) -> list[str]:
         return sa_row(record)
 
-    def _entry(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
+    def _entry(self, data: bytes, off: int, end: int) -> None:
         # the hot path, spelled out (each call saved is some 5 % of the time); an SA whose
         # attributes carry a key has no template (see _missed): its lookup misses
         st = self.shapes.get(end - off)
         t = self.templates.get(st.unpack_from(data, off)) if st is not None else None
         if t is None:
-            self._missed(data, off, end, mtype, seq, pid)
+            self._missed(data, off, end)
             return
         fam, sel_fam, table, pieces = t
         sel_daddr, sel_saddr, daddr, spi, saddr, cur, seq_, reqid = _SA_OWN.unpack_from(data, off)
@@ -566,7 +570,7 @@ class SaLines(Lines):
             c0, src, c1, dst, c2, f"{_ntohl(spi):08x}", c3, str(reqid), c4, str(seq_), c5, sel_src, c6, sel_dst, c7, cur, c8,
         )  # fmt: skip
 
-    def _missed(self, data: bytes, off: int, end: int, mtype: int, seq: int, pid: int) -> None:
+    def _missed(self, data: bytes, off: int, end: int) -> None:
         a = off + _SA_SIZE
         while a < end:  # no template for an SA whose attributes carry a key (or are broken)
             if end - a < 4:
@@ -575,7 +579,7 @@ class SaLines(Lines):
             if alen < 4 or a + alen > end or atype & NLA_TYPE_MASK in _KEY_ATTRS:
                 break
             a += (alen + 3) & ~3
-        self._shape_missed(data, off, end, mtype, seq, pid, self._shape(data, off, end) if a == end else None)
+        self._shape_missed(data, off, end, self._shape(data, off, end) if a == end else None)
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         sa: ev.SA = record
