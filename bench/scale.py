@@ -111,8 +111,9 @@ print(time.perf_counter() - t0)
 def breakdown(cmd: list[str], ns: str, fig: Figures) -> None:
     """Where `policy list` / `state list` (JSON) spend their time, next to ip's."""
     python = cmd[0] if cmd[:3] == [sys.executable, "-m", "xfrmwatch"] else sys.executable
-    t_start, _, _ = timed_cpu([python, "-c", "pass"])
-    t_imports, _, _ = timed_cpu([python, "-c", "import xfrmwatch.cli, xfrmwatch.snapshot"])
+    # the fastest of 5 (a start is short: one preemption would be most of it)
+    t_start = min(timed_cpu([python, "-c", "pass"])[0] for _ in range(5))
+    t_imports = min(timed_cpu([python, "-c", "import xfrmwatch.cli, xfrmwatch.snapshot"])[0] for _ in range(5))
     fig.add("breakdown: interpreter start s", t_start)
     fig.add("breakdown: + imports s", t_imports - t_start)
     line = f"  where the time goes: interpreter start {t_start:.3f} s, imports {t_imports - t_start:.3f} s"
