@@ -151,6 +151,8 @@ class Lines:
     arrays), or the rows of a :class:`StreamTable`."""
 
     kind: type[ev.Event]  # the events carrying this kind (PolicyEvent, SaEvent)
+    field: str  # their field holding the record
+    row: Callable[[Any], list[str]]  # the table's row of a record
     what: str  # the request, for errors
     skipped: str  # what a malformed entry's warning says it was skipped from (as query.py says it)
     msg_type: int  # the dump's replies
@@ -402,10 +404,7 @@ class Lines:
     # --- per kind -----------------------------------------------------------------------
 
     def record_of(self, e: Any) -> Any:
-        raise NotImplementedError
-
-    def row(self, record: Any) -> list[str]:
-        raise NotImplementedError
+        return getattr(e, self.field)
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         """The template of ``record``'s shape, made and checked (None: this shape goes the general way)."""
@@ -429,6 +428,8 @@ class PolicyLines(Lines):
     current lifetime; the rest is its shape."""
 
     kind = ev.PolicyEvent
+    field = "policy"
+    row = staticmethod(policy_row)
     what = "policy dump (GETPOLICY)"
     skipped = "policy dump"
     msg_type = x.XFRM_MSG_NEWPOLICY
@@ -436,13 +437,6 @@ class PolicyLines(Lines):
     noun = "policies"
     layout = x.USERPOLICY_INFO
     own = _POLICY_OWN_FIELDS
-
-    def record_of(self, e: Any) -> ev.Policy:
-        policy: ev.Policy = e.policy
-        return policy
-
-    def row(self, record: Any) -> list[str]:
-        return policy_row(record)
 
     def _entry(self, data: bytes, off: int, end: int) -> None:
         # the hot path, spelled out (each call saved is some 5 % of the time)
@@ -521,6 +515,8 @@ class SaLines(Lines):
     shape.  SAs with a key-carrying attribute go the general way."""
 
     kind = ev.SaEvent
+    field = "sa"
+    row = staticmethod(sa_row)
     what = "state dump (GETSA)"
     skipped = "state dump"
     msg_type = x.XFRM_MSG_NEWSA
@@ -528,13 +524,6 @@ class SaLines(Lines):
     noun = "SAs"
     layout = x.USERSA_INFO
     own = _SA_OWN_FIELDS
-
-    def record_of(self, e: Any) -> ev.SA:
-        sa: ev.SA = e.sa
-        return sa
-
-    def row(self, record: Any) -> list[str]:
-        return sa_row(record)
 
     def _entry(self, data: bytes, off: int, end: int) -> None:
         # the hot path, spelled out (each call saved is some 5 % of the time); an SA whose
