@@ -42,31 +42,50 @@ def line(n: int) -> bytes:
 
 
 class Feeder(threading.Thread):
-    """Writes ``rate`` lines per second into `ip -batch -`, paced every 10 ms."""
+    """Writes ``rate`` lines per second into `ip -batch -`, paced every 10 ms.
+
+    A fresh `ip -batch` is started after each flush (the previous one waited for, so the
+    order holds): iproute2's batch mode keeps about 4 KiB per command it has read, and one
+    process fed for a minute at these rates would grow by gigabytes and slow down."""
 
     def __init__(self, ns: str, rate: int, seconds: float) -> None:
         super().__init__(daemon=True)
-        self.rate, self.seconds = rate, seconds
-        self.ip = subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        self.ns, self.rate, self.seconds = ns, rate, seconds
+        self.ip = self._spawn()
         self.sent = 0
         self.behind = False
 
-    def run(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["ip", "-n", self.ns, "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def _finish(self) -> None:
         assert self.ip.stdin is not None
+        self.ip.stdin.close()
+        self.ip.wait()
+
+    def run(self) -> None:
         t0 = time.monotonic()
         n = 0
         while (now := time.monotonic()) - t0 < self.seconds:
             due = int((now - t0) * self.rate)
-            if due > n:
-                self.ip.stdin.write(b"".join(line(i) for i in range(n, due)))
+            restarts = 0.0  # time spent waiting for a finished `ip` to exit: not a slow `ip`
+            while due > n:
+                # up to the end of this cycle (its flush included), then a fresh `ip`
+                upto = min(due, n - n % (CYCLE + 1) + CYCLE + 1)
+                assert self.ip.stdin is not None
+                self.ip.stdin.write(b"".join(line(i) for i in range(n, upto)))
                 self.ip.stdin.flush()
-                n = due
+                n = upto
                 self.sent = n
-            if time.monotonic() - now > 0.05:
+                if n % (CYCLE + 1) == 0:
+                    t_restart = time.monotonic()
+                    self._finish()
+                    self.ip = self._spawn()
+                    restarts += time.monotonic() - t_restart
+            if time.monotonic() - now - restarts > 0.05:
                 self.behind = True  # `ip` itself could not keep the pace
             time.sleep(0.01)
-        self.ip.stdin.close()
-        self.ip.wait()
+        self._finish()
 
 
 def slope(points: list[tuple[float, float]]) -> float:
