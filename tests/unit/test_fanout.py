@@ -111,3 +111,26 @@ async def test_swap_is_atomic_when_a_new_output_cannot_start(autojump_clock: tri
         await trio.sleep(0.1)
         fan.close_all()
     assert ["still"] == SEEN["keep"]
+
+
+def test_a_published_batch_is_counted_per_type_and_namespace() -> None:
+    """A batch of events from two namespaces, an overrun among them: the scrape counts each type
+    per namespace, and the overrun in its own counter too."""
+    m = Metrics()
+
+    def flush(netns: str) -> ev.Event:
+        return ev.FlushPolicy(time="t", mono=0.0, netns=netns, nlmsg_pid=0, nlmsg_seq=0, ptype="main")
+
+    m.events([flush("a"), flush("a"), flush("b"), event("lost"), flush("a")])
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(m.exposition().decode())
+        for s in fam.samples
+        if s.name in ("xfrmwatch_events_total", "xfrmwatch_overruns_total")
+    }
+    assert {
+        ("xfrmwatch_events_total", (("netns", "a"), ("type", "flushpolicy"))): 3.0,
+        ("xfrmwatch_events_total", (("netns", "b"), ("type", "flushpolicy"))): 1.0,
+        ("xfrmwatch_events_total", (("netns", ""), ("type", "overrun"))): 1.0,
+        ("xfrmwatch_overruns_total", (("netns", ""),)): 1.0,
+    } == samples

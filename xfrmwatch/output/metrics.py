@@ -63,6 +63,8 @@ between mirror updates.
 from __future__ import annotations
 
 import heapq
+import operator
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, NamedTuple
 
@@ -92,6 +94,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: events that count in counters of their own too (see :meth:`Metrics.event`)
 _COUNTED_APART = frozenset({ev.Alert, ev.Overrun, ev.Resync})
+_NETNS = operator.attrgetter("netns")
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -148,14 +151,17 @@ class Metrics:
             self.resync(e.netns)
 
     def events(self, events: list[ev.Event]) -> None:
-        """:meth:`event` for each of ``events``."""
-        counts, special = self._events, _COUNTED_APART
-        for e in events:
-            if type(e) in special:
-                self.event(e)
+        """:meth:`event` for each of ``events`` (counted per class and namespace at once)."""
+        counts = self._events
+        kinds: Counter[tuple[type[ev.Event], str]] = Counter(zip(map(type, events), map(_NETNS, events), strict=True))
+        for (cls, netns), n in kinds.items():
+            if cls in _COUNTED_APART:
+                for e in events:
+                    if type(e) is cls and e.netns == netns:
+                        self.event(e)
                 continue
-            k = (str(e.__struct_config__.tag), e.netns)
-            counts[k] = counts.get(k, 0) + 1
+            k = (str(cls.__struct_config__.tag), netns)
+            counts[k] = counts.get(k, 0) + n
 
     def overrun(self, netns: str) -> None:
         self._overruns[netns] = self._overruns.get(netns, 0) + 1
