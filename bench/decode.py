@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from xfrmwatch import decode as decode_mod
+from xfrmwatch.netlink import decode as decode_mod
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink.framing import NLMSG_HDR

@@ -714,6 +714,17 @@ def decode_attrs(
 
 
 _MIN_SIZE = x.MSG_MIN_SIZE
+_SHAPED = (x.XFRM_MSG_NEWPOLICY, x.XFRM_MSG_UPDPOLICY)
+#: a one-message policy datagram taken by its shape: header, xfrm_userpolicy_info, attributes
+#: up to the length whose bytes :func:`policy_attrs` remembers
+_POL_MIN = 16 + 168
+_POL_MAX = _POL_MIN + _PATTR_MAX
+_SEL_FAM_PLEN = struct.Struct("=HBB")  # a selector's family, destination and source prefix lengths
+_replace = msgspec.structs.replace
+#: (message type, selector but its addresses + lifetimes + priority, direction... + attributes)
+#: -> (event class, policy of that shape, selector family is AF_INET, selector family,
+#: "/source prefix", "/destination prefix")
+_pol_shape_cache: dict[tuple[int, bytes, bytes], tuple[type[ev.PolicyEvent], ev.Policy, bool, int, str, str]] = {}
 
 
 class Decoder:
@@ -947,6 +958,39 @@ class Decoder:
                 kw[key] = ev.HashThresh(lbits=lb, rbits=rb)
         return ev.SpdInfo(time=t, mono=m, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq, **kw)
 
+    def _policy_shaped(self, mtype: int, seq: int, pid: int, data: bytes, mono: float, wall: str) -> ev.Event:
+        """A NEWPOLICY or UPDPOLICY datagram (one message, short attributes) built from the
+        policy of its shape: everything but the selector's addresses and the index (the rest
+        of the selector, lifetimes, priority, direction..., the attribute bytes) as an earlier
+        message decoded it.  A burst of policies differs in those only.  (Policy messages
+        carry no key material.)  A new shape goes through :meth:`decode_message` and is
+        remembered only if it decoded."""
+        key = (mtype, data[48:172], data[176:])
+        shape = _pol_shape_cache.get(key)
+        if shape is None:
+            event = self.decode_message(mtype, seq, pid, data, 16, len(data), mono, wall)
+            if isinstance(event, ev.PolicyEvent):
+                fam, pd, ps = _SEL_FAM_PLEN.unpack_from(data, 56)
+                if len(_pol_shape_cache) > _CACHE_MAX:
+                    _pol_shape_cache.clear()
+                v4 = fam == _AF_INET
+                _pol_shape_cache[key] = (type(event), event.policy, v4, fam, f"/{ps}", f"/{pd}")
+            return event
+        cls, tpl, v4, fam, ps, pd = shape
+        if v4:
+            src, dst = _inet_ntop(_AF_INET, data[32:36]) + ps, _inet_ntop(_AF_INET, data[16:20]) + pd
+        else:
+            src, dst = sel_addrs(fam, data[32:48], data[16:32])
+            src += ps
+            dst += pd
+        return cls(
+            time=wall, mono=mono, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq,
+            policy=_replace(
+                tpl, index=_U32.unpack_from(data, 172)[0], sel=_replace(tpl.sel, src=src, dst=dst),
+                flags=list(tpl.flags), tmpl=list(tpl.tmpl),
+            ),
+        )  # fmt: skip
+
     # --- entry points ------------------------------------------------------------
 
     def decode_message(
@@ -989,6 +1033,8 @@ class Decoder:
             if mlen == len(data):  # one message: every multicast notification
                 if mtype < 16:
                     return []
+                if mtype in _SHAPED and _POL_MIN <= mlen <= _POL_MAX:
+                    return [self._policy_shaped(mtype, seq, pid, data, mono, wall_s)]
                 return [self.decode_message(mtype, seq, pid, data, 16, mlen, mono, wall_s)]
         out: list[ev.Event] = []
         for item in iter_messages(data):
