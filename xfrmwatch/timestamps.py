@@ -32,5 +32,6 @@ def utc_precise(seconds: float) -> str:
     whole = int(seconds)
     if _second_cache[0] != whole:
         _second_cache[0] = whole
-        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_cache[1]}.{int((seconds - whole) * 1e6):06d}Z"
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+    # %d truncates the float as int() would; %-formatting is about half the f-string's time
+    return "%s%06dZ" % (_second_cache[1], (seconds - whole) * 1e6)
