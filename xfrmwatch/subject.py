@@ -34,7 +34,7 @@ import msgspec
 
 from . import events as ev
 
-__all__ = ["DIMENSIONS", "Subject", "addresses", "hosts", "subject"]
+__all__ = ["DIMENSIONS", "Subject", "addresses", "host", "hosts", "subject"]
 
 #: the dimensions a consumer prints, in this order (journal fields, SD-PARAMs)
 DIMENSIONS = ("spi", "reqid", "src", "dst", "proto", "dir", "tunnel_id")
@@ -186,19 +186,21 @@ _HOSTS_SEEN_MAX = 4096
 _UNSEEN = object()
 
 
-def _host_cached(value: str) -> str | None:
-    host = _HOSTS_SEEN.get(value, _UNSEEN)
-    if host is _UNSEEN:
+def host(value: str) -> str | None:
+    """The host address a field's value names (a plain address or a /32 or /128 prefix, not
+    unspecified), else None: what the walk puts in :attr:`Subject.addresses` (remembered)."""
+    h = _HOSTS_SEEN.get(value, _UNSEEN)
+    if h is _UNSEEN:
         return _host_seen(value)
-    return host  # type: ignore[return-value]
+    return h  # type: ignore[return-value]
 
 
 def _host_seen(value: str) -> str | None:
     """:func:`_host`, remembered."""
     if len(_HOSTS_SEEN) >= _HOSTS_SEEN_MAX:
         _HOSTS_SEEN.clear()
-    host = _HOSTS_SEEN[value] = _host(value)
-    return host
+    h = _HOSTS_SEEN[value] = _host(value)
+    return h
 
 
 #: the walk of one class in one context, compiled (see :func:`_compile`)
@@ -320,9 +322,9 @@ def _value(
     if not v and (dim == "ifindex" or (dim == "reqid" and in_template)):
         return  # no interface; a template's reqid 0 means "any"
     if is_address and isinstance(v, str):
-        host = _host_cached(v)
-        if host is not None:
-            addrs[host if mode == _HOSTS else (path + name, host)] = None
+        h = host(v)
+        if h is not None:
+            addrs[h if mode == _HOSTS else (path + name, h)] = None
     if keep:
         dims[dim][v] = None
 

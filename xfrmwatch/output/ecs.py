@@ -40,8 +40,9 @@ import msgspec
 
 from .. import events as ev
 from ..levels import severity
-from .render import event_type
-from .siem import Net, alert_uid, iana, ips, message, native, net, trigger_span
+from ..subject import host
+from .render import event_type, policy_summary, sa_summary
+from .siem import Net, alert_uid, iana, ips, message, native, net, sa_net, sel_net, trigger_span
 
 ECS_VERSION = "8.11.0"
 MODULE = "xfrmwatch"
@@ -102,6 +103,10 @@ _ECS = msgspec.Raw(msgspec.json.encode({"version": ECS_VERSION}))
 _EXPIRES = frozenset({ev.Expire, ev.PolExpire})
 #: classes whose ``event`` object has more than their type says
 _SPECIAL = frozenset({ev.Malformed, ev.Overrun, ev.RekeyCompleted, ev.Alert})
+#: classes about one policy (``policy``) or one SA (``sa``) and nothing else the walk of
+#: :mod:`xfrmwatch.subject` reads: rendered the short way (see :meth:`EcsRenderer._policy`)
+_POLICY_CLASSES = frozenset({ev.NewPolicy, ev.UpdPolicy, ev.PolicyState, ev.PolExpire})
+_SA_CLASSES = frozenset({ev.NewSA, ev.UpdSA, ev.SaState, ev.Expire})
 
 
 def ecs_class(e: ev.Event) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
@@ -124,8 +129,9 @@ class EcsRenderer:
         self.hostname = socket.gethostname() if hostname is None else hostname
         self._host = msgspec.Raw(msgspec.json.encode({"hostname": self.hostname, "name": self.hostname}))
         #: (class, kind, hard) -> the ``event`` object, as far as it follows from them
-        #: (pre-encoded, or a dict to complete for the classes that add to it)
-        self._heads: dict[tuple[type, str, bool], msgspec.Raw | dict[str, Any]] = {}
+        #: (pre-encoded, or a dict to complete for the classes that add to it), and the
+        #: ``message``'s start for the classes rendered the short way
+        self._heads: dict[tuple[type, str, bool], tuple[msgspec.Raw | dict[str, Any], str]] = {}
 
     def _head(self, e: ev.Event, hard: bool) -> msgspec.Raw | dict[str, Any]:
         t = event_type(e)
@@ -148,9 +154,19 @@ class EcsRenderer:
         cls = type(e)
         hard = cls in _EXPIRES and e.hard  # type: ignore[attr-defined]
         key = (cls, e.kind, hard)
-        head = self._heads.get(key)
-        if head is None:
-            head = self._heads[key] = self._head(e, hard)
+        cached = self._heads.get(key)
+        if cached is None:
+            t = event_type(e)
+            cached = self._heads[key] = (self._head(e, hard), t + (" hard " if hard else " soft ") if cls in _EXPIRES else t + " ")
+        head, start = cached
+        if cls in _POLICY_CLASSES:
+            short = self._policy(e, head, start)
+            if short is not None:
+                return short
+        elif cls in _SA_CLASSES:
+            short = self._sa(e, head, start)
+            if short is not None:
+                return short
         doc: dict[str, Any] = {
             "@timestamp": e.time,
             "ecs": _ECS,
@@ -177,6 +193,79 @@ class EcsRenderer:
         addrs = ips(e)
         if addrs:
             doc["related"] = {"ip": addrs}
+        doc["xfrm"] = native(e)
+        return doc
+
+    def _policy(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
+        """The document of an event about one policy, as the general way makes it (its
+        ``message`` ``start`` + the policy's summary, ``related.ip`` the hosts of the
+        selector and templates, in the order the walk meets them); None for a record of
+        another shape than the decoder makes (the general way judges it)."""
+        p = e.policy
+        if type(p) is not ev.Policy:
+            return None
+        sel = p.sel
+        tmpl = p.tmpl
+        if type(sel) is not ev.Selector or type(tmpl) is not list:
+            return None
+        src = sel.src
+        dst = sel.dst
+        if type(src) is not str or type(dst) is not str:
+            return None
+        related: dict[str, None] = {}
+        h = host(src)
+        if h is not None:
+            related[h] = None
+        h = host(dst)
+        if h is not None:
+            related[h] = None
+        for t in tmpl:
+            if type(t) is not ev.Template:
+                return None
+            for a in (t.src, t.dst):
+                if type(a) is str:
+                    h = host(a)
+                    if h is not None:
+                        related[h] = None
+                elif a is not None:
+                    return None
+        return self._short(e, head, start + policy_summary(p), sel_net(sel, p.dir), related)
+
+    def _sa(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
+        """:meth:`_policy` for an event about one SA (``related.ip``: the SA's endpoints, its
+        selector's hosts, its care-of address)."""
+        sa = e.sa
+        if type(sa) is not ev.SA:
+            return None
+        sel = sa.sel
+        off = sa.offload
+        if type(sel) is not ev.Selector or type(sa.current) is not ev.Current or not (off is None or type(off) is ev.Offload):
+            return None
+        related: dict[str, None] = {}
+        for a in (sa.src, sa.dst, sel.src, sel.dst, sa.coaddr):
+            if type(a) is str:
+                h = host(a)
+                if h is not None:
+                    related[h] = None
+            elif a is not None:
+                return None
+        return self._short(e, head, start + sa_summary(sa), sa_net(sa), related)
+
+    def _short(
+        self, e: Any, head: msgspec.Raw | dict[str, Any], text: str, n: Net, related: dict[str, None]
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "@timestamp": e.time,
+            "ecs": _ECS,
+            "message": text,
+            "event": head,
+            "host": self._host,
+        }
+        if e.process is not None:
+            doc["process"] = {"name": e.process, "pid": e.nlmsg_pid}
+        self._net(n, doc)
+        if related:
+            doc["related"] = {"ip": list(related)}
         doc["xfrm"] = native(e)
         return doc
 

@@ -149,7 +149,8 @@ def _family(family: str, addr: str | None) -> str | None:
     return "inet6" if ":" in addr else "inet"
 
 
-def _sa_net(sa: ev.SA) -> Net:
+def sa_net(sa: ev.SA) -> Net:
+    """The network view of an SA: its outer endpoints, ports, counters."""
     enc = sa.encap
     cur = sa.current
     # (positional: Net's fields in order; made for every rendered SA event)
@@ -159,7 +160,8 @@ def _sa_net(sa: ev.SA) -> Net:
     )  # fmt: skip
 
 
-def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
+def sel_net(sel: ev.Selector, direction: str | None) -> Net:
+    """The network view of a policy's selector (``direction``: the policy's)."""
     # (positional: Net's fields in order; made for every rendered policy event)
     return Net(
         sel.proto, host_of(sel.src), host_of(sel.dst), sel.sport if sel.sport_mask == 0xFFFF else None,
@@ -168,24 +170,24 @@ def _sel_net(sel: ev.Selector, direction: str | None) -> Net:
 
 
 def _net_sa(e: Any) -> Net:
-    return _sa_net(e.sa)
+    return sa_net(e.sa)
 
 
 def _net_delsa(e: ev.DelSA) -> Net:
     if e.sa is not None:
-        return _sa_net(e.sa)
+        return sa_net(e.sa)
     i = e.id
     return Net(i.proto, dst=_ip(i.dst), family=_family(i.family, i.dst), spi=i.spi)
 
 
 def _net_policy(e: Any) -> Net:
-    return _sel_net(e.policy.sel, e.policy.dir)
+    return sel_net(e.policy.sel, e.policy.dir)
 
 
 def _net_delpolicy(e: ev.DelPolicy) -> Net:
     if e.policy is not None:
-        return _sel_net(e.policy.sel, e.policy.dir)
-    return _sel_net(e.policy_id.sel, e.policy_id.dir)
+        return sel_net(e.policy.sel, e.policy.dir)
+    return sel_net(e.policy_id.sel, e.policy_id.dir)
 
 
 def _net_acquire(e: ev.AcquireEvent) -> Net:
@@ -251,7 +253,7 @@ def _net_flushsa(e: ev.FlushSA) -> Net | None:
 
 
 def _net_report(e: ev.Report) -> Net:
-    return _sel_net(e.sel, None)
+    return sel_net(e.sel, None)
 
 
 _NET: dict[type, Callable[[Any], Net | None]] = {
