@@ -42,7 +42,7 @@ from .. import events as ev
 from ..levels import severity
 from ..subject import host
 from .render import event_type, policy_summary, sa_summary
-from .siem import Net, alert_uid, iana, ips, message, native, net, sa_net, sel_net, trigger_span
+from .siem import alert_uid, host_of, iana, ip_family, ips, message, native, net, sa_net, trigger_span
 
 ECS_VERSION = "8.11.0"
 MODULE = "xfrmwatch"
@@ -107,6 +107,7 @@ _SPECIAL = frozenset({ev.Malformed, ev.Overrun, ev.RekeyCompleted, ev.Alert})
 #: :mod:`xfrmwatch.subject` reads: rendered the short way (see :meth:`EcsRenderer._policy`)
 _POLICY_CLASSES = frozenset({ev.NewPolicy, ev.UpdPolicy, ev.PolicyState, ev.PolExpire})
 _SA_CLASSES = frozenset({ev.NewSA, ev.UpdSA, ev.SaState, ev.Expire})
+_FAMILIES = frozenset({"inet", "inet6"})
 
 
 def ecs_class(e: ev.Event) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
@@ -189,7 +190,7 @@ class EcsRenderer:
             doc["process"] = {"name": e.process, "pid": e.nlmsg_pid}
         n = net(e)
         if n is not None:
-            self._net(n, doc)
+            _net(doc, *n)
         addrs = ips(e)
         if addrs:
             doc["related"] = {"ip": addrs}
@@ -229,7 +230,14 @@ class EcsRenderer:
                         related[h] = None
                 elif a is not None:
                     return None
-        return self._short(e, head, start + policy_summary(p), sel_net(sel, p.dir), related)
+        doc = self._start(e, head, start + policy_summary(p))
+        family = sel.family
+        _net(
+            doc, sel.proto, host_of(src), host_of(dst), sel.sport if sel.sport_mask == 0xFFFF else None,
+            sel.dport if sel.dport_mask == 0xFFFF else None,
+            family if family in _FAMILIES else ip_family(family, src.partition("/")[0]), p.dir,
+        )  # fmt: skip
+        return self._end(e, doc, related)
 
     def _sa(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
         """:meth:`_policy` for an event about one SA (``related.ip``: the SA's endpoints, its
@@ -249,11 +257,12 @@ class EcsRenderer:
                     related[h] = None
             elif a is not None:
                 return None
-        return self._short(e, head, start + sa_summary(sa), sa_net(sa), related)
+        doc = self._start(e, head, start + sa_summary(sa))
+        _net(doc, *sa_net(sa))
+        return self._end(e, doc, related)
 
-    def _short(
-        self, e: Any, head: msgspec.Raw | dict[str, Any], text: str, n: Net, related: dict[str, None]
-    ) -> dict[str, Any]:
+    def _start(self, e: Any, head: msgspec.Raw | dict[str, Any], text: str) -> dict[str, Any]:
+        """A document's first members (the short way)."""
         doc: dict[str, Any] = {
             "@timestamp": e.time,
             "ecs": _ECS,
@@ -263,7 +272,11 @@ class EcsRenderer:
         }
         if e.process is not None:
             doc["process"] = {"name": e.process, "pid": e.nlmsg_pid}
-        self._net(n, doc)
+        return doc
+
+    @staticmethod
+    def _end(e: Any, doc: dict[str, Any], related: dict[str, None]) -> dict[str, Any]:
+        """A document's last members (the short way)."""
         if related:
             doc["related"] = {"ip": list(related)}
         doc["xfrm"] = native(e)
@@ -286,18 +299,25 @@ class EcsRenderer:
             doc["tags"] = list(r.tags)
         doc["rule"] = rule
 
-    @staticmethod
-    def _net(n: Net, doc: dict[str, Any]) -> None:
-        if n.src is not None:
-            doc["source"] = {"ip": n.src} if n.sport is None else {"ip": n.src, "port": n.sport}
-        if n.dst is not None:
-            doc["destination"] = {"ip": n.dst} if n.dport is None else {"ip": n.dst, "port": n.dport}
-        if n.bytes is None:
-            network = _network(n.proto, n.family, n.dir)
-            if network is not None:
-                doc["network"] = network
-        else:
-            doc["network"] = {**_network_fields(n.proto, n.family, n.dir), "bytes": n.bytes, "packets": n.packets}
+
+
+def _net(
+    doc: dict[str, Any], proto: str, src: str | None = None, dst: str | None = None, sport: int | None = None,
+    dport: int | None = None, family: str | None = None, direction: str | None = None, spi: str | None = None,
+    nbytes: int | None = None, packets: int | None = None,
+) -> None:  # fmt: skip
+    """``source``, ``destination`` and ``network`` of a document, from a :class:`Net`'s fields."""
+    del spi  # (not an ECS field)
+    if src is not None:
+        doc["source"] = {"ip": src} if sport is None else {"ip": src, "port": sport}
+    if dst is not None:
+        doc["destination"] = {"ip": dst} if dport is None else {"ip": dst, "port": dport}
+    if nbytes is None:
+        network = _network(proto, family, direction)
+        if network is not None:
+            doc["network"] = network
+    else:
+        doc["network"] = {**_network_fields(proto, family, direction), "bytes": nbytes, "packets": packets}
 
 
 def _network_fields(proto: str, family: str | None, direction: str | None) -> dict[str, Any]:

@@ -141,7 +141,8 @@ class Net(NamedTuple):
         return self.src, self.dst, self.sport, self.dport, self.proto
 
 
-def _family(family: str, addr: str | None) -> str | None:
+def ip_family(family: str, addr: str | None) -> str | None:
+    """``family`` when it is ``inet`` or ``inet6``, else the family of ``addr`` (if specified)."""
     if family in ("inet", "inet6"):
         return family
     if addr is None or addr in _UNSPECIFIED:
@@ -156,7 +157,7 @@ def sa_net(sa: ev.SA) -> Net:
     # (positional: Net's fields in order; made for every rendered SA event)
     return Net(
         sa.proto, _ip(sa.src), _ip(sa.dst), enc.sport if enc else None, enc.dport if enc else None,
-        _family(sa.family, sa.dst), sa.dir, sa.spi, cur.bytes, cur.packets,
+        ip_family(sa.family, sa.dst), sa.dir, sa.spi, cur.bytes, cur.packets,
     )  # fmt: skip
 
 
@@ -165,7 +166,7 @@ def sel_net(sel: ev.Selector, direction: str | None) -> Net:
     # (positional: Net's fields in order; made for every rendered policy event)
     return Net(
         sel.proto, host_of(sel.src), host_of(sel.dst), sel.sport if sel.sport_mask == 0xFFFF else None,
-        sel.dport if sel.dport_mask == 0xFFFF else None, _family(sel.family, sel.src.partition("/")[0]), direction,
+        sel.dport if sel.dport_mask == 0xFFFF else None, ip_family(sel.family, sel.src.partition("/")[0]), direction,
     )  # fmt: skip
 
 
@@ -177,7 +178,7 @@ def _net_delsa(e: ev.DelSA) -> Net:
     if e.sa is not None:
         return sa_net(e.sa)
     i = e.id
-    return Net(i.proto, dst=_ip(i.dst), family=_family(i.family, i.dst), spi=i.spi)
+    return Net(i.proto, dst=_ip(i.dst), family=ip_family(i.family, i.dst), spi=i.spi)
 
 
 def _net_policy(e: Any) -> Net:
@@ -196,7 +197,7 @@ def _net_acquire(e: ev.AcquireEvent) -> Net:
         a.proto,
         src=_ip(a.src),
         dst=_ip(a.dst),
-        family=_family(a.family, a.dst),
+        family=ip_family(a.family, a.dst),
         dir=e.policy.dir,
         spi=None if a.spi == "0x00000000" else a.spi,  # none allocated yet
     )
@@ -209,7 +210,7 @@ def _net_newae(e: ev.NewAE) -> Net:
         a.proto,
         src=_ip(a.src),
         dst=_ip(a.dst),
-        family=_family(a.family, a.dst),
+        family=ip_family(a.family, a.dst),
         spi=a.spi,
         bytes=cur.bytes if cur else None,
         packets=cur.packets if cur else None,
@@ -224,7 +225,7 @@ def _net_mapping(e: ev.Mapping) -> Net:
         src=_ip(e.new_src),
         dst=_ip(i.dst),
         sport=e.new_sport,
-        family=_family(i.family, i.dst),
+        family=ip_family(i.family, i.dst),
         dir="in",
         spi=i.spi,
     )
@@ -238,14 +239,14 @@ def _net_migrate(e: ev.Migrate) -> Net | None:
         m.proto,
         src=_ip(m.new_src),
         dst=_ip(m.new_dst),
-        family=_family(m.new_family, m.new_dst),
+        family=ip_family(m.new_family, m.new_dst),
         dir=e.policy_id.dir,
     )
 
 
 def _net_tunnel(e: ev.TunnelEvent) -> Net:
     spis = subject(e).spi
-    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=_family("", e.dst), spi=spis[0] if spis else None)
+    return Net(e.proto, src=_ip(e.src), dst=_ip(e.dst), family=ip_family("", e.dst), spi=spis[0] if spis else None)
 
 
 def _net_flushsa(e: ev.FlushSA) -> Net | None:
