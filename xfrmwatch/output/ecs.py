@@ -40,9 +40,22 @@ import msgspec
 
 from .. import events as ev
 from ..levels import severity
-from ..subject import host
 from .render import event_type, policy_summary, sa_summary
-from .siem import alert_uid, host_of, iana, ip_family, ips, message, native, net, sa_net, trigger_span
+from .siem import (
+    POLICY_CLASSES,
+    SA_CLASSES,
+    alert_uid,
+    host_of,
+    iana,
+    ip_family,
+    ips,
+    message,
+    native,
+    net,
+    record_addresses,
+    sa_net,
+    trigger_span,
+)
 
 ECS_VERSION = "8.11.0"
 MODULE = "xfrmwatch"
@@ -103,10 +116,6 @@ _ECS = msgspec.Raw(msgspec.json.encode({"version": ECS_VERSION}))
 _EXPIRES = frozenset({ev.Expire, ev.PolExpire})
 #: classes whose ``event`` object has more than their type says
 _SPECIAL = frozenset({ev.Malformed, ev.Overrun, ev.RekeyCompleted, ev.Alert})
-#: classes about one policy (``policy``) or one SA (``sa``) and nothing else the walk of
-#: :mod:`xfrmwatch.subject` reads: rendered the short way (see :meth:`EcsRenderer._policy`)
-_POLICY_CLASSES = frozenset({ev.NewPolicy, ev.UpdPolicy, ev.PolicyState, ev.PolExpire})
-_SA_CLASSES = frozenset({ev.NewSA, ev.UpdSA, ev.SaState, ev.Expire})
 _FAMILIES = frozenset({"inet", "inet6"})
 
 
@@ -160,11 +169,11 @@ class EcsRenderer:
             t = event_type(e)
             cached = self._heads[key] = (self._head(e, hard), t + (" hard " if hard else " soft ") if cls in _EXPIRES else t + " ")
         head, start = cached
-        if cls in _POLICY_CLASSES:
+        if cls in POLICY_CLASSES:
             short = self._policy(e, head, start)
             if short is not None:
                 return short
-        elif cls in _SA_CLASSES:
+        elif cls in SA_CLASSES:
             short = self._sa(e, head, start)
             if short is not None:
                 return short
@@ -199,67 +208,35 @@ class EcsRenderer:
 
     def _policy(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
         """The document of an event about one policy, as the general way makes it (its
-        ``message`` ``start`` + the policy's summary, ``related.ip`` the hosts of the
-        selector and templates, in the order the walk meets them); None for a record of
-        another shape than the decoder makes (the general way judges it)."""
+        ``message`` ``start`` + the policy's summary, ``related.ip`` from
+        :func:`~xfrmwatch.output.siem.record_addresses`); None for a record of another shape
+        than the decoder makes (the general way judges it)."""
+        found = record_addresses(e)
+        if found is None:
+            return None
         p = e.policy
-        if type(p) is not ev.Policy:
-            return None
         sel = p.sel
-        tmpl = p.tmpl
-        if type(sel) is not ev.Selector or type(tmpl) is not list:
-            return None
         src = sel.src
-        dst = sel.dst
-        if type(src) is not str or type(dst) is not str:
-            return None
-        related: dict[str, None] = {}
-        h = host(src)
-        if h is not None:
-            related[h] = None
-        h = host(dst)
-        if h is not None:
-            related[h] = None
-        for t in tmpl:
-            if type(t) is not ev.Template:
-                return None
-            for a in (t.src, t.dst):
-                if type(a) is str:
-                    h = host(a)
-                    if h is not None:
-                        related[h] = None
-                elif a is not None:
-                    return None
         doc = self._start(e, head, start + policy_summary(p))
         family = sel.family
         _net(
-            doc, sel.proto, host_of(src), host_of(dst), sel.sport if sel.sport_mask == 0xFFFF else None,
+            doc, sel.proto, host_of(src), host_of(sel.dst), sel.sport if sel.sport_mask == 0xFFFF else None,
             sel.dport if sel.dport_mask == 0xFFFF else None,
             family if family in _FAMILIES else ip_family(family, src.partition("/")[0]), p.dir,
         )  # fmt: skip
-        return self._end(e, doc, related)
+        return self._end(e, doc, found)
 
     def _sa(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
-        """:meth:`_policy` for an event about one SA (``related.ip``: the SA's endpoints, its
-        selector's hosts, its care-of address)."""
+        """:meth:`_policy` for an event about one SA."""
         sa = e.sa
-        if type(sa) is not ev.SA:
+        if type(sa) is not ev.SA or type(sa.current) is not ev.Current:
             return None
-        sel = sa.sel
-        off = sa.offload
-        if type(sel) is not ev.Selector or type(sa.current) is not ev.Current or not (off is None or type(off) is ev.Offload):
+        found = record_addresses(e)
+        if found is None:
             return None
-        related: dict[str, None] = {}
-        for a in (sa.src, sa.dst, sel.src, sel.dst, sa.coaddr):
-            if type(a) is str:
-                h = host(a)
-                if h is not None:
-                    related[h] = None
-            elif a is not None:
-                return None
         doc = self._start(e, head, start + sa_summary(sa))
         _net(doc, *sa_net(sa))
-        return self._end(e, doc, related)
+        return self._end(e, doc, found)
 
     def _start(self, e: Any, head: msgspec.Raw | dict[str, Any], text: str) -> dict[str, Any]:
         """A document's first members (the short way)."""
@@ -275,10 +252,10 @@ class EcsRenderer:
         return doc
 
     @staticmethod
-    def _end(e: Any, doc: dict[str, Any], related: dict[str, None]) -> dict[str, Any]:
+    def _end(e: Any, doc: dict[str, Any], found: list[tuple[str, str]]) -> dict[str, Any]:
         """A document's last members (the short way)."""
-        if related:
-            doc["related"] = {"ip": list(related)}
+        if found:
+            doc["related"] = {"ip": list(dict.fromkeys([h for _, h in found]))}
         doc["xfrm"] = native(e)
         return doc
 

@@ -45,6 +45,7 @@ from .siem import (
     message,
     native,
     net,
+    record_addresses,
 )
 
 OCSF_VERSION = "1.3.0"
@@ -163,6 +164,11 @@ _PRODUCT = {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__}
 _IP_VERSION = {"inet": 4, "inet6": 6}
 
 
+_EXPIRES = frozenset({ev.Expire, ev.PolExpire})
+#: see :meth:`OcsfRenderer._fixed`
+_Fixed = tuple[str, Spec, dict[str, Any], int, str]
+
+
 def ocsf_spec(e: ev.Event) -> tuple[str, Spec]:
     """(table key, Spec) of an event; unknown types are Base Events (Other)."""
     t = event_type(e)
@@ -206,24 +212,41 @@ def _endpoints(n: Net, doc: dict[str, Any]) -> None:
 class OcsfRenderer:
     """One event -> one OCSF 1.3.0 event (a nested dict)."""
 
-    __slots__ = ("hostname",)
+    __slots__ = ("_fixeds", "hostname")
 
     def __init__(self, hostname: str | None = None) -> None:
         #: ``device.hostname`` (``unmapped.hostname`` on Base Events)
         self.hostname = socket.gethostname() if hostname is None else hostname
+        #: (class, kind, hard) -> :meth:`_fixed` of its events
+        self._fixeds: dict[tuple[type, str, bool], _Fixed] = {}
 
-    def __call__(self, e: ev.Event) -> dict[str, Any]:
-        t = event_type(e)
+    @staticmethod
+    def _fixed(e: ev.Event) -> _Fixed:
+        """What an event's document takes from its type alone (an alert's: and its rule's
+        level): (event type, Spec, the class and activity members, severity_id, log_name)."""
         key, spec = ocsf_spec(e)
         head = _HEADS.get(key)
-        doc = dict(head) if head is not None else _head(spec)
-        sev = severity(e).ocsf
-        cls = spec.class_uid
+        return event_type(e), spec, head if head is not None else _head(spec), severity(e).ocsf, _DATASET.get(e.kind, "xfrmwatch.events")
+
+    def __call__(self, e: ev.Event) -> dict[str, Any]:
+        cls = type(e)
+        if cls is ev.Alert:
+            fixed = self._fixed(e)
+        else:
+            # the same for every event of a class, kind and hardness (an alert's severity
+            # is its rule's)
+            key = (cls, e.kind, cls in _EXPIRES and e.hard)  # type: ignore[attr-defined]
+            fixed = self._fixeds.get(key)  # type: ignore[assignment]
+            if fixed is None:
+                fixed = self._fixeds[key] = self._fixed(e)
+        t, spec, head, sev, log_name = fixed
+        doc = dict(head)
+        cls_uid = spec.class_uid
         metadata: dict[str, Any] = {
             "version": OCSF_VERSION,
             "product": _PRODUCT,
             "event_code": t,
-            "log_name": _DATASET.get(e.kind, "xfrmwatch.events"),
+            "log_name": log_name,
             "log_provider": PRODUCT,
             "original_time": e.time,
         }
@@ -236,7 +259,7 @@ class OcsfRenderer:
         if spec.status is not None:
             doc["status_id"], doc["status"] = spec.status
         unmapped = native(e)
-        if cls == BASE:
+        if cls_uid == BASE:
             if isinstance(e, ev.Malformed):
                 doc["status_detail"] = e.reason
             elif isinstance(e, ev.Overrun):
@@ -247,15 +270,16 @@ class OcsfRenderer:
             doc["device"] = {"hostname": self.hostname, "type_id": 0, "type": "Unknown"}
             if e.process is not None:
                 doc["actor"] = {"process": {"name": e.process, "pid": e.nlmsg_pid}}
-        if cls == TUNNEL:
+        if cls_uid == TUNNEL:
             self._tunnel(e, doc)
-        elif cls == CONFIG_CHANGE and spec.state is not None:
+        elif cls_uid == CONFIG_CHANGE and spec.state is not None:
             doc["state_id"], doc["state"] = spec.state
         elif isinstance(e, ev.Alert):
             self._finding(e, doc)
+        found = record_addresses(e)
         obs = [
             {"name": "unmapped." + path, "type_id": 2, "type": "IP Address", "value": a}
-            for path, a in addresses(e)
+            for path, a in (addresses(e) if found is None else dict.fromkeys(found))
         ]
         if obs:
             doc["observables"] = obs

@@ -83,6 +83,9 @@ def policy_summary(p: ev.Policy) -> str:
 
 def summary(e: Any) -> str:
     """A one-line human summary of an event (no keys: events have none)."""
+    short = _SUMMARY_OF.get(type(e))
+    if short is not None:
+        return short(e)
     if isinstance(e, ev.SaEvent):
         return sa_summary(e.sa)
     if isinstance(e, ev.Expire):
@@ -154,6 +157,21 @@ def summary(e: Any) -> str:
         c = e.counts
         return "" if c is None else f"policies in {c.in_} out {c.out} fwd {c.fwd}"
     return ""
+
+
+def _sa_event(e: Any) -> str:
+    return sa_summary(e.sa)
+
+
+def _policy_event(e: Any) -> str:
+    return policy_summary(e.policy)
+
+
+#: the summary of the most frequent classes, found without the chain of isinstance tests
+_SUMMARY_OF: dict[type, Callable[[Any], str]] = {
+    ev.NewSA: _sa_event, ev.UpdSA: _sa_event, ev.SaState: _sa_event,
+    ev.NewPolicy: _policy_event, ev.UpdPolicy: _policy_event, ev.PolicyState: _policy_event,
+}  # fmt: skip
 
 
 def _secs(v: float | None) -> str:

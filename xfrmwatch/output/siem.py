@@ -14,7 +14,7 @@ import msgspec
 
 from .. import events as ev
 from ..subject import addresses as subject_addresses
-from ..subject import hosts, subject
+from ..subject import host, hosts, subject
 from .render import event_type, summary
 
 
@@ -59,7 +59,27 @@ _MS = timedelta(milliseconds=1)
 
 
 def epoch_ms(iso: str) -> int:
-    """An ISO 8601 time (``...Z``, any precision) as integer milliseconds since the epoch."""
+    """An ISO 8601 time (``...Z``, any precision) as integer milliseconds since the epoch.
+    The events' own form (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) is read from its second, parsed
+    once for all the events of that second, and its digits."""
+    if len(iso) == 27 and iso[26] == "Z" and iso[19] == ".":
+        frac = iso[20:26]
+        if frac.isdigit() and frac.isascii():
+            second = iso[:19]
+            ms = _SECONDS_MS.get(second)
+            if ms is None:
+                if len(_SECONDS_MS) >= 1024:
+                    _SECONDS_MS.clear()
+                ms = _SECONDS_MS[second] = _epoch_ms(second + "Z")
+            return ms + int(frac[:3])
+    return _epoch_ms(iso)
+
+
+#: ``YYYY-MM-DDTHH:MM:SS`` -> :func:`epoch_ms` of that second (those seen lately)
+_SECONDS_MS: dict[str, int] = {}
+
+
+def _epoch_ms(iso: str) -> int:
     dt = datetime.fromisoformat(iso)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -296,6 +316,52 @@ def addresses(e: ev.Event) -> tuple[tuple[str, str], ...]:
     an alert's are those of its triggering events (paths ``events.*``).
     :attr:`xfrmwatch.subject.Subject.addresses`."""
     return subject_addresses(e)
+
+
+#: classes about one policy (``policy``) or one SA (``sa``) and nothing else the walk of
+#: :mod:`xfrmwatch.subject` reads for an address
+POLICY_CLASSES = frozenset({ev.NewPolicy, ev.UpdPolicy, ev.PolicyState, ev.PolExpire})
+SA_CLASSES = frozenset({ev.NewSA, ev.UpdSA, ev.SaState, ev.Expire})
+
+
+def record_addresses(e: Any) -> list[tuple[str, str]] | None:
+    """:func:`addresses` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES` (with
+    repeats), read from its record directly in the order the walk meets them; None for any
+    other event, or a record of another shape than the decoder makes (the walk judges it)."""
+    cls = type(e)
+    found: list[tuple[str, str]] = []
+    if cls in POLICY_CLASSES:
+        p = e.policy
+        if type(p) is not ev.Policy:
+            return None
+        sel = p.sel
+        tmpl = p.tmpl
+        if type(sel) is not ev.Selector or type(tmpl) is not list:
+            return None
+        pairs: list[tuple[str, Any]] = [("policy.sel.src", sel.src), ("policy.sel.dst", sel.dst)]
+        for t in tmpl:
+            if type(t) is not ev.Template:
+                return None
+            pairs += (("policy.tmpl.src", t.src), ("policy.tmpl.dst", t.dst))
+    elif cls in SA_CLASSES:
+        sa = e.sa
+        if type(sa) is not ev.SA:
+            return None
+        sel = sa.sel
+        off = sa.offload
+        if type(sel) is not ev.Selector or not (off is None or type(off) is ev.Offload):
+            return None
+        pairs = [("sa.src", sa.src), ("sa.dst", sa.dst), ("sa.sel.src", sel.src), ("sa.sel.dst", sel.dst), ("sa.coaddr", sa.coaddr)]
+    else:
+        return None
+    for path, a in pairs:
+        if type(a) is str:
+            h = host(a)
+            if h is not None:
+                found.append((path, h))
+        elif a is not None:
+            return None
+    return found
 
 
 def ips(e: ev.Event) -> list[str]:
