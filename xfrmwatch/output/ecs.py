@@ -52,7 +52,7 @@ from .siem import (
     message,
     native,
     net,
-    record_addresses,
+    record_hosts,
     sa_net,
     trigger_span,
 )
@@ -209,9 +209,9 @@ class EcsRenderer:
     def _policy(self, e: Any, head: msgspec.Raw | dict[str, Any], start: str) -> dict[str, Any] | None:
         """The document of an event about one policy, as the general way makes it (its
         ``message`` ``start`` + the policy's summary, ``related.ip`` from
-        :func:`~xfrmwatch.output.siem.record_addresses`); None for a record of another shape
+        :func:`~xfrmwatch.output.siem.record_hosts`); None for a record of another shape
         than the decoder makes (the general way judges it)."""
-        found = record_addresses(e)
+        found = record_hosts(e)
         if found is None:
             return None
         p = e.policy
@@ -231,7 +231,7 @@ class EcsRenderer:
         sa = e.sa
         if type(sa) is not ev.SA or type(sa.current) is not ev.Current:
             return None
-        found = record_addresses(e)
+        found = record_hosts(e)
         if found is None:
             return None
         doc = self._start(e, head, start + sa_summary(sa))
@@ -252,10 +252,10 @@ class EcsRenderer:
         return doc
 
     @staticmethod
-    def _end(e: Any, doc: dict[str, Any], found: list[tuple[str, str]]) -> dict[str, Any]:
+    def _end(e: Any, doc: dict[str, Any], found: dict[str, None]) -> dict[str, Any]:
         """A document's last members (the short way)."""
         if found:
-            doc["related"] = {"ip": list(dict.fromkeys([h for _, h in found]))}
+            doc["related"] = {"ip": list(found)}
         doc["xfrm"] = native(e)
         return doc
 

@@ -279,7 +279,7 @@ class OcsfRenderer:
         found = record_addresses(e)
         obs = [
             {"name": "unmapped." + path, "type_id": 2, "type": "IP Address", "value": a}
-            for path, a in (addresses(e) if found is None else dict.fromkeys(found))
+            for path, a in (addresses(e) if found is None else found)
         ]
         if obs:
             doc["observables"] = obs

@@ -324,12 +324,16 @@ POLICY_CLASSES = frozenset({ev.NewPolicy, ev.UpdPolicy, ev.PolicyState, ev.PolEx
 SA_CLASSES = frozenset({ev.NewSA, ev.UpdSA, ev.SaState, ev.Expire})
 
 
-def record_addresses(e: Any) -> list[tuple[str, str]] | None:
-    """:func:`addresses` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES` (with
-    repeats), read from its record directly in the order the walk meets them; None for any
-    other event, or a record of another shape than the decoder makes (the walk judges it)."""
+_POLICY_PATHS = ("policy.sel.src", "policy.sel.dst")
+_TMPL_PATHS = ("policy.tmpl.src", "policy.tmpl.dst")
+_SA_PATHS = ("sa.src", "sa.dst", "sa.sel.src", "sa.sel.dst", "sa.coaddr")
+
+
+def _record_values(e: Any) -> tuple[tuple[str, ...], list[Any]] | None:
+    """The fields of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES` that can hold an
+    address, in the order the walk of :mod:`xfrmwatch.subject` meets them: (paths, values);
+    None for any other event, or a record of another shape than the decoder makes."""
     cls = type(e)
-    found: list[tuple[str, str]] = []
     if cls in POLICY_CLASSES:
         p = e.policy
         if type(p) is not ev.Policy:
@@ -338,12 +342,15 @@ def record_addresses(e: Any) -> list[tuple[str, str]] | None:
         tmpl = p.tmpl
         if type(sel) is not ev.Selector or type(tmpl) is not list:
             return None
-        pairs: list[tuple[str, Any]] = [("policy.sel.src", sel.src), ("policy.sel.dst", sel.dst)]
+        values = [sel.src, sel.dst]
+        if not tmpl:
+            return _POLICY_PATHS, values
         for t in tmpl:
             if type(t) is not ev.Template:
                 return None
-            pairs += (("policy.tmpl.src", t.src), ("policy.tmpl.dst", t.dst))
-    elif cls in SA_CLASSES:
+            values += (t.src, t.dst)
+        return _POLICY_PATHS + _TMPL_PATHS * len(tmpl), values
+    if cls in SA_CLASSES:
         sa = e.sa
         if type(sa) is not ev.SA:
             return None
@@ -351,14 +358,39 @@ def record_addresses(e: Any) -> list[tuple[str, str]] | None:
         off = sa.offload
         if type(sel) is not ev.Selector or not (off is None or type(off) is ev.Offload):
             return None
-        pairs = [("sa.src", sa.src), ("sa.dst", sa.dst), ("sa.sel.src", sel.src), ("sa.sel.dst", sel.dst), ("sa.coaddr", sa.coaddr)]
-    else:
+        return _SA_PATHS, [sa.src, sa.dst, sel.src, sel.dst, sa.coaddr]
+    return None
+
+
+def record_hosts(e: Any) -> dict[str, None] | None:
+    """:func:`ips` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES`, read from its
+    record directly (as dict keys); None when the walk must judge (see :func:`_record_values`)."""
+    fields = _record_values(e)
+    if fields is None:
         return None
-    for path, a in pairs:
+    found: dict[str, None] = {}
+    for a in fields[1]:
         if type(a) is str:
             h = host(a)
             if h is not None:
-                found.append((path, h))
+                found[h] = None
+        elif a is not None:
+            return None
+    return found
+
+
+def record_addresses(e: Any) -> dict[tuple[str, str], None] | None:
+    """:func:`addresses` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES` (as dict
+    keys), as :func:`record_hosts` reads them."""
+    fields = _record_values(e)
+    if fields is None:
+        return None
+    found: dict[tuple[str, str], None] = {}
+    for path, a in zip(*fields, strict=True):
+        if type(a) is str:
+            h = host(a)
+            if h is not None:
+                found[path, h] = None
         elif a is not None:
             return None
     return found
