@@ -365,32 +365,25 @@ def _record_values(e: Any) -> tuple[tuple[str, ...], list[Any]] | None:
 def record_hosts(e: Any) -> dict[str, None] | None:
     """:func:`ips` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES`, read from its
     record directly (as dict keys); None when the walk must judge (see :func:`_record_values`)."""
-    fields = _record_values(e)
-    if fields is None:
-        return None
-    found: dict[str, None] = {}
-    for a in fields[1]:
-        if type(a) is str:
-            h = host(a)
-            if h is not None:
-                found[h] = None
-        elif a is not None:
-            return None
-    return found
+    return _record_found(e, False)
 
 
 def record_addresses(e: Any) -> dict[tuple[str, str], None] | None:
     """:func:`addresses` of an event of :data:`POLICY_CLASSES` or :data:`SA_CLASSES` (as dict
     keys), as :func:`record_hosts` reads them."""
+    return _record_found(e, True)
+
+
+def _record_found(e: Any, paths: bool) -> dict[Any, None] | None:
     fields = _record_values(e)
     if fields is None:
         return None
-    found: dict[tuple[str, str], None] = {}
+    found: dict[Any, None] = {}
     for path, a in zip(*fields, strict=True):
         if type(a) is str:
             h = host(a)
             if h is not None:
-                found[path, h] = None
+                found[(path, h) if paths else h] = None
         elif a is not None:
             return None
     return found
