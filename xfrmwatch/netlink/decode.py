@@ -724,7 +724,8 @@ _replace = msgspec.structs.replace
 #: (message type, selector but its addresses + lifetimes + priority, direction... + attributes)
 #: -> (event class, policy of that shape, selector family is AF_INET, selector family,
 #: "/source prefix", "/destination prefix")
-_pol_shape_cache: dict[tuple[int, bytes, bytes], tuple[type[ev.PolicyEvent], ev.Policy, bool, int, str, str]] = {}
+_ShapeKey = tuple[int, bytes, bytes]
+_pol_shape_cache: dict[_ShapeKey, tuple[type[ev.PolicyEvent], ev.Policy, bool, int, str, str]] = {}
 
 
 class Decoder:
@@ -958,38 +959,19 @@ class Decoder:
                 kw[key] = ev.HashThresh(lbits=lb, rbits=rb)
         return ev.SpdInfo(time=t, mono=m, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq, **kw)
 
-    def _policy_shaped(self, mtype: int, seq: int, pid: int, data: bytes, mono: float, wall: str) -> ev.Event:
-        """A NEWPOLICY or UPDPOLICY datagram (one message, short attributes) built from the
-        policy of its shape: everything but the selector's addresses and the index (the rest
-        of the selector, lifetimes, priority, direction..., the attribute bytes) as an earlier
-        message decoded it.  A burst of policies differs in those only.  (Policy messages
-        carry no key material.)  A new shape goes through :meth:`decode_message` and is
-        remembered only if it decoded."""
-        key = (mtype, data[48:172], data[176:])
-        shape = _pol_shape_cache.get(key)
-        if shape is None:
-            event = self.decode_message(mtype, seq, pid, data, 16, len(data), mono, wall)
-            if isinstance(event, ev.PolicyEvent):
-                fam, pd, ps = _SEL_FAM_PLEN.unpack_from(data, 56)
-                if len(_pol_shape_cache) > _CACHE_MAX:
-                    _pol_shape_cache.clear()
-                v4 = fam == _AF_INET
-                _pol_shape_cache[key] = (type(event), event.policy, v4, fam, f"/{ps}", f"/{pd}")
-            return event
-        cls, tpl, v4, fam, ps, pd = shape
-        if v4:
-            src, dst = _inet_ntop(_AF_INET, data[32:36]) + ps, _inet_ntop(_AF_INET, data[16:20]) + pd
-        else:
-            src, dst = sel_addrs(fam, data[32:48], data[16:32])
-            src += ps
-            dst += pd
-        return cls(
-            time=wall, mono=mono, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq,
-            policy=_replace(
-                tpl, index=_U32.unpack_from(data, 172)[0], sel=_replace(tpl.sel, src=src, dst=dst),
-                flags=list(tpl.flags), tmpl=list(tpl.tmpl),
-            ),
-        )  # fmt: skip
+    def _policy_shape(
+        self, key: _ShapeKey, seq: int, pid: int, data: bytes, mono: float, wall: str
+    ) -> ev.Event:
+        """A NEWPOLICY or UPDPOLICY datagram of a shape not seen before, decoded; its policy is
+        remembered for its shape (``key``) if it decoded.  See :meth:`decode`."""
+        mtype = key[0]
+        event = self.decode_message(mtype, seq, pid, data, 16, len(data), mono, wall)
+        if isinstance(event, ev.PolicyEvent):
+            fam, pd, ps = _SEL_FAM_PLEN.unpack_from(data, 56)
+            if len(_pol_shape_cache) > _CACHE_MAX:
+                _pol_shape_cache.clear()
+            _pol_shape_cache[key] = (type(event), event.policy, fam == _AF_INET, fam, f"/{ps}", f"/{pd}")
+        return event
 
     # --- entry points ------------------------------------------------------------
 
@@ -1034,7 +1016,31 @@ class Decoder:
                 if mtype < 16:
                     return []
                 if mtype in _SHAPED and _POL_MIN <= mlen <= _POL_MAX:
-                    return [self._policy_shaped(mtype, seq, pid, data, mono, wall_s)]
+                    # A policy of a shape seen before (a burst of policies differs in the
+                    # selector's addresses and the index only): that shape's policy with this
+                    # message's addresses and index.  The shape is all the rest of the message
+                    # but the header: the rest of the selector, lifetimes, priority,
+                    # direction..., the attribute bytes.  (Policy messages carry no key material.)
+                    key = (mtype, data[48:172], data[176:])
+                    shape = _pol_shape_cache.get(key)
+                    if shape is None:
+                        return [self._policy_shape(key, seq, pid, data, mono, wall_s)]
+                    cls, tpl, v4, fam, ps, pd = shape
+                    if v4:
+                        src, dst = _inet_ntop(_AF_INET, data[32:36]) + ps, _inet_ntop(_AF_INET, data[16:20]) + pd
+                    else:
+                        src, dst = sel_addrs(fam, data[32:48], data[16:32])
+                        src += ps
+                        dst += pd
+                    return [
+                        cls(
+                            time=wall_s, mono=mono, netns=self.netns, nlmsg_pid=pid, nlmsg_seq=seq,
+                            policy=_replace(
+                                tpl, index=_U32.unpack_from(data, 172)[0], sel=_replace(tpl.sel, src=src, dst=dst),
+                                flags=list(tpl.flags), tmpl=list(tpl.tmpl),
+                            ),
+                        )
+                    ]  # fmt: skip
                 return [self.decode_message(mtype, seq, pid, data, 16, mlen, mono, wall_s)]
         out: list[ev.Event] = []
         for item in iter_messages(data):
