@@ -7,13 +7,16 @@ into full event records, one message per call as the receive loop does.
 Also measured, for scale: JSON encoding of the decoded events, and pyroute2's
 generic decode of the same bytes with the same layouts.
 Target on a 2-core dev machine: >= 100,000 messages/s for NEWSA, NEWPOLICY
-and EXPIRE.
+and EXPIRE.  The row ``burst`` is what a burst of `ip xfrm policy add` makes: 20,000
+NEWPOLICY messages of one shape (the shortest recorded one) with distinct source addresses
+and indexes, each decoded once a round (what `bench/burst.py` feeds the live path).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 import time
 from collections import defaultdict
@@ -48,6 +51,21 @@ def load() -> dict[str, list[bytes]]:
     return by_type
 
 
+def burst(by_type: dict[str, list[bytes]], n: int = 20_000) -> list[bytes]:
+    """``n`` NEWPOLICY datagrams of the shortest recorded one's shape, each with its own
+    source address and index, as a burst of policies added by `ip -batch` has them."""
+    base = min(by_type.get("NEWPOLICY", []), key=len, default=None)
+    if base is None:
+        return []
+    out = []
+    for i in range(n):
+        m = bytearray(base)
+        m[32:36] = bytes([10, 1 + (i >> 16), (i >> 8) & 255, i & 255])  # the selector's saddr
+        struct.pack_into("=I", m, 16 + 156, 1000 + 8 * i)  # the index
+        out.append(bytes(m))
+    return out
+
+
 def rate(fn, msgs: list[bytes], seconds: float) -> float:
     n = 0
     start = time.perf_counter()
@@ -77,7 +95,9 @@ def main() -> int:
     dec = Decoder("bench")
     enc = msgspec.json.Encoder()
     results = {}
-    for name, msgs in sorted(by_type.items()):
+    for name, msgs in [*sorted(by_type.items()), ("burst", burst(by_type))]:
+        if not msgs:
+            continue
         if args.cold:
 
             def decode(m: bytes) -> list:
@@ -91,7 +111,8 @@ def main() -> int:
         malformed = sum(e.__struct_config__.tag == "malformed" for e in events)
         r_dec = rate(decode, msgs, args.seconds)
         r_json = rate(lambda m: [enc.encode(e) for e in decode(m)], msgs, args.seconds)
-        cls = x.MSG_CLASSES.get(x.XFRM_MSG_NEWSA if name == "UPDSA" else getattr(x, f"XFRM_MSG_{name}"))
+        mtype = x.XFRM_MSG_NEWSA if name == "UPDSA" else x.XFRM_MSG_NEWPOLICY if name == "burst" else getattr(x, f"XFRM_MSG_{name}")
+        cls = x.MSG_CLASSES.get(mtype)
         r_p2 = None
         if cls is not None:
 
