@@ -321,10 +321,17 @@ def test_reauthentication(outcomes: dict[str, Outcome], name: str) -> None:
         assert [] == alerts_at_least_medium(evs), f"{name} {side}"
         reauths = len([r for r in daemon_facts(run)[side]["reauth_log"] if parse_iso(r) < cut])
         completed = rekeys_reported(evs, cut)
-        ups = [e for e in of(evs, "tunnel_up") if t(e) < cut]
+        all_ups = of(evs, "tunnel_up")
+        ups = [e for e in all_ups if t(e) < cut]
         downs = [e for e in of(evs, "tunnel_down") if t(e) < cut]
         assert all(d["teardown"] and not d["rekey_failed"] for d in downs), f"{name} {side}: {downs}"
-        assert len(ups) - 1 == len(downs), f"{name} {side}: {len(ups)} tunnel_up, {len(downs)} tunnel_down"
+        # every down before the cut came back up (that up may come just after the cut)
+        back_up = [min((t(u) for u in all_ups if t(u) > t(d)), default=None) for d in downs]
+        assert None not in back_up, f"{name} {side}: a tunnel_down never followed by tunnel_up"
+        expected_ups = 1 + sum(1 for b in back_up if b is not None and b < cut)
+        assert len(ups) == expected_ups, (
+            f"{name} {side}: {len(ups)} tunnel_up before the cut, {len(downs)} tunnel_down ({expected_ups} expected)"
+        )
         assert reauths == completed + len(downs), (
             f"{name} {side}: {reauths} reauthentications, {completed} rekey_completed + {len(downs)} down/up"
         )
