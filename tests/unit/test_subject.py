@@ -89,3 +89,22 @@ def test_recorded_events_name_their_sa_and_policy() -> None:
             if isinstance(e, ev.DelSA):
                 assert e.id.spi in s.spi and e.id.dst in s.dst
     assert seen > 50
+
+
+def test_record_reads_agree_with_the_subject_walk() -> None:
+    """ECS related.ip and OCSF observables read an SA's or policy's addresses from the record
+    directly (output/siem.py); on every recorded kernel message they are the walk's, in order."""
+    from xfrmwatch.output.siem import record_addresses, record_hosts
+    from xfrmwatch.subject import addresses, hosts
+
+    read = 0
+    for f in sorted((ROOT / "tests/fixtures").rglob("*.bin")):
+        for e in Decoder("t").decode(Path(f).read_bytes(), 0.0, 0.0):
+            found_hosts, found_addresses = record_hosts(e), record_addresses(e)
+            assert (found_hosts is None) == (found_addresses is None), e
+            if found_hosts is None or found_addresses is None:
+                continue
+            assert list(found_hosts) == list(hosts(e)), e
+            assert list(found_addresses) == list(addresses(e)), e
+            read += 1
+    assert read > 50
