@@ -2,31 +2,55 @@
 
 The file is opened in append mode and reopened on SIGHUP (logrotate's
 ``postrotate: systemctl reload xfrmwatch``, or ``copytruncate``-free rotation).
+
+``render``: where the lines are made.  ``"inline"``: in the event loop, the write in a
+worker thread.  ``"process"``: ECS and OCSF documents (several times the cost of a
+native line) are rendered and written by a worker process
+(:mod:`xfrmwatch.output.render_worker`), on another core than the netlink reader; a
+worker that dies is logged, the events it had are counted as dropped, and it is
+restarted with backoff.  ``"auto"`` (the default): ``"process"`` for ECS and OCSF when
+the daemon may run on more than one CPU, else ``"inline"``.  The native JSON format is
+always rendered inline (encoding events for a worker would cost as much).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, Literal
 
 import structlog
 import trio
 
 from .. import events as ev
+from ..backoff import Backoff
 from .base import DropSink, Output, OutputConfig
 from .render import json_lines_renderer, json_renderer
+from .render_worker import RenderWorker, WorkerDied
 
 log = structlog.get_logger("xfrmwatch.output.file")
 
 
-class FileConfig(OutputConfig, tag="file"):
+class LinesConfig(OutputConfig):
+    """Keys of the outputs that write JSON lines."""
+
+    #: where ECS/OCSF lines are rendered: "auto", "process" (a worker process), "inline"
+    render: Literal["auto", "process", "inline"] = "auto"
+
+    def in_worker(self) -> bool:
+        """Whether the lines are rendered by a worker process (see the module's docstring)."""
+        if self.format == "json" or self.render == "inline":
+            return False
+        return self.render == "process" or len(os.sched_getaffinity(0)) > 1
+
+
+class FileConfig(LinesConfig, tag="file", kw_only=True):
     """``[[output]] type = "file"``: append JSON lines to ``path``."""
 
     path: str
 
 
-class StdoutConfig(OutputConfig, tag="stdout"):
+class StdoutConfig(LinesConfig, tag="stdout"):
     """``[[output]] type = "stdout"``: JSON lines on standard output."""
 
 
@@ -36,6 +60,10 @@ class FileOutput(Output):
     def __init__(self, config: FileConfig | StdoutConfig, drops: DropSink | None = None) -> None:
         super().__init__(config, drops)
         self.path = config.path if isinstance(config, FileConfig) else None
+        self.worker = config.in_worker()
+        #: the worker process running now (render in a process)
+        self.render_worker: RenderWorker | None = None
+        self._pending: list[ev.Event] = []
         self.render = json_renderer(config.format)
         self.render_lines = json_lines_renderer(config.format)
         self._f: IO[bytes] | None = None
@@ -66,8 +94,11 @@ class FileOutput(Output):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Write in batches, in a worker thread: a slow disk or a stalled stdout
-        pipe delays this output only, never the event loop."""
+        """Write in batches, in a worker thread or a worker process: a slow disk or a
+        stalled stdout pipe delays this output only, never the event loop."""
+        if self.worker:
+            await self._run_worker(recv, task_status=task_status)
+            return
         f = await trio.to_thread.run_sync(self._open)
         task_status.started()
         try:
@@ -95,6 +126,86 @@ class FileOutput(Output):
             if self.path is not None and not f.closed:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(f.close)
+
+
+    def _open_fd(self) -> int:
+        """A descriptor the worker process writes to: the file's, or a duplicate of stdout's."""
+        if self.path is None:
+            return os.dup(sys.stdout.fileno())
+        f = self._open()
+        try:
+            return os.dup(f.fileno())
+        finally:
+            f.close()
+
+    async def _run_worker(
+        self,
+        recv: trio.MemoryReceiveChannel[ev.Event],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Render and write in a worker process, restarted with backoff when it dies; a new
+        one (on the reopened file) after SIGHUP."""
+        fd = await trio.to_thread.run_sync(self._open_fd)
+        backoff = Backoff(0.5, 30.0)
+        started = False
+        try:
+            async with recv:
+                while True:
+                    w = RenderWorker(self.config.format, fd, self.name, self.drop)
+                    self.render_worker = w
+                    more = False
+                    died: WorkerDied | None = None
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(w.serve)
+                            if not started:
+                                started = True
+                                task_status.started()
+                            more = await self._feed(recv, w)
+                            w.finish()
+                    except* WorkerDied as group:
+                        if not started:
+                            raise
+                        died = group.exceptions[0]  # type: ignore[assignment]
+                    if died is not None:
+                        lost = w.in_flight
+                        if lost:
+                            self.drop(lost)
+                        log.error("render worker died: restarting", output=self.name, pid=w.pid, error=str(died), lost=lost)
+                        if w.written:
+                            backoff.reset()
+                        await backoff.sleep()
+                        continue
+                    if not more:
+                        return
+                    os.close(fd)
+                    fd = -1
+                    fd = await trio.to_thread.run_sync(self._open_fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    async def _feed(self, recv: trio.MemoryReceiveChannel[ev.Event], w: RenderWorker) -> bool:
+        """Send batches to ``w`` until the queue ends (False) or a reopen is due (True)."""
+        while True:
+            if self._pending:
+                batch, self._pending = self._pending, []
+            else:
+                try:
+                    batch = [await recv.receive()]
+                except trio.EndOfChannel:
+                    return False
+            while True:  # everything queued, as in run
+                try:
+                    batch.append(recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if self._reopen and self.path is not None:
+                self._reopen = False
+                self._pending = batch
+                return True
+            await w.send(batch)
 
 
 def _write(f: IO[bytes], data: bytes) -> None:
