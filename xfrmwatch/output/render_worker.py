@@ -140,6 +140,7 @@ class RenderWorker:
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size: the default size serves
         self._pipe = pipe = _PipeWriter(w)
+        died = ""
         try:
             async with trio.open_nursery() as nursery:
                 try:
@@ -160,29 +161,41 @@ class RenderWorker:
                 assert proc.stdout is not None
                 self.pid = proc.pid
                 nursery.start_soon(pipe.run)
-                ready = await self._acks(proc.stdout, task_status)
-                rc = await proc.wait()
-                if not ready:
-                    raise WorkerDied(f"render worker exited before it was ready ({_status(rc)})")
-                if not self._closing or rc != 0:
-                    raise WorkerDied(f"render worker exited ({_status(rc)})")
+                with trio.move_on_after(START_SECONDS) as starting:
+                    ready = await self._ready(proc.stdout)
+                if starting.cancelled_caught:
+                    died = f"render worker not ready after {START_SECONDS:g}s"
+                    nursery.cancel_scope.cancel()
+                else:
+                    if ready:
+                        task_status.started()
+                        await self._acks(proc.stdout)
+                    rc = await proc.wait()
+                    if not ready:
+                        died = f"render worker exited before it was ready ({_status(rc)})"
+                    elif not self._closing or rc != 0:
+                        died = f"render worker exited ({_status(rc)})"
+                    pipe.close()  # the writing thread ends (it had, if the input was finished)
         finally:
             pipe.close()
+        if died:  # raised here, not in the nursery: one exception, not a group of one
+            raise WorkerDied(died)
 
-    async def _acks(self, stdout: trio.abc.ReceiveStream, task_status: trio.TaskStatus[None]) -> bool:
-        """Read acknowledgements until the worker's stdout ends; whether it became ready."""
+    @staticmethod
+    async def _ready(stdout: trio.abc.ReceiveStream) -> bool:
+        """Read the worker's first acknowledgement: whether it came (else it exited)."""
+        buf = b""
+        while len(buf) < _ACK.size:
+            chunk = await stdout.receive_some(_ACK.size - len(buf))
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    async def _acks(self, stdout: trio.abc.ReceiveStream) -> None:
+        """Read acknowledgements until the worker's stdout ends."""
         buf = b""
         stalled = False
-        with trio.move_on_after(START_SECONDS) as start:
-            while len(buf) < _ACK.size:
-                chunk = await stdout.receive_some(4096)
-                if not chunk:
-                    return False
-                buf += chunk
-        if start.cancelled_caught:
-            raise WorkerDied(f"render worker not ready after {START_SECONDS:g}s")
-        buf = buf[_ACK.size :]
-        task_status.started()
         while True:
             with trio.move_on_after(STALL_SECONDS) as wait:
                 chunk = await stdout.receive_some(65536)
@@ -195,7 +208,7 @@ class RenderWorker:
                     )  # fmt: skip
                 continue
             if not chunk:
-                return True
+                return
             if stalled:
                 stalled = False
                 log.info("render worker writing again", output=self.name, pid=self.pid)
