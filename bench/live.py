@@ -118,6 +118,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The process's children (e.g. `run`'s render workers), by /proc/PID/task/*/children."""
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of the process's children (its own not included); 0 without any."""
+    total = 0.0
+    for c in children(pid):
+        try:
+            total += cpu_seconds(c)
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def runqueue_seconds(pid: int) -> float:
     """Time the process's threads spent runnable but waiting for a CPU (other load)."""
     total = 0
