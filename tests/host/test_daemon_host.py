@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from support import ROOT, XFRMWATCH, run_cli, sh, validate_event
 
@@ -220,3 +221,40 @@ def test_output_that_cannot_start(netns: str, tmp_path: Path) -> None:
         wait_events(ev_file, lambda e: e["type"] == "newpolicy")
     finally:
         assert 0 == d.stop()
+
+
+def test_ecs_file_output_in_a_worker_process(netns: str, tmp_path: Path) -> None:
+    """An ECS file output rendered by its worker process: the same bytes the daemon renders
+    from the native events it wrote beside them; SIGHUP (logrotate) continues in a new file;
+    SIGTERM right after a burst writes every event before the daemon exits 0."""
+    from xfrmwatch import events as ev
+    from xfrmwatch.output.render import json_lines_renderer
+
+    ecs_file, json_file = tmp_path / "ecs.jsonl", tmp_path / "events.jsonl"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[watch]\nnetns = ["{netns}"]\n[metrics]\nenabled = false\n'
+        f'[[output]]\ntype = "file"\nname = "ecs"\npath = "{ecs_file}"\nformat = "ecs"\nrender = "process"\n'
+        f'[[output]]\ntype = "file"\nname = "native"\npath = "{json_file}"\n'
+    )
+    batch = tmp_path / "batch"
+    batch.write_text("".join(f"xfrm policy add src 10.9.{i >> 8}.{i & 255}/32 dst 10.8.0.1/32 dir out\n" for i in range(2000)))
+    d = Daemon(cfg)
+    try:
+        sh(f"ip -n {netns} xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out")
+        wait_events(json_file, lambda e: e["type"] == "newpolicy")
+        deadline = time.monotonic() + 15
+        while b"xfrm-newpolicy" not in (ecs_file.read_bytes() if ecs_file.exists() else b""):
+            assert time.monotonic() < deadline, "no ECS line"
+            time.sleep(0.05)
+        ecs_file.rename(tmp_path / "ecs.jsonl.1")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log(lambda r: r.get("event") == "configuration reloaded")
+        sh(f"ip -n {netns} -batch {batch}")
+    finally:
+        assert 0 == d.stop()
+    native = [msgspec.json.decode(line, type=ev.AnyEvent) for line in json_file.read_bytes().splitlines()]
+    assert 2001 == sum(isinstance(e, ev.NewPolicy) for e in native)
+    render = json_lines_renderer("ecs")
+    assert render(native) == (tmp_path / "ecs.jsonl.1").read_bytes() + ecs_file.read_bytes()
+    assert 1 == (tmp_path / "ecs.jsonl.1").read_bytes().count(b"xfrm-newpolicy")
