@@ -127,7 +127,6 @@ class FileOutput(Output):
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(f.close)
 
-
     def _open_fd(self) -> int:
         """A descriptor the worker process writes to: the file's, or a duplicate of stdout's."""
         if self.path is None:

@@ -90,9 +90,7 @@ def _child_env() -> dict[str, str]:
     is not an installed one (a checkout run with PYTHONPATH or from its directory): the
     worker imports the very same code."""
     env = dict(os.environ)
-    import xfrmwatch
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(xfrmwatch.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ev.__file__)))
     installed = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
     if root not in installed:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
