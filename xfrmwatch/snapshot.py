@@ -37,7 +37,7 @@ from .netlink import xfrm as x
 from .netlink.decode import Decoder, addr, current_from, sel_addrs
 from .netlink.framing import NLA_HDR, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR
 from .netlink.request import DUMP_SEQ, blocking_dump, kernel_error, scan_reply
-from .output.tables import StreamTable, policy_row, policy_table, sa_row, sa_table
+from .output.tables import SEP, StreamTable, policy_row, policy_table, sa_row, sa_table
 
 __all__ = ["Lines", "PolicyLines", "SaLines", "dump", "policy_list", "state_list"]
 
@@ -46,6 +46,7 @@ __all__ = ["Lines", "PolicyLines", "SaLines", "dump", "policy_list", "state_list
 _S = "\x00"
 _JS = "\\u0000"  # the same, as msgspec writes it in JSON
 _FLUSH = 1 << 16  # pieces of output gathered before a write (about 1 MiB)
+_FLUSH_CHARS = 1 << 20  # or characters of batches
 _SHAPES_MAX = 4096  # templates (and shapes seen once) kept at most
 _CACHE_MAX = 16384  # rendered current lifetimes, and IPv4 addresses, kept at most
 _KEY_ATTRS = frozenset({x.XFRMA_ALG_AEAD, x.XFRMA_ALG_CRYPT, x.XFRMA_ALG_AUTH, x.XFRMA_ALG_AUTH_TRUNC})
@@ -62,6 +63,11 @@ _AF4 = socket.AF_INET
 _SEL_FAMILY = x.field_offset(x.SELECTOR, "family")
 _S_FAMILY = x.field_offset(x.USERSA_INFO, "family")
 _POLICY_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWPOLICY]
+_P_AT = {n: 16 + x.field_offset(x.USERPOLICY_INFO, n) for n in ("sel_daddr", "sel_saddr", "cur_bytes", "priority", "index")}
+_S_AT = {
+    n: 16 + x.field_offset(x.USERSA_INFO, n)
+    for n in ("sel_daddr", "sel_saddr", "id_daddr", "id_be_spi", "saddr", "cur_bytes", "seq", "reqid")
+}
 _SA_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWSA]
 #: policies whose attributes are longer than this go the general way (a template per
 #: attribute chain: the chains of real policies are a ptype, a mark, a few templates)
@@ -145,6 +151,147 @@ def _percent(text: str, marks: Iterable[str]) -> str | None:
     return None if pieces is None else "%s".join(p.replace("%", "%%") for p in pieces)
 
 
+def _esc(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+#: how an IPv4 address (4 bytes read as ``B``s) is written in a batch's format
+_V4 = "%d.%d.%d.%d"
+_RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
+_WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
+
+#: what a batch's own field is read as, and how many values that gives
+_PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
+
+#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("f", i,
+#: get, make) that value's rendering (``get`` a cache's lookup, or None; ``make`` on a
+#: miss); ("s", format, (i, ...)) a format
+#: filled with those values of each entry (a cell padded as a whole, an address's text)
+Column = tuple[Any, ...]
+
+
+class Batch:
+    """A run of entries of one shape, written at once: the entries of a dump datagram
+    follow one another with the same stride, so a run of them is checked in one
+    comparison (the datagram's bytes as an integer, masked to the shape's bytes: header,
+    fixed part but the own fields, attributes, padding) and read with one struct
+    (``own`` repeated), and written with one ``%`` (``fmt`` repeated).  An entry whose
+    bytes differ anywhere but its own fields ends the run: it goes the per-entry way.
+
+    ``picks``: (offset in the message, struct format) of each own field, in layout order;
+    ``columns``: what fills each hole of ``fmt``, in its order (see :data:`Column`)."""
+
+    __slots__ = ("columns", "fmt", "holes", "mask", "own", "per", "runs", "shape", "stride")
+
+    def __init__(self, entry: bytes, picks: list[tuple[int, str]], fmt: str, columns: list[Column]) -> None:
+        self.stride = len(entry)
+        own, at = "", 0
+        mask = bytearray(b"\xff" * self.stride)
+        per = 0
+        for o, f in sorted(picks):
+            size = struct.calcsize("=" + f)
+            own += (f"{o - at}x" if o > at else "") + f
+            mask[o : o + size] = bytes(size)
+            at = o + size
+            per += _PICK_VALUES[f]
+        self.own = own + (f"{self.stride - at}x" if self.stride > at else "")
+        self.per = per  # values read per entry
+        self.mask = bytes(mask)
+        self.shape = bytes(a & b for a, b in zip(entry, mask, strict=True))
+        self.fmt = fmt
+        self.columns = columns
+        self.holes = len(columns)
+        self.runs: dict[int, tuple[int, int, struct.Struct, str]] = {}
+
+    def run(self, n: int) -> tuple[int, int, struct.Struct, str]:
+        """For a run of ``n``: (mask, shape, as integers; struct; format)."""
+        r = self.runs.get(n)
+        if r is None:
+            if len(self.runs) >= _RUNS_MAX:
+                self.runs.clear()
+            r = self.runs[n] = (
+                int.from_bytes(self.mask * n, "little"),
+                int.from_bytes(self.shape * n, "little"),
+                struct.Struct("=" + self.own * n),
+                self.fmt * n,
+            )
+        return r
+
+    def matching(self, data: bytes, off: int, n: int) -> int:
+        """How many of the ``n`` entries at ``off`` are of this shape (the run's length)."""
+        mask, shape, _, _ = self.run(n)
+        diff = (int.from_bytes(data[off : off + n * self.stride], "little") & mask) ^ shape
+        if not diff:
+            return n
+        return ((diff & -diff).bit_length() - 1) // (8 * self.stride)
+
+    def write(self, data: bytes, off: int, n: int) -> str:
+        """The lines of the ``n`` entries at ``off`` (checked by :meth:`matching`)."""
+        _, _, st, fmt = self.run(n)
+        vals = st.unpack_from(data, off)
+        m = self.per
+        h = self.holes
+        args: list[Any] = [None] * (n * h)
+        for j, col in enumerate(self.columns):
+            kind = col[0]
+            if kind == "v":
+                args[j::h] = vals[col[1] :: m]
+            elif kind == "f":
+                get, miss = col[2], col[3]
+                if get is None:
+                    args[j::h] = [miss(v) for v in vals[col[1] :: m]]
+                else:
+                    args[j::h] = [get(v) or miss(v) for v in vals[col[1] :: m]]
+            else:
+                sub, idx = col[1], col[2]
+                k = len(idx)
+                sargs: list[Any] = [None] * (n * k)
+                for q, i in enumerate(idx):
+                    sargs[q::k] = vals[i::m]
+                args[j::h] = ((sub + "\0") * n % tuple(sargs)).split("\0")[:n]
+        return fmt % tuple(args)
+
+
+def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ...]) -> bool:
+    """Whether the addresses at ``offs`` are written as IPv4 from their first 4 bytes
+    (the family one of ``v4_fams`` and every address's last 12 bytes zero: part of the shape)."""
+    return fam in v4_fams and all(entry[o + 4 : o + 16] == _ZERO12 for o in offs)
+
+
+def _addr_pick(v4: bool, off: int) -> tuple[int, str]:
+    return (off, "4B") if v4 else (off, "16s")
+
+
+def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
+    """Where each own field's values start among an entry's values (read in layout order)."""
+    at, out = 0, {}
+    for name, (_, f) in sorted(picks.items(), key=lambda kv: kv[1][0]):
+        out[name] = at
+        at += _PICK_VALUES[f]
+    return out
+
+
+def _addr_hole(v4: bool, i: int, fam: int) -> tuple[str, list[Column]]:
+    """An address's hole in a batch format, and its columns (IPv4: its 4 bytes; else its text)."""
+    if v4:
+        return _V4, [("v", i), ("v", i + 1), ("v", i + 2), ("v", i + 3)]
+    return "%s", [("f", i, None, lambda raw: addr(fam, raw))]
+
+
+def _batch_entry(data: bytes, off: int) -> bytes | None:
+    """The bytes of the entry whose body is at ``off``, header included, if a batch can be
+    made of its shape: its length a multiple of 4 (the stride), its header a dump reply's."""
+    mlen, _, flags, seq, _ = NLMSG_HDR.unpack_from(data, off - 16)
+    if mlen % 4 or flags != _NLM_F_MULTI or seq != DUMP_SEQ or off - 16 + mlen > len(data):
+        return None
+    return data[off - 16 : off - 16 + mlen]
+
+
+def _checked(b: Batch, entry: bytes, line: str) -> Batch | None:
+    """``b`` if it writes ``entry`` as ``line`` (the general way's)."""
+    return b if b.matching(entry, 0, 1) == 1 and b.write(entry, 0, 1) == line else None
+
+
 class Lines:
     """One kind of entry (policies or SAs) of a dump, rendered from its reply datagrams:
     JSON objects, one a line (``sep="\\n"``) or comma-separated (``sep=","``, `dump`'s
@@ -176,8 +323,11 @@ class Lines:
         self.templates: dict[tuple[bytes, ...], Any] = {}
         self.seen: set[tuple[bytes, ...]] = set()
         self.currents: dict[bytes, Any] = {}
+        self.table_currents: dict[bytes, str] = {}
         self.v4: dict[bytes, str] = {}
         self.shapes: dict[int, struct.Struct] = {}
+        self.size = 0  # characters of batches waiting in parts
+        self.window = 1 << 30  # entries checked at once for a run (see _batch)
 
     # --- the walk -----------------------------------------------------------------
 
@@ -204,12 +354,13 @@ class Lines:
                 length=e.length,
             )
         self.malformed.clear()
-        if len(self.parts) >= _FLUSH:
+        if len(self.parts) >= _FLUSH or self.size >= _FLUSH_CHARS:
             self.flush()
         return done
 
     def _walk(self, data: bytes) -> bool:
         fast = self._entry
+        batch = self._batch
         general = self._general_message
         mtype_fast = self.msg_type
         size = self.min_size
@@ -227,6 +378,10 @@ class Lines:
             if flags & _NLM_F_DUMP_INTR and seq == DUMP_SEQ:
                 interrupted = True
             if mtype == mtype_fast and mlen - 16 >= size:
+                k = batch(data, off, mlen, total)
+                if k:  # k entries of the same shape and stride (their flags: NLM_F_MULTI only)
+                    off += k * mlen
+                    continue
                 fast(data, off + 16, end)  # (the header is read again on a miss)
             elif mtype >= 16:
                 general(data, off + 16, end, mtype, seq, pid)
@@ -241,6 +396,29 @@ class Lines:
         if interrupted:
             self._interrupted()
         return done
+
+    def _batch(self, data: bytes, off: int, mlen: int, total: int) -> int:
+        """The run of entries of one shape at ``off`` (the message's start) written at once
+        (:class:`Batch`): how many (0: none, the entry goes the per-entry way).  The entries
+        checked at once are the rest of the datagram, or after a broken run a few, doubled
+        at each run that holds (a table of mixed shapes costs little more than it did)."""
+        st = self.shapes.get(mlen - 16)
+        if st is None:
+            return 0
+        t = self.templates.get(st.unpack_from(data, off + 16))
+        if t is None or t[-1] is None:
+            return 0
+        b: Batch = t[-1]
+        n = min((total - off) // mlen, self.window)
+        k = b.matching(data, off, n) if n else 0
+        if k:
+            text = b.write(data, off, k)
+            self.parts.append(text)
+            self.size += len(text)
+            if self.table is not None:
+                self.table.count += k
+        self.window = self.window * 2 if k == n else _WINDOW
+        return k
 
     def _interrupted(self) -> None:
         raise KernelError(f"{self.what}: the kernel's table changed during the dump; run it again")
@@ -390,6 +568,7 @@ class Lines:
             return
         text = "".join(self.parts)
         self.parts = []
+        self.size = 0
         if self.first:
             self.first = False
             text = text[len(self.before) :]
@@ -445,7 +624,7 @@ class PolicyLines(Lines):
         if t is None:
             self._missed(data, off, end)
             return
-        fam, sel_fmt, pieces = t
+        fam, sel_fmt, pieces, _ = t
         daddr, saddr, cur, prio, index = _POLICY_OWN.unpack_from(data, off)
         if fam == _AF4 or fam == 0:
             v4 = self.v4
@@ -492,7 +671,7 @@ class PolicyLines(Lines):
             own = (str(index), str(prio), src, dst, self._current(cur))
             if "".join(p + v for p, v in zip(pieces, (*own, ""), strict=True)) != line:
                 return None
-            return fam, None, pieces
+            return fam, None, pieces, self._policy_batch(data, off, fam, pieces, None, line)
         assert self.table is not None
         cells = self.row(msgspec.structs.replace(pol, index=_S + "i", priority=_S + "p", sel=sel))
         sel_fmt = _percent(cells[0], (f"{_S}s", f"{_S}d"))
@@ -506,7 +685,45 @@ class PolicyLines(Lines):
         fmt = self.table.template([None, *cells[1:3], None, None, *cells[5:]])
         if fmt % (sel_fmt % (src, dst), prio, index) != line:
             return None
-        return fam, sel_fmt, fmt
+        sel_pieces = _split(cells[0], ((f"{_S}s", "%s"), (f"{_S}d", "%s")))
+        return fam, sel_fmt, fmt, self._policy_batch(data, off, fam, [fmt], sel_pieces, line)
+
+    def _policy_batch(
+        self, data: bytes, off: int, fam: int, pieces: list[str], sel_pieces: list[str] | None, line: str
+    ) -> Batch | None:
+        """The :class:`Batch` of a policy's shape (the entry's body at ``off``), checked on
+        it: JSON (``pieces`` around index, priority, selector addresses, current lifetime)
+        or a table row (``[fmt]``: selector cell, priority, index; ``sel_pieces`` around
+        the selector's addresses).  None: its entries go one by one."""
+        entry = _batch_entry(data, off)
+        if entry is None:
+            return None
+        v4 = _v4_at(fam, entry, (_P_AT["sel_saddr"], _P_AT["sel_daddr"]), (_AF4, 0))
+        picks = {
+            "dst": _addr_pick(v4, _P_AT["sel_daddr"]),
+            "src": _addr_pick(v4, _P_AT["sel_saddr"]),
+            "cur": (_P_AT["cur_bytes"], "32s"),
+            "prio": (_P_AT["priority"], "I"),
+            "index": (_P_AT["index"], "I"),
+        }
+        at = _indices(picks)
+        src, src_cols = _addr_hole(v4, at["src"], fam)
+        dst, dst_cols = _addr_hole(v4, at["dst"], fam)
+        if sel_pieces is None:
+            p0, p1, p2, p3, p4, p5 = (_esc(p) for p in pieces)
+            fmt = f"{p0}%d{p1}%d{p2}{src}{p3}{dst}{p4}%s{p5}"
+            columns: list[Column] = [
+                ("v", at["index"]), ("v", at["prio"]), *src_cols, *dst_cols,
+                ("f", at["cur"], self.currents.get, self._current),
+            ]  # fmt: skip
+        else:
+            if not v4:
+                return None
+            s0, s1, s2 = (_esc(p) for p in sel_pieces)
+            sel = (f"{s0}{src}{s1}{dst}{s2}", tuple(at["src"] + i for i in range(4)) + tuple(at["dst"] + i for i in range(4)))
+            fmt = pieces[0]
+            columns = [("s", *sel), ("v", at["prio"]), ("v", at["index"])]
+        return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
 
 
 class SaLines(Lines):
@@ -533,7 +750,7 @@ class SaLines(Lines):
         if t is None:
             self._missed(data, off, end)
             return
-        fam, sel_fam, table, pieces = t
+        fam, sel_fam, table, pieces, _ = t
         sel_daddr, sel_saddr, daddr, spi, saddr, cur, seq_, reqid = _SA_OWN.unpack_from(data, off)
         v4 = self.v4
         if fam == _AF4:
@@ -600,7 +817,7 @@ class SaLines(Lines):
             values = (src, dst, f"{spi:08x}", str(reqid), str(seq), sel_src, sel_dst, cur, "")
             if "".join(p + v for p, v in zip(pieces, values, strict=True)) != line:
                 return None
-            return fam, sel_fam, False, pieces
+            return fam, sel_fam, False, pieces, self._sa_batch(data, off, fam, sel_fam, pieces, None, line)
         assert self.table is not None
         cur_probe = ev.Current(bytes=_S + "B", packets=_S + "P", add_time=_S + "A", use_time=None)  # type: ignore[arg-type]
         cells = self.row(msgspec.structs.replace(sa, **own, current=cur_probe))
@@ -612,7 +829,78 @@ class SaLines(Lines):
         fmt = self.table.template([None if i in holes else c for i, c in enumerate(cells)])
         if fmt % (src, dst, f"0x{spi:08x}", reqid, *cur) != line:
             return None
-        return fam, 0, True, fmt
+        return fam, 0, True, fmt, self._sa_batch(data, off, fam, 0, [], cells, line)
+
+    def _sa_batch(
+        self,
+        data: bytes,
+        off: int,
+        fam: int,
+        sel_fam: int,
+        pieces: list[str],
+        cells: list[str] | None,
+        line: str,
+    ) -> Batch | None:
+        """The :class:`Batch` of an SA's shape (the entry's body at ``off``), checked on it:
+        JSON (``pieces`` around source, destination, SPI, reqid, seq, selector addresses,
+        current lifetime) or a table row (``cells``: the row with sentinels in the holes)."""
+        entry = _batch_entry(data, off)
+        if entry is None:
+            return None
+        v4 = _v4_at(fam, entry, (_S_AT["saddr"], _S_AT["id_daddr"]), (_AF4,))
+        sel_v4 = cells is None and _v4_at(sel_fam, entry, (_S_AT["sel_saddr"], _S_AT["sel_daddr"]), (_AF4, 0))
+        picks = {
+            "sel_dst": _addr_pick(sel_v4, _S_AT["sel_daddr"]),
+            "sel_src": _addr_pick(sel_v4, _S_AT["sel_saddr"]),
+            "dst": _addr_pick(v4, _S_AT["id_daddr"]),
+            "spi": (_S_AT["id_be_spi"], "4B"),
+            "src": _addr_pick(v4, _S_AT["saddr"]),
+            "cur": (_S_AT["cur_bytes"], "32s"),
+            "seq": (_S_AT["seq"], "I"),
+            "reqid": (_S_AT["reqid"], "I"),
+        }
+        at = _indices(picks)
+        src, src_cols = _addr_hole(v4, at["src"], fam)
+        dst, dst_cols = _addr_hole(v4, at["dst"], fam)
+        spi = "%02x%02x%02x%02x"
+        spi_cols: list[Column] = [("v", at["spi"] + i) for i in range(4)]
+        if cells is None:
+            sel_src, sel_src_cols = _addr_hole(sel_v4, at["sel_src"], sel_fam)
+            sel_dst, sel_dst_cols = _addr_hole(sel_v4, at["sel_dst"], sel_fam)
+            p0, p1, p2, p3, p4, p5, p6, p7, p8 = (_esc(p) for p in pieces)
+            fmt = f"{p0}{src}{p1}{dst}{p2}{spi}{p3}%d{p4}%d{p5}{sel_src}{p6}{sel_dst}{p7}%s{p8}"
+            columns: list[Column] = [
+                *src_cols, *dst_cols, *spi_cols, ("v", at["reqid"]), ("v", at["seq"]), *sel_src_cols, *sel_dst_cols,
+                ("f", at["cur"], self.currents.get, self._current),
+            ]  # fmt: skip
+        else:
+            assert self.table is not None
+            widths = self.table.widths
+            if not v4 or widths[3] < 10:
+                return None
+            cur = self.table_currents
+            row = [
+                f"%-{widths[0]}s", f"%-{widths[1]}s", _esc(f"{cells[2]:<{widths[2]}}"), "0x" + spi + " " * (widths[3] - 10),
+                f"%-{widths[4]}s", *(_esc(f"{c:<{w}}") for c, w in zip(cells[5:7], widths[5:7], strict=True)),
+                "%s", _esc(f"{cells[10]:<{widths[10]}}"),
+            ]  # fmt: skip
+            fmt = SEP.join(row) + "\n"
+            columns = [
+                ("s", src, tuple(at["src"] + i for i in range(4))), ("s", dst, tuple(at["dst"] + i for i in range(4))),
+                *spi_cols, ("v", at["reqid"]), ("f", at["cur"], cur.get, self._table_current),
+            ]  # fmt: skip
+        return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
+
+    def _table_current(self, raw: bytes) -> str:
+        """A current lifetime's three cells in a table row (bytes, packets, added), padded
+        and joined, remembered by its bytes."""
+        assert self.table is not None
+        w = self.table.widths
+        text = SEP.join(f"{c:<{w}}" for c, w in zip(self._current(raw), w[7:10], strict=True))
+        if len(self.table_currents) >= _CACHE_MAX:
+            self.table_currents.clear()
+        self.table_currents[raw] = text
+        return text
 
 
 def policy_list(

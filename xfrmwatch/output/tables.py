@@ -20,7 +20,7 @@ def _lim(v: int | None) -> str:
     return "-" if v is None else str(v)
 
 
-_SEP = "  "  # between columns
+SEP = "  "  # between columns
 
 
 class StreamTable:
@@ -44,7 +44,7 @@ class StreamTable:
                 widths[i] = max(widths[i], len(cell))
         widths[-1] = 0  # the last column is never padded
         self.widths = widths
-        self.fmt = _SEP.join(f"{{:<{w}}}" for w in widths) + "\n"
+        self.fmt = SEP.join(f"{{:<{w}}}" for w in widths) + "\n"
         head = self.fmt.format(*self.columns).rstrip() + "\n"
         if self.style:
             head = f"\x1b[1m{head.rstrip()}\x1b[0m\n"
@@ -67,7 +67,7 @@ class StreamTable:
         """A row as a %-format (the widths known): each None cell a hole taking its value
         (``%-{width}s``), every other cell as :meth:`rows` writes it."""
         parts = [f"%-{w}s" if c is None else f"{c:<{w}}".replace("%", "%%") for c, w in zip(cells, self.widths, strict=True)]
-        return _SEP.join(parts) + "\n"
+        return SEP.join(parts) + "\n"
 
     def close(self, noun: str) -> None:
         if not self.fmt:
