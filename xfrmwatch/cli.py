@@ -1579,11 +1579,13 @@ def _snapshot(args: argparse.Namespace) -> Callable[[], int] | None:
         return logger[0]
 
     def run() -> int:
-        from .netlink.request import dump_socket
+        from .netlink.request import dump_replies, dump_socket
 
         table = _table_wanted(args)
         with dump_socket(args.netns) as sock:
-            code: int = fn(sock, table, sys.stdout.isatty(), sys.stdout.buffer, log, netns=args.netns or "")
+            code: int = fn(
+                partial(dump_replies, sock), table, sys.stdout.isatty(), sys.stdout.buffer, log, netns=args.netns or ""
+            )
         return code
 
     return run

@@ -36,17 +36,21 @@ from .errors import KernelError
 from .netlink import xfrm as x
 from .netlink.decode import Decoder, addr, current_from, sel_addrs
 from .netlink.framing import NLA_HDR, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR
-from .netlink.request import DUMP_SEQ, blocking_dump, kernel_error, scan_reply
+from .netlink.request import DUMP_SEQ, DUMPS, kernel_error, scan_reply
 from .output.tables import SEP, StreamTable, policy_row, policy_table, sa_row, sa_table
 
-__all__ = ["Lines", "PolicyLines", "SaLines", "dump", "policy_list", "state_list"]
+__all__ = ["Batch", "Dumps", "Lines", "PolicyLines", "SaLines", "dump", "policy_list", "state_list"]
 
 #: starts every sentinel: the decoder never yields it in a string of its own (C strings end
 #: at NUL), and a template whose sentinels do not each appear exactly once is not kept
 _S = "\x00"
 _JS = "\\u0000"  # the same, as msgspec writes it in JSON
-_FLUSH = 1 << 16  # pieces of output gathered before a write (about 1 MiB)
-_FLUSH_CHARS = 1 << 20  # or characters of batches
+#: output is written once a datagram's lines are through and there are this many pieces or
+#: characters of batches (a write of some 100 KiB, a buffer the allocator reuses: one of
+#: 1 MiB or more is fresh memory each time, its pages faulted in, which costs more than the
+#: write)
+_FLUSH = 1 << 12
+_FLUSH_CHARS = 1 << 16
 _SHAPES_MAX = 4096  # templates (and shapes seen once) kept at most
 _CACHE_MAX = 16384  # rendered current lifetimes, and IPv4 addresses, kept at most
 _KEY_ATTRS = frozenset({x.XFRMA_ALG_AEAD, x.XFRMA_ALG_CRYPT, x.XFRMA_ALG_AUTH, x.XFRMA_ALG_AUTH_TRUNC})
@@ -165,7 +169,7 @@ _PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
 
 #: one column of a batch's values: ("v", i) the i-th value read of each entry; ("f", i,
 #: get, make) that value's rendering (``get`` a cache's lookup, or None; ``make`` on a
-#: miss); ("s", format, (i, ...)) a format
+#: miss; a rendering is bytes); ("s", format, (i, ...)) a format
 #: filled with those values of each entry (a cell padded as a whole, an address's text)
 Column = tuple[Any, ...]
 
@@ -198,12 +202,12 @@ class Batch:
         self.per = per  # values read per entry
         self.mask = bytes(mask)
         self.shape = bytes(a & b for a, b in zip(entry, mask, strict=True))
-        self.fmt = fmt
-        self.columns = columns
+        self.fmt = fmt.encode()  # written as bytes: no encoding step, and bytes' % is faster
+        self.columns = [(c[0], c[1].encode(), c[2]) if c[0] == "s" else c for c in columns]
         self.holes = len(columns)
-        self.runs: dict[int, tuple[int, int, struct.Struct, str]] = {}
+        self.runs: dict[int, tuple[int, int, struct.Struct, bytes]] = {}
 
-    def run(self, n: int) -> tuple[int, int, struct.Struct, str]:
+    def run(self, n: int) -> tuple[int, int, struct.Struct, bytes]:
         """For a run of ``n``: (mask, shape, as integers; struct; format)."""
         r = self.runs.get(n)
         if r is None:
@@ -225,7 +229,7 @@ class Batch:
             return n
         return ((diff & -diff).bit_length() - 1) // (8 * self.stride)
 
-    def write(self, data: bytes, off: int, n: int) -> str:
+    def write(self, data: bytes, off: int, n: int) -> bytes:
         """The lines of the ``n`` entries at ``off`` (checked by :meth:`matching`)."""
         _, _, st, fmt = self.run(n)
         vals = st.unpack_from(data, off)
@@ -248,7 +252,7 @@ class Batch:
                 sargs: list[Any] = [None] * (n * k)
                 for q, i in enumerate(idx):
                     sargs[q::k] = vals[i::m]
-                args[j::h] = ((sub + "\0") * n % tuple(sargs)).split("\0")[:n]
+                args[j::h] = ((sub + b"\0") * n % tuple(sargs)).split(b"\0")[:n]
         return fmt % tuple(args)
 
 
@@ -275,7 +279,7 @@ def _addr_hole(v4: bool, i: int, fam: int) -> tuple[str, list[Column]]:
     """An address's hole in a batch format, and its columns (IPv4: its 4 bytes; else its text)."""
     if v4:
         return _V4, [("v", i), ("v", i + 1), ("v", i + 2), ("v", i + 3)]
-    return "%s", [("f", i, None, lambda raw: addr(fam, raw))]
+    return "%s", [("f", i, None, lambda raw: addr(fam, raw).encode())]
 
 
 def _batch_entry(data: bytes, off: int) -> bytes | None:
@@ -289,7 +293,7 @@ def _batch_entry(data: bytes, off: int) -> bytes | None:
 
 def _checked(b: Batch, entry: bytes, line: str) -> Batch | None:
     """``b`` if it writes ``entry`` as ``line`` (the general way's)."""
-    return b if b.matching(entry, 0, 1) == 1 and b.write(entry, 0, 1) == line else None
+    return b if b.matching(entry, 0, 1) == 1 and b.write(entry, 0, 1) == line.encode() else None
 
 
 class Lines:
@@ -318,15 +322,18 @@ class Lines:
         self.first = True  # no separator before the first object
         self.decoder = Decoder()
         self.enc = msgspec.json.Encoder()
-        self.parts: list[str] = []
+        self.parts: list[str] = []  # pieces of lines (the per-entry way's)
+        self.chunks: list[bytes] = []  # output, in order: settled pieces, batches
         self.malformed: list[ev.Malformed] = []
         self.templates: dict[tuple[bytes, ...], Any] = {}
         self.seen: set[tuple[bytes, ...]] = set()
         self.currents: dict[bytes, Any] = {}
-        self.table_currents: dict[bytes, str] = {}
+        self.json_currents: dict[bytes, bytes] = {}
+        self.table_currents: dict[bytes, bytes] = {}
         self.v4: dict[bytes, str] = {}
         self.shapes: dict[int, struct.Struct] = {}
-        self.size = 0  # characters of batches waiting in parts
+        self.size = 0  # bytes waiting in chunks
+        self.batched = 0  # entries written in runs (see _batch)
         self.window = 1 << 30  # entries checked at once for a run (see _batch)
 
     # --- the walk -----------------------------------------------------------------
@@ -335,14 +342,16 @@ class Lines:
         """Render the entries of one reply datagram; True once the dump is complete.  A
         datagram the kernel ends with an error (or marks interrupted) is not printed (what
         came before it is written, and the error raised)."""
-        mark = len(self.parts)
+        self._settle()
+        mark = len(self.chunks)
         try:
             if self.table is not None and not self.table.fmt:  # the table's widths come from the first rows
                 done = self._general_datagram(data)
             else:
                 done = self._walk(data)
         except BaseException:
-            del self.parts[mark:]
+            del self.chunks[mark:]
+            self.parts.clear()
             self.malformed.clear()
             self.flush()
             raise
@@ -413,8 +422,10 @@ class Lines:
         k = b.matching(data, off, n) if n else 0
         if k:
             text = b.write(data, off, k)
-            self.parts.append(text)
+            self._settle()
+            self.chunks.append(text)
             self.size += len(text)
+            self.batched += k
             if self.table is not None:
                 self.table.count += k
         self.window = self.window * 2 if k == n else _WINDOW
@@ -553,6 +564,14 @@ class Lines:
             self.currents[raw] = cur
         return cur
 
+    def _json_current(self, raw: bytes) -> bytes:
+        """:meth:`_current`'s JSON object, as bytes (a batch's)."""
+        text: bytes = self._current(raw).encode()
+        if len(self.json_currents) >= _CACHE_MAX:
+            self.json_currents.clear()
+        self.json_currents[raw] = text
+        return text
+
     def _json_pieces(self, probe: Any, marks: Iterable[tuple[str, str]]) -> list[str] | None:
         """The JSON object of ``probe`` (a record with sentinels in its own fields), cut at them."""
         pieces = _split(self.enc.encode(probe).decode(), marks)
@@ -563,16 +582,25 @@ class Lines:
 
     # --- output ---------------------------------------------------------------------
 
+    def _settle(self) -> None:
+        """The pieces of lines so far, as one chunk of output (before a batch's)."""
+        if self.parts:
+            text = "".join(self.parts).encode()
+            self.parts = []
+            self.chunks.append(text)
+            self.size += len(text)
+
     def flush(self) -> None:
-        if not self.parts:
+        self._settle()
+        if not self.chunks:
             return
-        text = "".join(self.parts)
-        self.parts = []
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
         self.size = 0
         if self.first:
             self.first = False
-            text = text[len(self.before) :]
-        self.out.write(text.encode())
+            data = data[len(self.before) :]
+        self.out.write(data)
 
     def close(self) -> None:
         """The last lines (and the table's count)."""
@@ -609,7 +637,7 @@ class PolicyLines(Lines):
     kind = ev.PolicyEvent
     field = "policy"
     row = staticmethod(policy_row)
-    what = "policy dump (GETPOLICY)"
+    what = DUMPS["policy"][1]
     skipped = "policy dump"
     msg_type = x.XFRM_MSG_NEWPOLICY
     min_size = _POLICY_SIZE
@@ -686,7 +714,8 @@ class PolicyLines(Lines):
         if fmt % (sel_fmt % (src, dst), prio, index) != line:
             return None
         sel_pieces = _split(cells[0], ((f"{_S}s", "%s"), (f"{_S}d", "%s")))
-        return fam, sel_fmt, fmt, self._policy_batch(data, off, fam, [fmt], sel_pieces, line)
+        ints = self.table.template([None, *cells[1:3], None, None, *cells[5:]], ints=(3, 4))  # (bytes' %s takes no int)
+        return fam, sel_fmt, fmt, self._policy_batch(data, off, fam, [ints], sel_pieces, line)
 
     def _policy_batch(
         self, data: bytes, off: int, fam: int, pieces: list[str], sel_pieces: list[str] | None, line: str
@@ -714,10 +743,10 @@ class PolicyLines(Lines):
             fmt = f"{p0}%d{p1}%d{p2}{src}{p3}{dst}{p4}%s{p5}"
             columns: list[Column] = [
                 ("v", at["index"]), ("v", at["prio"]), *src_cols, *dst_cols,
-                ("f", at["cur"], self.currents.get, self._current),
+                ("f", at["cur"], self.json_currents.get, self._json_current),
             ]  # fmt: skip
         else:
-            if not v4:
+            if not v4 or not "".join(sel_pieces).isascii():  # (padded as bytes)
                 return None
             s0, s1, s2 = (_esc(p) for p in sel_pieces)
             sel = (f"{s0}{src}{s1}{dst}{s2}", tuple(at["src"] + i for i in range(4)) + tuple(at["dst"] + i for i in range(4)))
@@ -734,7 +763,7 @@ class SaLines(Lines):
     kind = ev.SaEvent
     field = "sa"
     row = staticmethod(sa_row)
-    what = "state dump (GETSA)"
+    what = DUMPS["state"][1]
     skipped = "state dump"
     msg_type = x.XFRM_MSG_NEWSA
     min_size = _SA_SIZE
@@ -871,7 +900,7 @@ class SaLines(Lines):
             fmt = f"{p0}{src}{p1}{dst}{p2}{spi}{p3}%d{p4}%d{p5}{sel_src}{p6}{sel_dst}{p7}%s{p8}"
             columns: list[Column] = [
                 *src_cols, *dst_cols, *spi_cols, ("v", at["reqid"]), ("v", at["seq"]), *sel_src_cols, *sel_dst_cols,
-                ("f", at["cur"], self.currents.get, self._current),
+                ("f", at["cur"], self.json_currents.get, self._json_current),
             ]  # fmt: skip
         else:
             assert self.table is not None
@@ -881,7 +910,7 @@ class SaLines(Lines):
             cur = self.table_currents
             row = [
                 f"%-{widths[0]}s", f"%-{widths[1]}s", _esc(f"{cells[2]:<{widths[2]}}"), "0x" + spi + " " * (widths[3] - 10),
-                f"%-{widths[4]}s", *(_esc(f"{c:<{w}}") for c, w in zip(cells[5:7], widths[5:7], strict=True)),
+                f"%-{widths[4]}d", *(_esc(f"{c:<{w}}") for c, w in zip(cells[5:7], widths[5:7], strict=True)),
                 "%s", _esc(f"{cells[10]:<{widths[10]}}"),
             ]  # fmt: skip
             fmt = SEP.join(row) + "\n"
@@ -891,63 +920,69 @@ class SaLines(Lines):
             ]  # fmt: skip
         return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
 
-    def _table_current(self, raw: bytes) -> str:
+    def _table_current(self, raw: bytes) -> bytes:
         """A current lifetime's three cells in a table row (bytes, packets, added), padded
         and joined, remembered by its bytes."""
         assert self.table is not None
         w = self.table.widths
-        text = SEP.join(f"{c:<{w}}" for c, w in zip(self._current(raw), w[7:10], strict=True))
+        text = SEP.join(f"{c:<{w}}" for c, w in zip(self._current(raw), w[7:10], strict=True)).encode()
         if len(self.table_currents) >= _CACHE_MAX:
             self.table_currents.clear()
         self.table_currents[raw] = text
         return text
 
 
+#: the reply datagrams of the dump of a kind of entry ("policy" or "state"): one dump at a
+#: time (:func:`xfrmwatch.netlink.request.dump_replies` on one socket, or the head start of
+#: :mod:`xfrmwatch.prefetch`)
+Dumps = Callable[[str], Iterable[bytes]]
+
+
 def policy_list(
-    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+    dumps: Dumps, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
 ) -> int:
-    """The SPD, every policy, as JSON lines or a table (``sock``: a :func:`dump_socket` in
+    """The SPD, every policy, as JSON lines or a table (``dumps``: the dump's replies, in
     ``netns``; ``style``: a terminal's bold header; ``log``: the logger, on first need)."""
     lines = PolicyLines(policy_table(out, style=style) if table else None, out, log)
-    _run(lines, sock, x.userpolicy_id_msg(), x.XFRM_MSG_GETPOLICY)
+    _run(lines, dumps("policy"))
     lines.close()
     out.flush()
     return 0
 
 
 def state_list(
-    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+    dumps: Dumps, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
 ) -> int:
     """The SAD, every SA, as JSON lines or a table."""
     lines = SaLines(sa_table(out, style=style) if table else None, out, log)
-    _run(lines, sock, x.usersa_id_msg(), x.XFRM_MSG_GETSA)
+    _run(lines, dumps("state"))
     lines.close()
     out.flush()
     return 0
 
 
 def dump(
-    sock: socket.socket, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
+    dumps: Dumps, table: bool, style: bool, out: BinaryIO, log: Callable[[], Any], *, netns: str = ""
 ) -> int:
     """SAs then policies (on one socket: the kernel sizes its replies by what the socket
     read before): two tables, or one JSON object {"netns", "sa": [...], "policy": [...]}."""
     if table:
-        state_list(sock, True, style, out, log)
-        return policy_list(sock, True, style, out, log)
+        state_list(dumps, True, style, out, log)
+        return policy_list(dumps, True, style, out, log)
     out.write(b'{"netns":' + msgspec.json.encode(netns) + b',"sa":[')
     sas = SaLines(None, out, log, sep=",")
-    _run(sas, sock, x.usersa_id_msg(), x.XFRM_MSG_GETSA)
+    _run(sas, dumps("state"))
     sas.flush()
     out.write(b'],"policy":[')
     pols = PolicyLines(None, out, log, sep=",")
-    _run(pols, sock, x.userpolicy_id_msg(), x.XFRM_MSG_GETPOLICY)
+    _run(pols, dumps("policy"))
     pols.flush()
     out.write(b"]}\n")
     out.flush()
     return 0
 
 
-def _run(lines: Lines, sock: socket.socket, msg: Any, msg_type: int) -> None:
-    for data in blocking_dump(sock, msg, msg_type, what=lines.what):
+def _run(lines: Lines, replies: Iterable[bytes]) -> None:
+    for data in replies:
         if lines.feed(data):
             return

@@ -240,3 +240,82 @@ def test_json_templates_keep_unusual_text() -> None:
     entries = [_own_fields_changed("policy", m, i) for i in range(5)]
     for fmt in FORMATS:
         _compare("policy", fmt, _datagrams(entries, 2))
+
+
+def _runs(kind: str, lengths: list[int]) -> list[bytes]:
+    """Runs of entries of one shape each (every recorded shape in turn), of the given lengths."""
+    out = []
+    for j, m in enumerate(_messages(kind)):
+        out += [_own_fields_changed(kind, m, i) for i in range(lengths[j % len(lengths)])]
+    return out
+
+
+def _fast_lines(kind: str, fmt: str, datagrams: list[bytes]) -> snapshot.Lines:
+    lines_of = KINDS[kind][0]
+    out = io.BytesIO()
+    lines = lines_of(KINDS[kind][2](out) if fmt == "table" else None, out, Said, sep="," if fmt == "dump" else "\n")
+    for d in datagrams:
+        if lines.feed(d):
+            break
+    return lines
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("per", [3, 16, 100])
+def test_runs_of_one_shape_print_the_same(kind: str, fmt: str, per: int) -> None:
+    """Runs of entries of one shape (IPv4 and IPv6, each recorded shape), long and short,
+    cut across datagrams, written a run at a time, print what the general way prints."""
+    entries = _runs(kind, [1, 9, 2, 30, 5])
+    dgs = _datagrams(entries, per)
+    _compare(kind, fmt, dgs)
+    lines = _fast_lines(kind, fmt, dgs)
+    shapes = sum(t is not None and t[-1] is not None for t in lines.templates.values())
+    assert shapes >= 1  # (most recorded SAs carry keys: the general way)
+    assert lines.batched >= shapes
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_runs_broken_in_the_middle(kind: str, fmt: str) -> None:
+    """A run broken by an entry of another shape, by one whose bytes differ in its shape
+    (a flag, a lifetime, a padding byte, the header's flags or sequence number), or by a
+    malformed one, goes on after it; each prints as the general way prints it."""
+    rng = random.Random(f"runs-{kind}-{fmt}")
+    msgs = _messages(kind)
+    for round_ in range(ROUNDS):
+        base = rng.choice(msgs)
+        run = [_own_fields_changed(kind, base, i) for i in range(rng.randint(2, 40))]
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(run))
+            b = bytearray(run[at])
+            how = rng.randrange(4)
+            if how == 0:
+                b = bytearray(_own_fields_changed(kind, rng.choice(msgs), at))
+            elif how == 1:
+                pos = rng.randrange(4, len(b))
+                b[pos] ^= 1 << rng.randrange(8)
+            elif how == 2:
+                b = bytearray(_reframed(bytes(b), flags=rng.choice([0, 2 | 16, 2 | 256]), seq=rng.choice([DUMP_SEQ, 7])))
+            else:
+                b = b[: rng.randrange(16, len(b))]
+                struct.pack_into("=I", b, 0, len(b))
+            run[at] = bytes(b)
+        dgs = _datagrams(run, rng.choice([1, 4, 13, 50]))
+        got = general(kind, fmt, dgs), fast(kind, fmt, dgs)
+        assert got[0] == got[1], f"round {round_}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_runs_end_of_dump_and_errors(kind: str) -> None:
+    """In runs too: NLMSG_DONE stops the dump, an NLMSG_ERROR or an interrupted entry in a
+    run's datagram raises with nothing of that datagram printed."""
+    msgs = _runs(kind, [12])
+    dgs = _datagrams(msgs, 10)
+    err = HDR.pack(36, 2, 0, DUMP_SEQ, 0) + struct.pack("=i", -1) + bytes(16)
+    for fmt in FORMATS:
+        _compare(kind, fmt, [*dgs[:3], dgs[-1], *dgs[3:]])
+        _compare(kind, fmt, [*dgs[:2], dgs[2] + err, *dgs[3:]])
+        intr = _reframed(msgs[25], flags=2 | 16)
+        _compare(kind, fmt, [*dgs[:2], dgs[2] + intr, *dgs[3:]])
+        _compare(kind, fmt, [*dgs[:2], dgs[2][:100] + intr + dgs[2][100:], *dgs[3:]])

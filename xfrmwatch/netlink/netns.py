@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
-
-import pyroute2.netns as p2netns
 
 from ..errors import CapabilityError, NetnsError
 
 NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+#: the calling thread's own network namespace (a thread's namespace is its own: setns(2)
+#: moves the calling thread only)
+_OWN = "/proc/thread-self/ns/net"
+
+
+def _setns(fd: int) -> None:
+    """setns(2) into the network namespace open at ``fd``, for the calling thread (as
+    ``os.setns`` does from Python 3.12; here through libc, without pyroute2's netns
+    package and what it imports, a tenth of a one-shot listing's time)."""
+    if sys.version_info >= (3, 12):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def resolve(netns: str) -> str:
@@ -37,12 +55,11 @@ def entered(netns: str | None) -> Iterator[None]:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise NetnsError(f"cannot open network namespace {netns!r}: {exc.strerror}") from None
-    p2netns.pushns()
+    own = os.open(_OWN, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            p2netns.setns(fd, flags=0)
+            _setns(fd)
         except OSError as exc:
-            p2netns.dropns()
             if exc.errno in (1, 13):
                 raise CapabilityError(
                     f"entering network namespace {netns!r} needs CAP_SYS_ADMIN; run as root"
@@ -51,6 +68,7 @@ def entered(netns: str | None) -> Iterator[None]:
         try:
             yield
         finally:
-            p2netns.popns()
+            _setns(own)
     finally:
+        os.close(own)
         os.close(fd)

@@ -23,7 +23,7 @@ from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
 from .netns import entered
 
 __all__ = [
-    "DEFAULT_RCVBUF", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "dump_socket", "encode_request", "kernel_error", "open_raw",
+    "DEFAULT_RCVBUF", "DUMPS", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "dump_replies", "dump_socket", "encode_request", "kernel_error", "open_raw",
     "scan_reply",
 ]  # fmt: skip
 
@@ -112,6 +112,20 @@ def kernel_error(code: int, what: str) -> UserError:
     if code == errno.EOPNOTSUPP:
         return KernelError(f"{what}: not supported by this kernel", code)
     return KernelError(f"{what}: kernel error: {os.strerror(code)}", code)
+
+
+#: the dump of each kind of entry: its request, and what errors call it
+DUMPS = {
+    "policy": (x.XFRM_MSG_GETPOLICY, "policy dump (GETPOLICY)"),
+    "state": (x.XFRM_MSG_GETSA, "state dump (GETSA)"),
+}
+
+
+def dump_replies(sock: _stdsocket.socket, kind: str) -> Iterator[bytes]:
+    """:func:`blocking_dump` of every entry of ``kind`` (a key of :data:`DUMPS`)."""
+    msg_type, what = DUMPS[kind]
+    msg = x.userpolicy_id_msg() if kind == "policy" else x.usersa_id_msg()
+    return blocking_dump(sock, msg, msg_type, what=what)
 
 
 def dump_socket(netns: str | None) -> _stdsocket.socket:

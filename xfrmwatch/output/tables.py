@@ -63,10 +63,14 @@ class StreamTable:
         """One row as :meth:`rows` writes it (the widths known)."""
         return self.fmt.format(*row)
 
-    def template(self, cells: Sequence[str | None]) -> str:
+    def template(self, cells: Sequence[str | None], *, ints: Sequence[int] = ()) -> str:
         """A row as a %-format (the widths known): each None cell a hole taking its value
-        (``%-{width}s``), every other cell as :meth:`rows` writes it."""
-        parts = [f"%-{w}s" if c is None else f"{c:<{w}}".replace("%", "%%") for c, w in zip(cells, self.widths, strict=True)]
+        (``%-{width}s``; ``%-{width}d`` for the cells numbered in ``ints``), every other
+        cell as :meth:`rows` writes it."""
+        parts = [
+            (f"%-{w}d" if i in ints else f"%-{w}s") if c is None else f"{c:<{w}}".replace("%", "%%")
+            for i, (c, w) in enumerate(zip(cells, self.widths, strict=True))
+        ]
         return SEP.join(parts) + "\n"
 
     def close(self, noun: str) -> None:
