@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
@@ -159,18 +160,23 @@ def _esc(text: str) -> str:
     return text.replace("%", "%%")
 
 
-#: how an IPv4 address (4 bytes read as ``B``s) is written in a batch's format
-_V4 = "%d.%d.%d.%d"
+#: how an IPv4 address (its two halves, read as native ``H``s, each looked up in _HALVES)
+#: is written in a batch's format
+_V4 = "%s.%s"
+#: the text of each half of an IPv4 address by its value as a native ``H`` (b"10.2" for
+#: bytes 10, 2): two lookups and two holes cost less than four numbers written by %d
+_HALVES: dict[int, bytes] = {}
 _RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
 
 #: what a batch's own field is read as, and how many values that gives
-_PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
+_PICK_VALUES = {"2H": 2, "16s": 1, "32s": 1, "I": 1}
 
-#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("f", i,
-#: get, make) that value's rendering (``get`` a cache's lookup, or None; ``make`` on a
-#: miss; a rendering is bytes); ("s", format, (i, ...)) a format
-#: filled with those values of each entry (a cell padded as a whole, an address's text)
+#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("h", i)
+#: that value (half an IPv4 address) as text, from _HALVES; ("x", i) that value in network
+#: byte order (an SPI); ("f", i, get, make) that value's rendering (``get`` a cache's
+#: lookup, or None; ``make`` on a miss; a rendering is bytes); ("s", format, [column, ...])
+#: a format filled with those columns of each entry (a cell padded as a whole)
 Column = tuple[Any, ...]
 
 
@@ -233,27 +239,37 @@ class Batch:
         """The lines of the ``n`` entries at ``off`` (checked by :meth:`matching`)."""
         _, _, st, fmt = self.run(n)
         vals = st.unpack_from(data, off)
-        m = self.per
-        h = self.holes
-        args: list[Any] = [None] * (n * h)
-        for j, col in enumerate(self.columns):
-            kind = col[0]
-            if kind == "v":
-                args[j::h] = vals[col[1] :: m]
-            elif kind == "f":
-                get, miss = col[2], col[3]
-                if get is None:
-                    args[j::h] = [miss(v) for v in vals[col[1] :: m]]
-                else:
-                    args[j::h] = [get(v) or miss(v) for v in vals[col[1] :: m]]
+        return fmt % _filled(self.columns, vals, self.per, n)
+
+
+def _filled(columns: list[Column], vals: tuple[Any, ...], m: int, n: int) -> tuple[Any, ...]:
+    """The values of ``n`` entries' holes, entry after entry (``vals``: ``m`` values read
+    of each entry)."""
+    h = len(columns)
+    args: list[Any] = [None] * (n * h)
+    for j, col in enumerate(columns):
+        kind = col[0]
+        if kind == "v":
+            args[j::h] = vals[col[1] :: m]
+        elif kind == "h":
+            halves = vals[col[1] :: m]
+            try:
+                args[j::h] = map(_HALVES.__getitem__, halves)
+            except KeyError:
+                for v in set(halves).difference(_HALVES):
+                    _HALVES[v] = b"%d.%d" % tuple(v.to_bytes(2, sys.byteorder))
+                args[j::h] = map(_HALVES.__getitem__, halves)
+        elif kind == "x":
+            args[j::h] = map(_ntohl, vals[col[1] :: m])
+        elif kind == "f":
+            get, miss = col[2], col[3]
+            if get is None:
+                args[j::h] = [miss(v) for v in vals[col[1] :: m]]
             else:
-                sub, idx = col[1], col[2]
-                k = len(idx)
-                sargs: list[Any] = [None] * (n * k)
-                for q, i in enumerate(idx):
-                    sargs[q::k] = vals[i::m]
-                args[j::h] = ((sub + b"\0") * n % tuple(sargs)).split(b"\0")[:n]
-        return fmt % tuple(args)
+                args[j::h] = [get(v) or miss(v) for v in vals[col[1] :: m]]
+        else:
+            args[j::h] = ((col[1] + b"\0") * n % _filled(col[2], vals, m, n)).split(b"\0")[:n]
+    return tuple(args)
 
 
 def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ...]) -> bool:
@@ -263,7 +279,7 @@ def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ..
 
 
 def _addr_pick(v4: bool, off: int) -> tuple[int, str]:
-    return (off, "4B") if v4 else (off, "16s")
+    return (off, "2H") if v4 else (off, "16s")
 
 
 def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
@@ -278,7 +294,7 @@ def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
 def _addr_hole(v4: bool, i: int, fam: int) -> tuple[str, list[Column]]:
     """An address's hole in a batch format, and its columns (IPv4: its 4 bytes; else its text)."""
     if v4:
-        return _V4, [("v", i), ("v", i + 1), ("v", i + 2), ("v", i + 3)]
+        return _V4, [("h", i), ("h", i + 1)]
     return "%s", [("f", i, None, lambda raw: addr(fam, raw).encode())]
 
 
@@ -749,7 +765,7 @@ class PolicyLines(Lines):
             if not v4 or not "".join(sel_pieces).isascii():  # (padded as bytes)
                 return None
             s0, s1, s2 = (_esc(p) for p in sel_pieces)
-            sel = (f"{s0}{src}{s1}{dst}{s2}", tuple(at["src"] + i for i in range(4)) + tuple(at["dst"] + i for i in range(4)))
+            sel = (f"{s0}{src}{s1}{dst}{s2}", [*src_cols, *dst_cols])
             fmt = pieces[0]
             columns = [("s", *sel), ("v", at["prio"]), ("v", at["index"])]
         return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
@@ -882,7 +898,7 @@ class SaLines(Lines):
             "sel_dst": _addr_pick(sel_v4, _S_AT["sel_daddr"]),
             "sel_src": _addr_pick(sel_v4, _S_AT["sel_saddr"]),
             "dst": _addr_pick(v4, _S_AT["id_daddr"]),
-            "spi": (_S_AT["id_be_spi"], "4B"),
+            "spi": (_S_AT["id_be_spi"], "I"),
             "src": _addr_pick(v4, _S_AT["saddr"]),
             "cur": (_S_AT["cur_bytes"], "32s"),
             "seq": (_S_AT["seq"], "I"),
@@ -891,8 +907,8 @@ class SaLines(Lines):
         at = _indices(picks)
         src, src_cols = _addr_hole(v4, at["src"], fam)
         dst, dst_cols = _addr_hole(v4, at["dst"], fam)
-        spi = "%02x%02x%02x%02x"
-        spi_cols: list[Column] = [("v", at["spi"] + i) for i in range(4)]
+        spi = "%08x"
+        spi_cols: list[Column] = [("x", at["spi"])]
         if cells is None:
             sel_src, sel_src_cols = _addr_hole(sel_v4, at["sel_src"], sel_fam)
             sel_dst, sel_dst_cols = _addr_hole(sel_v4, at["sel_dst"], sel_fam)
@@ -915,7 +931,7 @@ class SaLines(Lines):
             ]  # fmt: skip
             fmt = SEP.join(row) + "\n"
             columns = [
-                ("s", src, tuple(at["src"] + i for i in range(4))), ("s", dst, tuple(at["dst"] + i for i in range(4))),
+                ("s", src, src_cols), ("s", dst, dst_cols),
                 *spi_cols, ("v", at["reqid"]), ("f", at["cur"], cur.get, self._table_current),
             ]  # fmt: skip
         return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
