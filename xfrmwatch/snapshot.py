@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
@@ -255,9 +254,11 @@ def _filled(columns: list[Column], vals: tuple[Any, ...], m: int, n: int) -> tup
             halves = vals[col[1] :: m]
             try:
                 args[j::h] = map(_HALVES.__getitem__, halves)
-            except KeyError:
-                for v in set(halves).difference(_HALVES):
-                    _HALVES[v] = b"%d.%d" % tuple(v.to_bytes(2, sys.byteorder))
+            except KeyError:  # the texts of the halves not seen yet, all at once
+                new = list(set(halves).difference(_HALVES))
+                k = len(new)
+                texts = (b"%d.%d\0" * k % tuple(struct.pack(f"={k}H", *new))).split(b"\0")
+                _HALVES.update(zip(new, texts[:k], strict=True))
                 args[j::h] = map(_HALVES.__getitem__, halves)
         elif kind == "x":
             args[j::h] = map(_ntohl, vals[col[1] :: m])
