@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from xfrmwatch.netlink import decode as decode_mod
+from xfrmwatch.netlink import messages as xm
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink.framing import NLMSG_HDR
@@ -112,7 +113,7 @@ def main() -> int:
         r_dec = rate(decode, msgs, args.seconds)
         r_json = rate(lambda m: [enc.encode(e) for e in decode(m)], msgs, args.seconds)
         mtype = x.XFRM_MSG_NEWSA if name == "UPDSA" else x.XFRM_MSG_NEWPOLICY if name == "burst" else getattr(x, f"XFRM_MSG_{name}")
-        cls = x.MSG_CLASSES.get(mtype)
+        cls = xm.MSG_CLASSES.get(mtype)
         r_p2 = None
         if cls is not None:
 

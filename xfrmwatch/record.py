@@ -43,6 +43,7 @@ from .capture import KEY_MANAGER_MARK
 from .detect.enrich import ProcessNames
 from .errors import UserError
 from .netlink import addresses
+from .netlink import messages as xm
 from .netlink import xfrm as x
 from .netlink.framing import NLMSG_HDR, NLMSG_NOOP, NLMSG_OVERRUN, iter_messages
 from .netlink.netns import entered
@@ -156,7 +157,7 @@ Exchange = tuple[float, int, bytes, list[bytes]]
 
 
 async def sa_dump(req: XfrmSocket) -> Exchange:
-    msg = x.usersa_id_msg()
+    msg = xm.usersa_id_msg()
     replies = await req.dump(msg, x.XFRM_MSG_GETSA, what="state dump (GETSA)")
     return (time.time(), x.NETLINK_XFRM, bytes(msg.data), replies)
 
@@ -167,10 +168,10 @@ async def dump_exchanges(req: XfrmSocket, netns: str | None) -> list[Exchange]:
     a_req, a_replies = await addresses.dump(netns)
     out.append((time.time(), NETLINK_ROUTE, a_req, a_replies))
     out.append(await sa_dump(req))
-    msg = x.userpolicy_id_msg()
+    msg = xm.userpolicy_id_msg()
     replies = await req.dump(msg, x.XFRM_MSG_GETPOLICY, what="policy dump (GETPOLICY)")
     out.append((time.time(), x.NETLINK_XFRM, bytes(msg.data), replies))
-    msg = x.userpolicy_default_msg()
+    msg = xm.userpolicy_default_msg()
     try:
         replies = await req.request(msg, x.XFRM_MSG_GETDEFAULT)
     except UserError:  # kernels before 5.16: no default policy to read

@@ -191,6 +191,7 @@ PROBE = """\
 import json, trio
 from xfrmwatch.netlink import query
 from xfrmwatch.netlink.decode import Decoder
+from xfrmwatch.netlink import messages as xm
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.socket import XfrmSocket
 
@@ -203,7 +204,7 @@ async def main():
         out["read"] = len(await query.dump_policies(sock, Decoder()))
         for name in WRITES:
             try:
-                await sock.request(x.userpolicy_id_msg(), getattr(x, name))
+                await sock.request(xm.userpolicy_id_msg(), getattr(x, name))
                 out["sent"].append(name)
             except ValueError:
                 out["refused"].append(name)

@@ -19,6 +19,7 @@ from support import ROOT, assert_no_keys, validate_event
 
 from xfrmwatch import events as ev
 from xfrmwatch.errors import NotFoundError
+from xfrmwatch.netlink import messages as xm
 from xfrmwatch.netlink import xfrm as x
 from xfrmwatch.netlink.decode import Decoder
 from xfrmwatch.netlink.request import scan_reply
@@ -311,7 +312,7 @@ def test_request_replies_uml() -> None:
 def test_pyroute2_agrees_on_sa_fields(path: Path) -> None:
     """pyroute2, decoding the same bytes with the same layouts, agrees on the SA's identity."""
     raw = path.read_bytes()
-    msg = x.usersa_info_msg(raw)
+    msg = xm.usersa_info_msg(raw)
     msg.decode()
     ours = one(str(path.relative_to(FIX)))["sa"]
     assert ours["reqid"] == msg["reqid"]
@@ -325,7 +326,7 @@ def test_pyroute2_agrees_on_sa_fields(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(FIX.glob("*/*/*-NEWPOLICY.bin")), ids=str)
 def test_pyroute2_agrees_on_policy_fields(path: Path) -> None:
     """pyroute2 agrees on index, priority and direction of every recorded policy."""
-    msg = x.userpolicy_info_msg(path.read_bytes())
+    msg = xm.userpolicy_info_msg(path.read_bytes())
     msg.decode()
     p = one(str(path.relative_to(FIX)))["policy"]
     assert (p["index"], p["priority"], p["dir"]) == (msg["index"], msg["priority"], x.DIR_NAMES[msg["dir"]])

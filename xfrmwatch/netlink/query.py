@@ -18,6 +18,7 @@ import trio
 
 from .. import events as ev
 from ..errors import KernelError, NotFoundError, UsageError
+from . import messages as xm
 from . import xfrm as x
 from .decode import FAMILY_NUMBERS, Decoder
 from .socket import XfrmSocket
@@ -74,14 +75,14 @@ def policies_in(decoder: Decoder, data: bytes, mono: float, wall: float | None =
 
 async def stream_sas(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.SA]]:
     """The SAD, one reply datagram's SAs at a time (bounded memory for any size)."""
-    msg = x.usersa_id_msg()
+    msg = xm.usersa_id_msg()
     async for data in sock.replies(msg, x.XFRM_MSG_GETSA, dump=True, what="state dump (GETSA)"):
         yield sas_in(decoder, data, trio.current_time())
 
 
 async def stream_policies(sock: XfrmSocket, decoder: Decoder) -> AsyncIterator[list[ev.Policy]]:
     """The SPD, one reply datagram's policies at a time (bounded memory for any size)."""
-    msg = x.userpolicy_id_msg()
+    msg = xm.userpolicy_id_msg()
     async for data in sock.replies(msg, x.XFRM_MSG_GETPOLICY, dump=True, what="policy dump (GETPOLICY)"):
         yield policies_in(decoder, data, trio.current_time())
 
@@ -108,7 +109,7 @@ async def get_sa(
     proto: str,
     mark: tuple[int, int] | None = None,
 ) -> ev.SA:
-    msg = x.usersa_id_msg()
+    msg = xm.usersa_id_msg()
     fam, raw = addr_bytes(dst)
     msg["daddr"] = raw
     msg["be_spi"] = socket.htonl(spi)
@@ -127,7 +128,7 @@ async def get_sa(
 
 async def get_ae(sock: XfrmSocket, decoder: Decoder, sa: ev.SA) -> ev.AeInfo:
     """GETAE: the replay and lifetime counters of one SA."""
-    msg = x.aevent_id_msg()
+    msg = xm.aevent_id_msg()
     fam, raw = addr_bytes(sa.dst)
     msg["sa_daddr"] = raw
     msg["sa_be_spi"] = socket.htonl(int(sa.spi, 16))
@@ -158,7 +159,7 @@ async def get_policy(
     ptype: str = "main",
 ) -> ev.Policy:
     """GETPOLICY by index, or by selector (src/dst prefixes) and direction."""
-    msg = x.userpolicy_id_msg()
+    msg = xm.userpolicy_id_msg()
     msg["dir"] = x.DIR_NUMBERS[dir]
     if index is not None:
         msg["index"] = index
@@ -191,7 +192,7 @@ async def get_policy(
 
 
 async def _info(sock: XfrmSocket, decoder: Decoder, msg_type: int, cls: type[ev.Event]) -> Any:
-    msg = x.info_flags_msg()
+    msg = xm.info_flags_msg()
     msg["flags"] = 0xFFFFFFFF
     for e in _decode_all(decoder, await sock.request(msg, msg_type)):
         if isinstance(e, cls):
@@ -213,7 +214,7 @@ async def spd_info(sock: XfrmSocket, decoder: Decoder) -> ev.SpdInfo:
 
 async def default_policy(sock: XfrmSocket, decoder: Decoder) -> ev.DefaultPolicy | None:
     """GETDEFAULT (kernels >= 5.16); None where the kernel does not know it."""
-    msg = x.userpolicy_default_msg()
+    msg = xm.userpolicy_default_msg()
     try:
         events = _decode_all(decoder, await sock.request(msg, x.XFRM_MSG_GETDEFAULT))
     except KernelError:

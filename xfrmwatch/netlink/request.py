@@ -14,13 +14,21 @@ import os
 import socket as _stdsocket
 import struct
 from collections.abc import Iterator
-
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST, nlmsg
+from typing import TYPE_CHECKING
 
 from ..errors import NEED_CAP, CapabilityError, KernelError, NotFoundError, NoXfrmError, UserError
 from . import xfrm as x
-from .framing import NLMSG_DONE, NLMSG_ERROR, iter_messages
+from .framing import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, iter_messages
 from .netns import entered
+
+if TYPE_CHECKING:
+    from pyroute2.netlink import nlmsg
+
+# the netlink header's flags (linux/netlink.h)
+NLM_F_REQUEST = 1
+NLM_F_MULTI = 2
+NLM_F_DUMP_INTR = 16
+NLM_F_DUMP = 0x300
 
 __all__ = [
     "DEFAULT_RCVBUF", "DUMPS", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "dump_replies", "dump_socket", "encode_request", "kernel_error", "open_raw",
@@ -53,12 +61,18 @@ class DumpInterrupted(Exception):
     """The kernel marked a dump reply NLM_F_DUMP_INTR: the table changed during the dump."""
 
 
-def encode_request(msg: nlmsg, msg_type: int, seq: int, portid: int, *, dump: bool = False) -> bytes:
-    """The bytes of one GET request; any other message type raises before anything is built."""
+def encode_request(msg: nlmsg | None, msg_type: int, seq: int, portid: int, *, dump: bool = False) -> bytes:
+    """The bytes of one GET request; any other message type raises before anything is built.
+    ``msg`` None: the request's fixed part all zeros, no attributes (a whole dump's request,
+    built without pyroute2: a one-shot listing does not import it)."""
     if msg_type not in READ_ONLY_REQUESTS:
         raise ValueError(f"refusing to send XFRM message type {msg_type}: xfrmwatch is read-only")
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    if msg is None:
+        body = bytes(x.MSG_MIN_SIZE[msg_type])
+        return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), msg_type, flags, seq, portid) + body
     msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    msg["header"]["flags"] = flags
     msg["header"]["sequence_number"] = seq
     msg["header"]["pid"] = portid
     msg.encode()
@@ -124,8 +138,7 @@ DUMPS = {
 def dump_replies(sock: _stdsocket.socket, kind: str) -> Iterator[bytes]:
     """:func:`blocking_dump` of every entry of ``kind`` (a key of :data:`DUMPS`)."""
     msg_type, what = DUMPS[kind]
-    msg = x.userpolicy_id_msg() if kind == "policy" else x.usersa_id_msg()
-    return blocking_dump(sock, msg, msg_type, what=what)
+    return blocking_dump(sock, None, msg_type, what=what)
 
 
 def dump_socket(netns: str | None) -> _stdsocket.socket:
@@ -137,7 +150,7 @@ def dump_socket(netns: str | None) -> _stdsocket.socket:
     return sock
 
 
-def blocking_dump(sock: _stdsocket.socket, msg: nlmsg, msg_type: int, *, what: str) -> Iterator[bytes]:
+def blocking_dump(sock: _stdsocket.socket, msg: nlmsg | None, msg_type: int, *, what: str) -> Iterator[bytes]:
     """One dump request (sequence number :data:`DUMP_SEQ`) on a :func:`dump_socket`; every
     datagram the kernel sends back, as it arrives (blocking reads: bounded memory for any
     size), for as long as the caller iterates.  (One request at a time on a socket: the next
