@@ -159,20 +159,17 @@ def _esc(text: str) -> str:
     return text.replace("%", "%%")
 
 
-#: how an IPv4 address (its two halves, read as native ``H``s, each looked up in _HALVES)
-#: is written in a batch's format
-_V4 = "%s.%s"
-#: the text of each half of an IPv4 address by its value as a native ``H`` (b"10.2" for
-#: bytes 10, 2): two lookups and two holes cost less than four numbers written by %d
-_HALVES: dict[int, bytes] = {}
+#: how an IPv4 address (its 4 bytes read as ``B``s) is written in a batch's format (looking
+#: up texts of addresses or of their halves costs more in a fresh process: measured)
+_V4 = "%d.%d.%d.%d"
 _RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
 
 #: what a batch's own field is read as, and how many values that gives
-_PICK_VALUES = {"2H": 2, "16s": 1, "32s": 1, "I": 1}
+_PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
 
-#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("h", i)
-#: that value (half an IPv4 address) as text, from _HALVES; ("x", i) that value in network
+#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("x", i)
+#: that value in network
 #: byte order (an SPI); ("f", i, get, make) that value's rendering (``get`` a cache's
 #: lookup, or None; ``make`` on a miss; a rendering is bytes); ("s", format, [column, ...])
 #: a format filled with those columns of each entry (a cell padded as a whole)
@@ -250,16 +247,6 @@ def _filled(columns: list[Column], vals: tuple[Any, ...], m: int, n: int) -> tup
         kind = col[0]
         if kind == "v":
             args[j::h] = vals[col[1] :: m]
-        elif kind == "h":
-            halves = vals[col[1] :: m]
-            try:
-                args[j::h] = map(_HALVES.__getitem__, halves)
-            except KeyError:  # the texts of the halves not seen yet, all at once
-                new = list(set(halves).difference(_HALVES))
-                k = len(new)
-                texts = (b"%d.%d\0" * k % tuple(struct.pack(f"={k}H", *new))).split(b"\0")
-                _HALVES.update(zip(new, texts[:k], strict=True))
-                args[j::h] = map(_HALVES.__getitem__, halves)
         elif kind == "x":
             args[j::h] = map(_ntohl, vals[col[1] :: m])
         elif kind == "f":
@@ -280,7 +267,7 @@ def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ..
 
 
 def _addr_pick(v4: bool, off: int) -> tuple[int, str]:
-    return (off, "2H") if v4 else (off, "16s")
+    return (off, "4B") if v4 else (off, "16s")
 
 
 def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
@@ -295,7 +282,7 @@ def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
 def _addr_hole(v4: bool, i: int, fam: int) -> tuple[str, list[Column]]:
     """An address's hole in a batch format, and its columns (IPv4: its 4 bytes; else its text)."""
     if v4:
-        return _V4, [("h", i), ("h", i + 1)]
+        return _V4, [("v", i), ("v", i + 1), ("v", i + 2), ("v", i + 3)]
     return "%s", [("f", i, None, lambda raw: addr(fam, raw).encode())]
 
 
