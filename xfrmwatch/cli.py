@@ -186,17 +186,59 @@ def _add_event_output(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _help_width() -> int:
+    """The width of help texts, as argparse finds it (shutil.get_terminal_size), less 2."""
+    global _HELP_WIDTH
+    if not _HELP_WIDTH:
+        try:
+            columns = int(os.environ.get("COLUMNS", "0"))
+        except ValueError:
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        _HELP_WIDTH = columns - 2
+    return _HELP_WIDTH
+
+
+_HELP_WIDTH = 0
+
+
+class _Help(argparse.HelpFormatter):
+    """argparse's help layout with the width found once: argparse makes a formatter for
+    every argument added, each asking shutil (imported for it) for the terminal's size,
+    a few milliseconds of a one-shot listing's start."""
+
+    def __init__(self, prog: str, **kw: Any) -> None:
+        kw.setdefault("width", _help_width())
+        super().__init__(prog, **kw)
+
+
+class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose default help layout is :class:`_Help` (its subcommands' too)."""
+
+    def __init__(self, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Help)
+        super().__init__(**kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xfrmwatch",
         description="A structured, key-free, alerting view of the Linux kernel's IPsec (XFRM) state.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     parser.add_argument("--version", action="version", version=f"xfrmwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _RawHelp
 
     mon = sub.add_parser(
         "monitor",

@@ -159,18 +159,22 @@ def _esc(text: str) -> str:
     return text.replace("%", "%%")
 
 
-#: how an IPv4 address (its 4 bytes read as ``B``s) is written in a batch's format (looking
-#: up texts of addresses or of their halves costs more in a fresh process: measured)
-_V4 = "%d.%d.%d.%d"
+#: an IPv4 address's place in a batch's format (an "a" column): its 4 bytes read as
+#: ``B``s, written by _V4_FMT, or as one text where the address is the same all along the
+#: batch (the gateway's own address, a peer's: four numbers fewer to write an entry).
+#: (Looking up texts of addresses, or of their halves, costs a fresh process more than it
+#: saves: measured.)  NUL: never in a template's text (see _S)
+_V4 = "\x00A"
+_V4_FMT = b"%d.%d.%d.%d"
 _RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
 
 #: what a batch's own field is read as, and how many values that gives
 _PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
 
-#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("x", i)
-#: that value in network
-#: byte order (an SPI); ("f", i, get, make) that value's rendering (``get`` a cache's
+#: one column of a batch's values: ("v", i) the i-th value read of each entry; ("a", i)
+#: the four from there, an IPv4 address (_V4); ("x", i) that value in network byte order
+#: (an SPI); ("f", i, get, make) that value's rendering (``get`` a cache's
 #: lookup, or None; ``make`` on a miss; a rendering is bytes); ("s", format, [column, ...])
 #: a format filled with those columns of each entry (a cell padded as a whole)
 Column = tuple[Any, ...]
@@ -187,7 +191,7 @@ class Batch:
     ``picks``: (offset in the message, struct format) of each own field, in layout order;
     ``columns``: what fills each hole of ``fmt``, in its order (see :data:`Column`)."""
 
-    __slots__ = ("columns", "fmt", "holes", "mask", "own", "per", "runs", "shape", "stride")
+    __slots__ = ("holes", "mask", "own", "per", "runs", "shape", "stride")
 
     def __init__(self, entry: bytes, picks: list[tuple[int, str]], fmt: str, columns: list[Column]) -> None:
         self.stride = len(entry)
@@ -204,13 +208,11 @@ class Batch:
         self.per = per  # values read per entry
         self.mask = bytes(mask)
         self.shape = bytes(a & b for a, b in zip(entry, mask, strict=True))
-        self.fmt = fmt.encode()  # written as bytes: no encoding step, and bytes' % is faster
-        self.columns = [(c[0], c[1].encode(), c[2]) if c[0] == "s" else c for c in columns]
-        self.holes = len(columns)
-        self.runs: dict[int, tuple[int, int, struct.Struct, bytes]] = {}
+        self.holes = _Holes(fmt, columns)
+        self.runs: dict[int, tuple[int, int, struct.Struct]] = {}
 
-    def run(self, n: int) -> tuple[int, int, struct.Struct, bytes]:
-        """For a run of ``n``: (mask, shape, as integers; struct; format)."""
+    def run(self, n: int) -> tuple[int, int, struct.Struct]:
+        """For a run of ``n``: (mask, shape, as integers; struct)."""
         r = self.runs.get(n)
         if r is None:
             if len(self.runs) >= _RUNS_MAX:
@@ -219,45 +221,84 @@ class Batch:
                 int.from_bytes(self.mask * n, "little"),
                 int.from_bytes(self.shape * n, "little"),
                 struct.Struct("=" + self.own * n),
-                self.fmt * n,
             )
         return r
 
     def matching(self, data: bytes, off: int, n: int) -> int:
         """How many of the ``n`` entries at ``off`` are of this shape (the run's length)."""
-        mask, shape, _, _ = self.run(n)
-        diff = (int.from_bytes(data[off : off + n * self.stride], "little") & mask) ^ shape
-        if not diff:
+        mask, shape, _ = self.run(n)
+        end = off + n * self.stride
+        masked = int.from_bytes(data if off == 0 and end == len(data) else data[off:end], "little") & mask
+        if masked == shape:
             return n
+        diff = masked ^ shape
         return ((diff & -diff).bit_length() - 1) // (8 * self.stride)
 
     def write(self, data: bytes, off: int, n: int) -> bytes:
         """The lines of the ``n`` entries at ``off`` (checked by :meth:`matching`)."""
-        _, _, st, fmt = self.run(n)
-        vals = st.unpack_from(data, off)
-        return fmt % _filled(self.columns, vals, self.per, n)
+        vals = self.run(n)[2].unpack_from(data, off)
+        return self.holes.write(vals, self.per, n)
 
 
-def _filled(columns: list[Column], vals: tuple[Any, ...], m: int, n: int) -> tuple[Any, ...]:
-    """The values of ``n`` entries' holes, entry after entry (``vals``: ``m`` values read
-    of each entry)."""
-    h = len(columns)
-    args: list[Any] = [None] * (n * h)
-    for j, col in enumerate(columns):
-        kind = col[0]
-        if kind == "v":
-            args[j::h] = vals[col[1] :: m]
-        elif kind == "x":
-            args[j::h] = map(_ntohl, vals[col[1] :: m])
-        elif kind == "f":
-            get, miss = col[2], col[3]
-            if get is None:
-                args[j::h] = [miss(v) for v in vals[col[1] :: m]]
+class _Holes:
+    """A format (written as bytes: no encoding step, and bytes' % is faster) and the
+    columns filling its holes; ``end`` follows each entry's text."""
+
+    __slots__ = ("columns", "formats", "segments")
+
+    def __init__(self, fmt: str, columns: list[Column], end: str = "") -> None:
+        self.segments = [seg.encode() for seg in (fmt + end).split(_V4)]
+        self.columns = [("s", _Holes(c[1], c[2], "\0")) if c[0] == "s" else c for c in columns]
+        self.formats: dict[tuple[int, tuple[bool, ...]], bytes] = {}
+
+    def write(self, vals: tuple[Any, ...], m: int, n: int) -> bytes:
+        """The text of ``n`` entries (``vals``: ``m`` values read of each entry)."""
+        consts = tuple(  # the addresses the same all along
+            all(c[0] == c[-1] and c.count(c[0]) == n for c in (vals[i::m] for i in range(col[1], col[1] + 4)))
+            for col in self.columns
+            if col[0] == "a"
+        )
+        fmt = self.formats.get((n, consts))
+        if fmt is None:
+            segs = self.segments
+            one = segs[0] + b"".join((b"%s" if c else _V4_FMT) + seg for c, seg in zip(consts, segs[1:], strict=True))
+            if len(self.formats) >= _RUNS_MAX:
+                self.formats.clear()
+            fmt = self.formats[(n, consts)] = one * n
+        h = len(self.columns) + 3 * (len(consts) - sum(consts))
+        args: list[Any] = [None] * (n * h)
+        j = 0
+        a = 0
+        for col in self.columns:
+            kind = col[0]
+            if kind == "v":
+                args[j::h] = vals[col[1] :: m]
+            elif kind == "a":
+                i = col[1]
+                if consts[a]:
+                    args[j::h] = [_V4_FMT % (vals[i], vals[i + 1], vals[i + 2], vals[i + 3])] * n
+                else:
+                    args[j::h] = vals[i::m]
+                    args[j + 1 :: h] = vals[i + 1 :: m]
+                    args[j + 2 :: h] = vals[i + 2 :: m]
+                    args[j + 3 :: h] = vals[i + 3 :: m]
+                    j += 3
+                a += 1
+            elif kind == "x":
+                args[j::h] = map(_ntohl, vals[col[1] :: m])
+            elif kind == "f":
+                get, make = col[2], col[3]
+                c = vals[col[1] :: m]
+                if c[0] == c[-1] and c.count(c[0]) == n:
+                    args[j::h] = [(get and get(c[0])) or make(c[0])] * n
+                elif get is None:
+                    args[j::h] = [make(v) for v in c]
+                else:
+                    args[j::h] = [get(v) or make(v) for v in c]
             else:
-                args[j::h] = [get(v) or miss(v) for v in vals[col[1] :: m]]
-        else:
-            args[j::h] = ((col[1] + b"\0") * n % _filled(col[2], vals, m, n)).split(b"\0")[:n]
-    return tuple(args)
+                args[j::h] = col[1].write(vals, m, n).split(b"\0")[:n]
+            j += 1
+        return fmt % tuple(args)
 
 
 def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ...]) -> bool:
@@ -282,7 +323,7 @@ def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
 def _addr_hole(v4: bool, i: int, fam: int) -> tuple[str, list[Column]]:
     """An address's hole in a batch format, and its columns (IPv4: its 4 bytes; else its text)."""
     if v4:
-        return _V4, [("v", i), ("v", i + 1), ("v", i + 2), ("v", i + 3)]
+        return _V4, [("a", i)]
     return "%s", [("f", i, None, lambda raw: addr(fam, raw).encode())]
 
 
