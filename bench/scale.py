@@ -13,7 +13,10 @@ timeout is raised so that they stay), per run:
 * **lists**: `policy list` and `state list` in every format (json, the table, and what a
   terminal gets by default: `auto` on a pseudo-terminal), and `dump --format json`:
   seconds and peak RSS, next to `ip xfrm policy list` / `ip xfrm state list` in the same
-  run (output to a file, or read from the pseudo-terminal as fast as it comes).
+  run (output to a file, or read from the pseudo-terminal as fast as it comes); the
+  ratios are to ip writing to a file, and ip on a pseudo-terminal is printed too (it
+  writes a line at a time there), with ``cat`` of as many bytes on one: what the
+  terminal itself costs.
 
 ``--xfrmwatch "CMD"`` measures another build; ``--compare "CMD"`` measures the lists and
 the dump of another build too, in the same runs (e.g. the code before a change).
@@ -87,23 +90,22 @@ def timed_cpu(argv: list[str], *, tty: bool = False) -> tuple[float, int, float]
         return elapsed, int(kib), float(user) + float(system)
 
 
-#: the kernel's dump alone: a bare loop reading every reply datagram, decoding nothing
+#: the kernel's dump alone: a bare loop reading every reply datagram, decoding nothing (not
+#: even walking the messages, which would cost a Python loop as much as the kernel's work:
+#: the dump of an XFRM table ends with NLMSG_DONE in a datagram of its own)
 RAW_DUMP = """
 import socket, struct, sys, time
 t0 = time.perf_counter()
 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6)
 s.bind((0, 0))
+s.settimeout(10)
 typ = int(sys.argv[1])
 s.send(struct.pack("=IHHII", 16 + (64 if typ == 21 else 24), typ, 0x301, 1, 0) + bytes(64 if typ == 21 else 24))
 buf = bytearray(1 << 20)
 done = False
 while not done:
     n = s.recv_into(buf)
-    off = 0
-    while off < n:
-        ml, mt = struct.unpack_from("=IH", buf, off)
-        done = done or mt in (2, 3)
-        off += (ml + 3) & ~3
+    done = struct.unpack_from("=IH", buf, 0)[1] in (2, 3)
 print(time.perf_counter() - t0)
 """
 
@@ -210,7 +212,17 @@ def main() -> int:
             for what, ip_what in (("policy", "policy"), ("state", "state")):
                 t_ip, m_ip = timed(["ip", "-n", ns, "xfrm", ip_what, "list"])
                 fig.add(f"ip xfrm {ip_what} list s", t_ip)
-                line = f"  ip xfrm {ip_what} list {t_ip:.2f} s ({m_ip / 1024:.0f} MiB)"
+                t_ipt, _ = timed(["ip", "-n", ns, "xfrm", ip_what, "list"], tty=True)
+                fig.add(f"ip xfrm {ip_what} list (terminal) s", t_ipt)
+                table = tmp / "table.txt"
+                with table.open("wb") as f:
+                    subprocess.run([*cmd, what, "list", "--netns", ns, "--format", "table"], stdout=f, check=True)
+                t_cat, _ = timed(["cat", str(table)], tty=True)
+                fig.add(f"cat of the {what} table (terminal) s", t_cat)
+                line = (
+                    f"  ip xfrm {ip_what} list {t_ip:.2f} s ({m_ip / 1024:.0f} MiB; on a terminal {t_ipt:.2f} s; "
+                    f"cat of our table on one {t_cat:.2f} s)"
+                )
                 for label, build in builds:
                     for fmt, tty in (("json", False), ("table", False), ("auto", True)):
                         t, m = timed([*build, what, "list", "--netns", ns, "--format", fmt], tty=tty)

@@ -13,13 +13,21 @@ sentinels kept.  Each later entry of that shape is its template filled with its 
 read with :mod:`struct` from the bytes; its current lifetime is rendered once per distinct
 32 bytes.
 
+And the entries of a dump datagram (some 100-160 of them) mostly come in runs of one
+shape and one length: a :class:`Batch` checks a whole run at once (the run's bytes as one
+integer, masked to the shape's bytes, header included, compared with the shape repeated),
+reads the own fields of all its entries with one struct, and writes them with one ``%``
+of the template repeated (as bytes); where the run breaks, the entry that breaks it goes
+the per-entry way and the next run starts after it.  About 1 us an entry in all, against
+10 for the general way and 2.5 for the per-entry templates.
+
 The output is exactly the general way's, by construction and by check: a template is made
 on a shape's second sighting (a table of all-different entries costs what the general way
 costs, nothing more), and only kept if it reproduces that entry's general rendering; any
 other message (malformed, short, another type, a policy with long attributes) goes the
 general way.  SAs with key-carrying attributes (algorithms) always go the general way: no
-key byte is ever part of a cache key.  Every cache is bounded, and output leaves in chunks
-of about 1 MiB: memory stays flat for any size of table.
+key byte is ever part of a cache key.  Every cache is bounded, and output leaves a
+datagram's lines at a time (some 100 KiB): memory stays flat for any size of table.
 """
 
 from __future__ import annotations
