@@ -102,6 +102,12 @@ async def _wait(cond: Callable[[], bool], seconds: float = 20) -> None:
             await trio.sleep(0.01)
 
 
+def _worker_output(tmp_path: Path, fmt: str = "ecs") -> tuple[Path, FileOutput]:
+    """A file output rendering in a worker process, and its file."""
+    path = tmp_path / "e.jsonl"
+    return path, FileOutput(FileConfig(path=str(path), format=fmt, render="process"))
+
+
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -131,8 +137,7 @@ class TestWorkerProcess:
     async def test_killed_worker_is_reported_counted_and_restarted(self, tmp_path: Path) -> None:
         """A worker killed with events in flight: one error line, those events dropped (and
         only those), a new worker writes what comes next."""
-        path = tmp_path / "e.jsonl"
-        out = FileOutput(FileConfig(path=str(path), format="ecs", render="process"))
+        path, out = _worker_output(tmp_path)
         evs = burst_events(300)
         send, recv = trio.open_memory_channel[ev.Event](10_000)
         with structlog.testing.capture_logs() as logs:
@@ -165,8 +170,7 @@ class TestWorkerProcess:
         output's queue fills and refuses more (the producer never waits); continued, it
         writes everything it was given."""
         monkeypatch.setattr(render_worker, "STALL_SECONDS", 0.3)
-        path = tmp_path / "e.jsonl"
-        out = FileOutput(FileConfig(path=str(path), format="ecs", render="process"))
+        path, out = _worker_output(tmp_path)
         evs = burst_events(3000)
         send, recv = trio.open_memory_channel[ev.Event](500)
         accepted: list[ev.Event] = []
@@ -193,8 +197,7 @@ class TestWorkerProcess:
     async def test_worker_ignores_terminal_and_stop_signals(self, tmp_path: Path) -> None:
         """SIGINT, SIGTERM and SIGHUP (a Ctrl-C or systemd's stop reach the whole group) leave the
         worker running: it ends when its input does, after writing everything."""
-        path = tmp_path / "e.jsonl"
-        out = FileOutput(FileConfig(path=str(path), format="ocsf", render="process"))
+        path, out = _worker_output(tmp_path, "ocsf")
         evs = burst_events(50)
         send, recv = trio.open_memory_channel[ev.Event](1000)
         async with trio.open_nursery() as n:
@@ -212,8 +215,7 @@ class TestWorkerProcess:
     async def test_reopen_writes_to_the_new_file(self, tmp_path: Path) -> None:
         """SIGHUP's reopen (logrotate): lines before it stay in the renamed file, later ones
         go to a new file at the configured path."""
-        path = tmp_path / "e.jsonl"
-        out = FileOutput(FileConfig(path=str(path), format="ecs", render="process"))
+        path, out = _worker_output(tmp_path)
         evs = burst_events(40)
         send, recv = trio.open_memory_channel[ev.Event](1000)
         async with trio.open_nursery() as n:
