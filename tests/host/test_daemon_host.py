@@ -226,7 +226,8 @@ def test_output_that_cannot_start(netns: str, tmp_path: Path) -> None:
 def test_ecs_file_output_in_a_worker_process(netns: str, tmp_path: Path) -> None:
     """An ECS file output rendered by its worker process: the same bytes the daemon renders
     from the native events it wrote beside them; SIGHUP (logrotate) continues in a new file;
-    SIGTERM right after a burst writes every event before the daemon exits 0."""
+    SIGTERM as soon as the native output has a burst's last event: the ECS output writes
+    every event before the daemon exits 0."""
     from xfrmwatch import events as ev
     from xfrmwatch.output.render import json_lines_renderer
 
@@ -251,6 +252,10 @@ def test_ecs_file_output_in_a_worker_process(netns: str, tmp_path: Path) -> None
         d.proc.send_signal(signal.SIGHUP)
         d.wait_log(lambda r: r.get("event") == "configuration reloaded")
         sh(f"ip -n {netns} -batch {batch}")
+        deadline = time.monotonic() + 30
+        while json_file.read_bytes().count(b'"type":"newpolicy"') < 2001:
+            assert time.monotonic() < deadline, "the burst did not reach the native output"
+            time.sleep(0.01)
     finally:
         assert 0 == d.stop()
     native = [msgspec.json.decode(line, type=ev.AnyEvent) for line in json_file.read_bytes().splitlines()]
