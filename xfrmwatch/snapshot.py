@@ -32,6 +32,7 @@ datagram's lines at a time (some 100 KiB): memory stays flat for any size of tab
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -173,7 +174,10 @@ def _esc(text: str) -> str:
 #: (Looking up texts of addresses, or of their halves, costs a fresh process more than it
 #: saves: measured.)  NUL: never in a template's text (see _S)
 _V4 = "\x00A"
+_V4B = _V4.encode()
 _V4_FMT = b"%d.%d.%d.%d"
+#: a hole of a batch's format (or an escaped %)
+_HOLE = re.compile(rb"%%|%-?[0-9]*[sdx]|\x00A")
 _RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
 
@@ -242,71 +246,118 @@ class Batch:
         diff = masked ^ shape
         return ((diff & -diff).bit_length() - 1) // (8 * self.stride)
 
-    def write(self, data: bytes, off: int, n: int) -> bytes:
+    def write(self, data: bytes, off: int, n: int, *, inline: bool = True) -> bytes:
         """The lines of the ``n`` entries at ``off`` (checked by :meth:`matching`)."""
         vals = self.run(n)[2].unpack_from(data, off)
-        return self.holes.write(vals, self.per, n)
+        return self.holes.write(vals, self.per, n, inline=inline)
 
 
 class _Holes:
     """A format (written as bytes: no encoding step, and bytes' % is faster) and the
-    columns filling its holes; ``end`` follows each entry's text."""
+    columns filling its holes; ``end`` follows each entry's text.  A column whose values
+    are the same all along a batch (a priority, a sequence number, a current lifetime,
+    the gateway's address) is written into that batch's format as text: a hole less to
+    fill for each entry."""
 
-    __slots__ = ("columns", "formats", "segments")
+    __slots__ = ("columns", "formats", "pieces", "slots")
 
     def __init__(self, fmt: str, columns: list[Column], end: str = "") -> None:
-        self.segments = [seg.encode() for seg in (fmt + end).split(_V4)]
+        data = (fmt + end).encode()
+        self.pieces: list[bytes] = []  # the text before each column's hole, and after the last
+        self.slots: list[bytes] = []  # each column's hole
+        text, at = b"", 0
+        for found in _HOLE.finditer(data):
+            hole = found.group()
+            text += data[at : found.start()]
+            at = found.end()
+            if hole == b"%%":
+                text += hole
+                continue
+            self.pieces.append(text)
+            self.slots.append(_V4_FMT if hole == _V4B else hole)
+            text = b""
+        self.pieces.append(text + data[at:])
+        if len(self.slots) != len(columns):
+            raise ValueError(f"{len(self.slots)} holes for {len(columns)} columns")
         self.columns = [("s", _Holes(c[1], c[2], "\0")) if c[0] == "s" else c for c in columns]
-        self.formats: dict[tuple[int, tuple[bool, ...]], bytes] = {}
+        self.formats: dict[tuple[int, tuple[bytes | None, ...]], bytes] = {}
 
-    def write(self, vals: tuple[Any, ...], m: int, n: int) -> bytes:
+    def _same(self, col: Column, slot: bytes, vals: tuple[Any, ...], m: int, n: int) -> bytes | None:
+        """A column's text, if the same all along the ``n`` entries (else None)."""
+        kind, i = col[0], col[1]
+        for k in _depends(col):
+            c = vals[k::m]
+            if c[0] != c[-1] or c.count(c[0]) != n:
+                return None
+        if kind == "v":
+            return slot % int(vals[i])
+        if kind == "a":
+            return slot % vals[i : i + 4]
+        if kind == "x":
+            return slot % _ntohl(vals[i])
+        if kind == "f":
+            text: bytes = (col[2] and col[2](vals[i])) or col[3](vals[i])
+            return slot % text
+        sub: _Holes = i
+        return slot % sub.write(vals[:m], m, 1, inline=False)[:-1]
+
+    def write(self, vals: tuple[Any, ...], m: int, n: int, *, inline: bool = True) -> bytes:
         """The text of ``n`` entries (``vals``: ``m`` values read of each entry)."""
-        consts = tuple(  # the addresses the same all along
-            all(c[0] == c[-1] and c.count(c[0]) == n for c in (vals[i::m] for i in range(col[1], col[1] + 4)))
-            for col in self.columns
-            if col[0] == "a"
+        columns, slots = self.columns, self.slots
+        same = tuple(
+            self._same(col, slot, vals, m, n) if inline else None for col, slot in zip(columns, slots, strict=True)
         )
-        fmt = self.formats.get((n, consts))
+        fmt = self.formats.get((n, same))
         if fmt is None:
-            segs = self.segments
-            one = segs[0] + b"".join((b"%s" if c else _V4_FMT) + seg for c, seg in zip(consts, segs[1:], strict=True))
-            if len(self.formats) >= _RUNS_MAX:
-                self.formats.clear()
-            fmt = self.formats[(n, consts)] = one * n
-        h = len(self.columns) + 3 * (len(consts) - sum(consts))
+            one = self.pieces[0] + b"".join(
+                (slot if text is None else text.replace(b"%", b"%%")) + piece
+                for text, slot, piece in zip(same, slots, self.pieces[1:], strict=True)
+            )
+            fmt = one * n
+            if n > 1:
+                if len(self.formats) >= _RUNS_MAX:
+                    self.formats.clear()
+                self.formats[(n, same)] = fmt
+        h = sum((4 if col[0] == "a" else 1) for col, text in zip(columns, same, strict=True) if text is None)
+        if not h:
+            return fmt
         args: list[Any] = [None] * (n * h)
         j = 0
-        a = 0
-        for col in self.columns:
+        for col, text in zip(columns, same, strict=True):
+            if text is not None:
+                continue
             kind = col[0]
             if kind == "v":
                 args[j::h] = vals[col[1] :: m]
             elif kind == "a":
                 i = col[1]
-                if consts[a]:
-                    args[j::h] = [_V4_FMT % (vals[i], vals[i + 1], vals[i + 2], vals[i + 3])] * n
-                else:
-                    args[j::h] = vals[i::m]
-                    args[j + 1 :: h] = vals[i + 1 :: m]
-                    args[j + 2 :: h] = vals[i + 2 :: m]
-                    args[j + 3 :: h] = vals[i + 3 :: m]
-                    j += 3
-                a += 1
+                args[j::h] = vals[i::m]
+                args[j + 1 :: h] = vals[i + 1 :: m]
+                args[j + 2 :: h] = vals[i + 2 :: m]
+                args[j + 3 :: h] = vals[i + 3 :: m]
+                j += 3
             elif kind == "x":
                 args[j::h] = map(_ntohl, vals[col[1] :: m])
             elif kind == "f":
                 get, make = col[2], col[3]
-                c = vals[col[1] :: m]
-                if c[0] == c[-1] and c.count(c[0]) == n:
-                    args[j::h] = [(get and get(c[0])) or make(c[0])] * n
-                elif get is None:
-                    args[j::h] = [make(v) for v in c]
+                if get is None:
+                    args[j::h] = [make(v) for v in vals[col[1] :: m]]
                 else:
-                    args[j::h] = [get(v) or make(v) for v in c]
+                    args[j::h] = [get(v) or make(v) for v in vals[col[1] :: m]]
             else:
                 args[j::h] = col[1].write(vals, m, n).split(b"\0")[:n]
             j += 1
         return fmt % tuple(args)
+
+
+def _depends(col: Column) -> list[int]:
+    """The values a column is made of (their indices among an entry's values)."""
+    kind = col[0]
+    if kind == "a":
+        return [col[1], col[1] + 1, col[1] + 2, col[1] + 3]
+    if kind == "s":
+        return [k for c in col[1].columns for k in _depends(c)]
+    return [col[1]]
 
 
 def _v4_at(fam: int, entry: bytes, offs: tuple[int, ...], v4_fams: tuple[int, ...]) -> bool:
@@ -346,7 +397,9 @@ def _batch_entry(data: bytes, off: int) -> bytes | None:
 
 def _checked(b: Batch, entry: bytes, line: str) -> Batch | None:
     """``b`` if it writes ``entry`` as ``line`` (the general way's)."""
-    return b if b.matching(entry, 0, 1) == 1 and b.write(entry, 0, 1) == line.encode() else None
+    want = line.encode()
+    ok = b.matching(entry, 0, 1) == 1 and b.write(entry, 0, 1) == want == b.write(entry, 0, 1, inline=False)
+    return b if ok else None
 
 
 class Lines:
