@@ -178,7 +178,8 @@ _V4B = _V4.encode()
 _V4_FMT = b"%d.%d.%d.%d"
 #: a hole of a batch's format (or an escaped %)
 _HOLE = re.compile(rb"%%|%-?[0-9]*[sdx]|\x00A")
-_RUNS_MAX = 128  # batch formats (per shape and run length) kept at most
+_RUNS_MAX = 128  # structs and masks of batches (per shape and run length) kept at most
+_FORMATS_MAX = 16  # formats of batches (per run length and texts written in) per shape (each some 100 KiB)
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
 
 #: what a batch's own field is read as, and how many values that gives
@@ -315,7 +316,7 @@ class _Holes:
             )
             fmt = one * n
             if n > 1:
-                if len(self.formats) >= _RUNS_MAX:
+                if len(self.formats) >= _FORMATS_MAX:
                     self.formats.clear()
                 self.formats[(n, same)] = fmt
         h = sum((4 if col[0] == "a" else 1) for col, text in zip(columns, same, strict=True) if text is None)
