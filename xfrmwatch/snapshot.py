@@ -87,10 +87,12 @@ _SA_SIZE = x.MSG_MIN_SIZE[x.XFRM_MSG_NEWSA]
 _PATTR_MAX = 160
 
 
-def _own_fields(fields: x.Fields, own: tuple[str, ...], after: int = 0) -> str:
+def _own_fields(
+    fields: x.Fields, own: tuple[str, ...], after: int = 0, skips: tuple[tuple[int, int], ...] = ()
+) -> str:
     """A struct format reading a layout but the fields named ``own`` (skipped), and the
-    ``after`` bytes that follow it (the attributes): the bytes of an entry's shape, one
-    ``bytes`` per run of fields that are not its own."""
+    ``after`` bytes that follow it (the attributes) but the ``skips`` (offset in them,
+    size): the bytes of an entry's shape, one ``bytes`` per run of fields not its own."""
     fmt = "="
     run = 0
     for name, f in fields:
@@ -101,7 +103,12 @@ def _own_fields(fields: x.Fields, own: tuple[str, ...], after: int = 0) -> str:
             run = 0
         else:
             run += size
-    run += after
+    at = 0
+    for o, size in skips:  # (offset in the attributes, size): own fields there (a template's)
+        run += o - at
+        fmt += (f"{run}s" if run else "") + f"{size}x"
+        run, at = 0, o + size
+    run += after - at
     return fmt + (f"{run}s" if run else "")
 
 
@@ -438,7 +445,8 @@ class Lines:
         self.json_currents: dict[bytes, bytes] = {}
         self.table_currents: dict[bytes, bytes] = {}
         self.v4: dict[bytes, str] = {}
-        self.shapes: dict[int, struct.Struct] = {}
+        self.shapes: dict[int, struct.Struct] = {}  # an entry's shape, by its length
+        self.skips: dict[int, tuple[tuple[int, int], ...]] = {}  # own fields in the attributes, by length
         self.size = 0  # bytes waiting in chunks
         self.batched = 0  # entries written in runs (see _batch)
         self.window = 1 << 30  # entries checked at once for a run (see _batch)
@@ -550,12 +558,20 @@ class Lines:
             return True
         return mtype == NLMSG_DONE
 
-    def _shape(self, data: bytes, off: int, end: int) -> tuple[bytes, ...]:
-        """An entry's shape: the bytes of its fixed part but its own fields, and its attributes."""
+    def _shape(
+        self, data: bytes, off: int, end: int, skips: tuple[tuple[int, int], ...] = ()
+    ) -> tuple[bytes, ...] | None:
+        """An entry's shape: the bytes of its fixed part but its own fields, and its
+        attributes but the own fields there (``skips``: see :func:`_own_fields`).  One
+        struct per length: None (no shape) for an entry whose own fields are elsewhere
+        than those of the first entry of its length (another chain of attributes)."""
         n = end - off
         st = self.shapes.get(n)
         if st is None:
-            st = self.shapes[n] = struct.Struct(_own_fields(self.layout, self.own, n - self.min_size))
+            st = self.shapes[n] = struct.Struct(_own_fields(self.layout, self.own, n - self.min_size, skips))
+            self.skips[n] = skips
+        elif self.skips[n] != skips:
+            return None
         return st.unpack_from(data, off)
 
     def _v4(self, raw: bytes) -> str | None:
@@ -728,6 +744,44 @@ class Lines:
         raise NotImplementedError
 
 
+#: a policy template's (xfrm_user_tmpl's) own fields: its destination (id.daddr), and its
+#: source and reqid (one run of 20 bytes); its family tells how its addresses are written
+_T_DADDR = x.field_offset(x.USER_TMPL, "id_daddr")
+_T_SADDR = x.field_offset(x.USER_TMPL, "saddr")
+_T_REQID = x.field_offset(x.USER_TMPL, "reqid")
+_T_FAMILY = x.field_offset(x.USER_TMPL, "family")
+_TMPL_SIZE = x.layout_size(x.USER_TMPL)
+assert _T_REQID == _T_SADDR + 16
+
+
+def _tmpls(data: bytes, a: int, end: int) -> tuple[int, ...] | None:
+    """Where a policy's templates are (offsets from its attributes' start, ``a``): each
+    xfrm_user_tmpl of its XFRMA_TMPL attributes.  None if the chain of attributes is broken
+    (the general way says how)."""
+    out: list[int] = []
+    start = a
+    while a < end:
+        if end - a < 4:
+            return None
+        alen, atype = NLA_HDR.unpack_from(data, a)
+        if alen < 4 or a + alen > end:
+            return None
+        if atype & NLA_TYPE_MASK == x.XFRMA_TMPL and (alen - 4) % _TMPL_SIZE == 0:
+            out += range(a + 4 - start, a + alen - start, _TMPL_SIZE)
+        a += (alen + 3) & ~3
+    return tuple(out)
+
+
+def _tmpl_struct(at: list[int]) -> struct.Struct:
+    """A struct reading, of a policy's body, each template's (at ``at``) destination,
+    source and reqid."""
+    fmt, pos = "=", 0
+    for a in at:
+        fmt += f"{a + _T_DADDR - pos}x16s{_T_SADDR - _T_DADDR - 16}x16sI"
+        pos = a + _T_REQID + 4
+    return struct.Struct(fmt)
+
+
 def _sel_probe(sel: ev.Selector, src: str, dst: str) -> ev.Selector | None:
     """The selector with sentinels in place of its addresses (which it must start with)."""
     if not (sel.src.startswith(src) and sel.dst.startswith(dst)):
@@ -739,7 +793,8 @@ def _sel_probe(sel: ev.Selector, src: str, dst: str) -> ev.Selector | None:
 
 class PolicyLines(Lines):
     """Policies: an entry's own fields are its selector's addresses, index, priority and
-    current lifetime; the rest is its shape."""
+    current lifetime, and its templates' addresses and reqids; the rest is its shape (a
+    template's protocol, SPI, family, mode, share, optional flag and algorithms included)."""
 
     kind = ev.PolicyEvent
     field = "policy"
@@ -759,7 +814,7 @@ class PolicyLines(Lines):
         if t is None:
             self._missed(data, off, end)
             return
-        fam, sel_fmt, pieces, _ = t
+        fam, sel_fmt, pieces, tm, _ = t
         daddr, saddr, cur, prio, index = _POLICY_OWN.unpack_from(data, off)
         if fam == _AF4 or fam == 0:
             v4 = self.v4
@@ -771,14 +826,40 @@ class PolicyLines(Lines):
             src, dst = sel_addrs(fam, saddr, daddr)
         if sel_fmt is None:
             cur = self.currents.get(cur) or self._current(cur)
-            c0, c1, c2, c3, c4, c5 = pieces
-            self.parts += (c0, str(index), c1, str(prio), c2, src, c3, dst, c4, cur, c5)
+            if tm is None:
+                c0, c1, c2, c3, c4, c5 = pieces
+                self.parts += (c0, str(index), c1, str(prio), c2, src, c3, dst, c4, cur, c5)
+                return
+            parts = self.parts
+            parts += (pieces[0], str(index), pieces[1], str(prio), pieces[2], src, pieces[3], dst, pieces[4], cur)
+            for piece, text in zip(pieces[5:], self._tmpl_texts(tm, data, off), strict=False):
+                parts += (piece, text)
+            parts.append(pieces[-1])
         else:
-            self.parts.append(pieces % (sel_fmt % (src, dst), prio, index))
+            if tm is None:
+                self.parts.append(pieces % (sel_fmt % (src, dst), prio, index))
+            else:
+                tmpl = tm[2] % tuple(self._tmpl_texts(tm, data, off))
+                self.parts.append(pieces % (sel_fmt % (src, dst), prio, index, tmpl))
             self.table.count += 1  # type: ignore[union-attr]
 
+    def _tmpl_texts(self, tm: tuple[struct.Struct, tuple[int, ...], Any], data: bytes, off: int) -> list[str]:
+        """The own fields of an entry's templates as text: source, destination, reqid of each."""
+        st, fams = tm[0], tm[1]
+        vals = st.unpack_from(data, off)
+        out: list[str] = []
+        for j, tfam in enumerate(fams):
+            d, s, r = vals[3 * j : 3 * j + 3]
+            out += (self._addr(tfam, s), self._addr(tfam, d), str(r))
+        return out
+
     def _missed(self, data: bytes, off: int, end: int) -> None:
-        key = self._shape(data, off, end) if end - off <= _POLICY_SIZE + _PATTR_MAX else None
+        key = None
+        if end - off <= _POLICY_SIZE + _PATTR_MAX:
+            tmpls = _tmpls(data, off + _POLICY_SIZE, end)
+            if tmpls is not None:
+                skips = tuple(s for t in tmpls for s in ((t + _T_DADDR, 16), (t + _T_SADDR, 20)))
+                key = self._shape(data, off, end, skips)
         self._shape_missed(data, off, end, key)
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
@@ -789,8 +870,29 @@ class PolicyLines(Lines):
         sel = _sel_probe(pol.sel, src, dst)
         if sel is None:
             return None
+        mlen = NLMSG_HDR.unpack_from(data, off - 16)[0]
+        toffs = _tmpls(data, off + _POLICY_SIZE, off - 16 + mlen) or ()
+        if len(toffs) != len(pol.tmpl):
+            return None
+        tm: Any = None
+        texts: list[str] = []
+        tmpl = pol.tmpl
+        if toffs:  # the templates' own fields (offsets from the entry's body)
+            at = [_POLICY_SIZE + t for t in toffs]
+            fams = tuple(_U16.unpack_from(data, off + a + _T_FAMILY)[0] for a in at)
+            tm = (_tmpl_struct(at), fams, None)
+            texts = self._tmpl_texts(tm, data, off)
+            tmpl = [
+                msgspec.structs.replace(t, src=f"{_S}t{j}s", dst=f"{_S}t{j}d", reqid=f"{_S}t{j}r")
+                for j, t in enumerate(pol.tmpl)
+            ]
         if self.table is None:
-            probe = msgspec.structs.replace(pol, index=_S + "i", priority=_S + "p", sel=sel, current=_S + "c")
+            probe = msgspec.structs.replace(
+                pol, index=_S + "i", priority=_S + "p", sel=sel, current=_S + "c", tmpl=tmpl
+            )
+            t_marks = [
+                m for j in range(len(toffs)) for m in ((f"{_JS}t{j}s", "%s"), (f"{_JS}t{j}d", "%s"), (f'"{_JS}t{j}r"', "%s"))
+            ]
             pieces = self._json_pieces(
                 probe,
                 (
@@ -799,38 +901,59 @@ class PolicyLines(Lines):
                     (f"{_JS}s", "%s"),
                     (f"{_JS}d", "%s"),
                     (f'"{_JS}c"', "%s"),
+                    *t_marks,
                 ),
             )
             if pieces is None:
                 return None
-            own = (str(index), str(prio), src, dst, self._current(cur))
+            own = (str(index), str(prio), src, dst, self._current(cur), *texts)
             if "".join(p + v for p, v in zip(pieces, (*own, ""), strict=True)) != line:
                 return None
-            return fam, None, pieces, self._policy_batch(data, off, fam, pieces, None, line)
+            return fam, None, pieces, tm, self._policy_batch(data, off, fam, pieces, None, line, toffs, None)
         assert self.table is not None
-        cells = self.row(msgspec.structs.replace(pol, index=_S + "i", priority=_S + "p", sel=sel))
+        cells = self.row(msgspec.structs.replace(pol, index=_S + "i", priority=_S + "p", sel=sel, tmpl=tmpl))
         sel_fmt = _percent(cells[0], (f"{_S}s", f"{_S}d"))
+        tmpl_pieces = None
+        if tm is not None:
+            marks = [(f"{_S}t{j}{k}", "%s") for j in range(len(toffs)) for k in "sdr"]
+            tmpl_pieces = _split(cells[7], marks)
+            if tmpl_pieces is None:
+                return None
+            tm = (tm[0], tm[1], "%s".join(_esc(p) for p in tmpl_pieces))
         if (
             sel_fmt is None
             or cells[3] != _S + "p"
             or cells[4] != _S + "i"
-            or _S in "".join(cells[1:3] + cells[5:])
+            or _S in "".join(cells[1:3] + cells[5:7] + ([] if tm else cells[7:]))
         ):
             return None
-        fmt = self.table.template([None, *cells[1:3], None, None, *cells[5:]])
-        if fmt % (sel_fmt % (src, dst), prio, index) != line:
+        constant = [None, *cells[1:3], None, None, *cells[5:7], None if tm else cells[7]]
+        fmt = self.table.template(constant)
+        tmpl_text = () if tm is None else (tm[2] % tuple(texts),)
+        if fmt % (sel_fmt % (src, dst), prio, index, *tmpl_text) != line:
             return None
         sel_pieces = _split(cells[0], ((f"{_S}s", "%s"), (f"{_S}d", "%s")))
-        ints = self.table.template([None, *cells[1:3], None, None, *cells[5:]], ints=(3, 4))  # (bytes' %s takes no int)
-        return fam, sel_fmt, fmt, self._policy_batch(data, off, fam, [ints], sel_pieces, line)
+        ints = self.table.template(constant, ints=(3, 4))  # (bytes' %s takes no int)
+        batch = self._policy_batch(data, off, fam, [ints], sel_pieces, line, toffs, tmpl_pieces)
+        return fam, sel_fmt, fmt, tm, batch
 
     def _policy_batch(
-        self, data: bytes, off: int, fam: int, pieces: list[str], sel_pieces: list[str] | None, line: str
+        self,
+        data: bytes,
+        off: int,
+        fam: int,
+        pieces: list[str],
+        sel_pieces: list[str] | None,
+        line: str,
+        toffs: tuple[int, ...],
+        tmpl_pieces: list[str] | None,
     ) -> Batch | None:
         """The :class:`Batch` of a policy's shape (the entry's body at ``off``), checked on
-        it: JSON (``pieces`` around index, priority, selector addresses, current lifetime)
-        or a table row (``[fmt]``: selector cell, priority, index; ``sel_pieces`` around
-        the selector's addresses).  None: its entries go one by one."""
+        it: JSON (``pieces`` around index, priority, selector addresses, current lifetime,
+        and each template's source, destination and reqid) or a table row (``[fmt]``:
+        selector cell, priority, index, templates cell; ``sel_pieces`` around the
+        selector's addresses, ``tmpl_pieces`` around the templates' own fields).  The
+        templates at ``toffs`` (in the attributes).  None: its entries go one by one."""
         entry = _batch_entry(data, off)
         if entry is None:
             return None
@@ -842,15 +965,30 @@ class PolicyLines(Lines):
             "prio": (_P_AT["priority"], "I"),
             "index": (_P_AT["index"], "I"),
         }
+        t_v4 = []
+        for j, t in enumerate(toffs):
+            a = 16 + _POLICY_SIZE + t
+            tfam = _U16.unpack_from(entry, a + _T_FAMILY)[0]
+            t_v4.append((_v4_at(tfam, entry, (a + _T_SADDR, a + _T_DADDR), (_AF4,)), tfam))
+            picks[f"t{j}d"] = _addr_pick(t_v4[-1][0], a + _T_DADDR)
+            picks[f"t{j}s"] = _addr_pick(t_v4[-1][0], a + _T_SADDR)
+            picks[f"t{j}r"] = (a + _T_REQID, "I")
         at = _indices(picks)
         src, src_cols = _addr_hole(v4, at["src"], fam)
         dst, dst_cols = _addr_hole(v4, at["dst"], fam)
+        t_holes: list[str] = []  # each template's source, destination, reqid
+        t_cols: list[Column] = []
+        for j, (tv4, tfam) in enumerate(t_v4):
+            ts, ts_cols = _addr_hole(tv4, at[f"t{j}s"], tfam)
+            td, td_cols = _addr_hole(tv4, at[f"t{j}d"], tfam)
+            t_holes += (ts, td, "%d")
+            t_cols += (*ts_cols, *td_cols, ("v", at[f"t{j}r"]))
         if sel_pieces is None:
-            p0, p1, p2, p3, p4, p5 = (_esc(p) for p in pieces)
-            fmt = f"{p0}%d{p1}%d{p2}{src}{p3}{dst}{p4}%s{p5}"
+            p0, p1, p2, p3, p4, p5, *rest = (_esc(p) for p in pieces)
+            fmt = f"{p0}%d{p1}%d{p2}{src}{p3}{dst}{p4}%s{p5}" + "".join(h + p for h, p in zip(t_holes, rest, strict=True))
             columns: list[Column] = [
                 ("v", at["index"]), ("v", at["prio"]), *src_cols, *dst_cols,
-                ("f", at["cur"], self.json_currents.get, self._json_current),
+                ("f", at["cur"], self.json_currents.get, self._json_current), *t_cols,
             ]  # fmt: skip
         else:
             if not v4 or not "".join(sel_pieces).isascii():  # (padded as bytes)
@@ -859,6 +997,9 @@ class PolicyLines(Lines):
             sel = (f"{s0}{src}{s1}{dst}{s2}", [*src_cols, *dst_cols])
             fmt = pieces[0]
             columns = [("s", *sel), ("v", at["prio"]), ("v", at["index"])]
+            if tmpl_pieces is not None:  # (the last cell: not padded)
+                t0, *rest = (_esc(p) for p in tmpl_pieces)
+                columns.append(("s", t0 + "".join(h + p for h, p in zip(t_holes, rest, strict=True)), t_cols))
         return _checked(Batch(entry, list(picks.values()), fmt, columns), entry, line)
 
 

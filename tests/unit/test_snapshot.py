@@ -323,3 +323,105 @@ def test_runs_end_of_dump_and_errors(kind: str) -> None:
         intr = _reframed(msgs[25], flags=2 | 16)
         _compare(kind, fmt, [*dgs[:2], dgs[2] + intr, *dgs[3:]])
         _compare(kind, fmt, [*dgs[:2], dgs[2][:100] + intr + dgs[2][100:], *dgs[3:]])
+
+
+# --- tunnel-mode policies: their templates' addresses and reqid are own fields ---------
+
+INF = (1 << 64) - 1
+_TMPL = struct.Struct("=16sIB3xH2x16sIBBBxIII")  # xfrm_user_tmpl (netlink/xfrm.py's USER_TMPL)
+
+
+def _packed(fields: x.Fields, **values: Any) -> bytes:
+    """A C struct of ``fields`` (netlink/xfrm.py's layouts), zero but ``values``."""
+    out = b""
+    for name, f in fields:
+        if f.endswith("x"):
+            out += bytes(struct.calcsize("=" + f))
+        else:
+            out += struct.pack("=" + f, values.get(name, b"" if f.endswith("s") else 0))
+    return out
+
+
+def _ip(text: str) -> bytes:
+    import socket
+
+    fam = socket.AF_INET6 if ":" in text else socket.AF_INET
+    return socket.inet_pton(fam, text).ljust(16, b"\0")
+
+
+def _tunnel_policy(
+    i: int, direction: int, *, peer6: bool = False, mode: int = 1, optional: int = 0, templates: int = 1
+) -> bytes:
+    """A tunnel-mode policy as the kernel dumps it (`ip xfrm policy add src NET_L dst NET_R
+    dir D tmpl src LOCAL dst PEER proto esp reqid I mode tunnel`): tunnel ``i``'s subnets,
+    peer and reqid; ``direction`` 0 in, 1 out, 2 fwd; ``templates`` chained (the second
+    an AH one, optional)."""
+    net_l, net_r = _ip(f"172.16.{i >> 8}.{i & 255}"), _ip(f"172.17.{i >> 8}.{i & 255}")
+    local, peer = (_ip("2001:db8::1"), _ip(f"2001:db8:1::{i:x}")) if peer6 else (_ip("10.0.0.1"), _ip(f"10.1.{i >> 8}.{i & 255}"))
+    outbound = direction == 1
+    sel_src, sel_dst = (net_l, net_r) if outbound else (net_r, net_l)
+    t_src, t_dst = (local, peer) if outbound else (peer, local)
+    fam = 10 if peer6 else 2
+    info = _packed(
+        x.USERPOLICY_INFO,
+        sel_daddr=sel_dst, sel_saddr=sel_src, sel_family=2, sel_prefixlen_d=32, sel_prefixlen_s=32,
+        lft_soft_byte_limit=INF, lft_hard_byte_limit=INF, lft_soft_packet_limit=INF, lft_hard_packet_limit=INF,
+        cur_add_time=1_700_000_000 + i, priority=0, index=8 * i + direction, dir=direction,
+    )  # fmt: skip
+    tmpls = b""
+    for k in range(templates):
+        proto, opt = (50, optional) if k == 0 else (51, 1)
+        tmpls += _TMPL.pack(t_dst, 0, proto, fam, t_src, i + 1 + 1000 * k, mode, 0, opt, INF & 0xFFFFFFFF, INF & 0xFFFFFFFF, INF & 0xFFFFFFFF)
+    attrs = struct.pack("=HH", 4 + len(tmpls), x.XFRMA_TMPL) + tmpls
+    ptype = struct.pack("=HHBxHBx", 10, x.XFRMA_POLICY_TYPE, 0, 0, 0)[:10]
+    attrs += ptype + bytes(2)
+    body = info + attrs
+    return HDR.pack(16 + len(body), x.XFRM_MSG_NEWPOLICY, 2, DUMP_SEQ, 0) + body
+
+
+def _tunnels(n: int, **kw: Any) -> list[bytes]:
+    """``n`` tunnels' policies as a dump gives them: in, out and fwd interleaved."""
+    return [_tunnel_policy(i, d, **kw) for i in range(n) for d in (1, 0, 2)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("per", [1, 5, 64, 400])
+def test_tunnel_mode_policies_print_the_same(fmt: str, per: int) -> None:
+    """Tunnel-mode policies of many peers (IPv4 and IPv6), in/out/fwd interleaved, with
+    one template or a chain of two, print what the general way prints; their peers and
+    reqids are own fields: a few shapes for all the tunnels, written from templates."""
+    entries = _tunnels(150) + _tunnels(40, peer6=True) + _tunnels(30, templates=2)
+    entries += [_tunnel_policy(i, 1) for i in range(150, 300)]  # a long run of one shape
+    dgs = _datagrams(entries, per)
+    _compare("policy", fmt, dgs)
+    lines = _fast_lines("policy", fmt, dgs)
+    assert len(lines.templates) <= 9 + 3  # 3 directions x (v4, v6, 2 templates), and shapes seen once
+    templated = [t for t in lines.templates.values() if t is not None and t[3] is not None]
+    assert len(templated) >= 9
+    if fmt != "table" or per > 1:
+        assert all(t[-1] is not None for t in templated)  # each with its batch
+    if per >= 64:
+        assert lines.batched >= 100
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tunnel_templates_differing_in_their_shape(fmt: str) -> None:
+    """Templates differing in a shape's byte (mode, optional flag, protocol, SPI, family,
+    algorithms) are other shapes: each prints as the general way prints it, in runs and
+    interleaved."""
+    rng = random.Random(f"tunnel-{fmt}")
+    variants = [
+        {}, {"mode": 0}, {"optional": 1}, {"mode": 4}, {"peer6": True}, {"templates": 2}, {"templates": 2, "optional": 1},
+    ]  # fmt: skip
+    entries = [_tunnel_policy(i, rng.randrange(3), **rng.choice(variants)) for i in range(400)]
+    entries += [_tunnel_policy(i, 2, **variants[j]) for j in range(len(variants)) for i in range(20)]
+    tmpl_at = 16 + x.MSG_MIN_SIZE[x.XFRM_MSG_NEWPOLICY] + 4
+    for k in range(0, len(entries), 7):  # a byte of the template's shape changed: SPI, algorithms, family
+        b = bytearray(entries[k])
+        b[tmpl_at + rng.choice([16, 19, 20, 24, 52, 56, 63])] ^= 1 << rng.randrange(8)
+        entries[k] = bytes(b)
+    for per in (3, 50, 1000):
+        dgs = _datagrams(entries, per)
+        _compare("policy", fmt, dgs)
+    lines = _fast_lines("policy", fmt, _datagrams(entries, 50))
+    assert sum(t is not None for t in lines.templates.values()) >= len(variants)
