@@ -70,6 +70,27 @@ def policy_batch(n: int, *, dst: str = "10.200.0.1", offset: int = 0) -> Path:
     return path
 
 
+def tunnel_batch(tunnels: int, *, local: str = "10.0.0.1") -> Path:
+    """An `ip -batch` file adding the tunnel-mode policies of ``tunnels`` tunnels, as a
+    gateway holds them (bench/soak.py's): out, in and fwd between two /32 subnets, each
+    with a template to its own peer and reqid (cached in /tmp)."""
+    path = Path(tempfile.gettempdir()) / f"xw-bench-tunnels-{tunnels}-{local}.batch"
+    if not path.exists():
+        lines = []
+        for i in range(tunnels):
+            a, b, c = i >> 16, (i >> 8) & 255, i & 255
+            net_l, net_r, peer = f"10.{16 + a}.{b}.{c}/32", f"10.{32 + a}.{b}.{c}/32", f"10.{64 + a}.{b}.{c}"
+            tmpl_out = f"tmpl src {local} dst {peer} proto esp reqid {i + 1} mode tunnel"
+            tmpl_in = f"tmpl src {peer} dst {local} proto esp reqid {i + 1} mode tunnel"
+            lines += (
+                f"xfrm policy add src {net_l} dst {net_r} dir out {tmpl_out}\n",
+                f"xfrm policy add src {net_r} dst {net_l} dir in {tmpl_in}\n",
+                f"xfrm policy add src {net_r} dst {net_l} dir fwd {tmpl_in}\n",
+            )
+        _write_new(path, "".join(lines))
+    return path
+
+
 def allocspi_batch(n: int, *, offset: int = 0) -> Path:
     """An `ip -batch` file reserving ``n`` SPIs: larval SAs, which the host kernel (no ESP) keeps."""
     path = Path(tempfile.gettempdir()) / f"xw-bench-allocspi-{n}-{offset}.batch"

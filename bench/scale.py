@@ -18,6 +18,12 @@ timeout is raised so that they stay), per run:
   writes a line at a time there), with ``cat`` of as many bytes on one: what the
   terminal itself costs.
 
+``--shape tunnel``: a gateway's table instead (policies only, in a namespace ``xwtun-*``):
+the out, in and fwd tunnel-mode policies of ``--n``/3 tunnels, each with a template to its
+own peer and reqid (`ip xfrm policy add ... tmpl src LOCAL dst PEER proto esp reqid I mode
+tunnel`, as bench/soak.py adds them), in the kernel's dump order (interleaved directions);
+`policy list` and `dump` measured as above.
+
 ``--xfrmwatch "CMD"`` measures another build; ``--compare "CMD"`` measures the lists and
 the dump of another build too, in the same runs (e.g. the code before a change).
 Python modules are compiled once, as an installed package's are (a warm-up run of each
@@ -52,6 +58,7 @@ from live import (
     require_root,
     rss_kib,
     sh,
+    tunnel_batch,
     xfrmwatch_cmd,
 )
 
@@ -153,6 +160,11 @@ def _populated(args: argparse.Namespace) -> Iterator[str]:
     if args.netns:
         yield args.netns
         return
+    if args.shape == "tunnel":
+        with netns("xwtun") as ns:
+            sh(f"ip -n {ns} -batch {tunnel_batch(args.n // 3)}")
+            yield ns
+        return
     with netns("xws") as ns:
         sh(f"ip netns exec {ns} sysctl -qw net.core.xfrm_acq_expires=86400")
         sh(f"ip -n {ns} -batch {policy_batch(args.n)}")
@@ -177,6 +189,13 @@ def main() -> int:
         help="an existing namespace already holding them, made as here (allocspi takes minutes)",
     )
     ap.add_argument("--compare", metavar="CMD", help="another build whose lists and dump are measured too")
+    ap.add_argument(
+        "--shape",
+        choices=("out", "tunnel"),
+        default="out",
+        help="the table: --n outbound policies of one shape and --n larval SAs (out), or a gateway's "
+        "tunnel-mode policies, out/in/fwd of --n/3 tunnels, each to its own peer and reqid, and no SAs (tunnel)",
+    )
     ap.add_argument("--skip-lists", action="store_true")
     ap.add_argument("--skip-ready", action="store_true", help="lists only (no monitor)")
     ap.add_argument("--breakdown", action="store_true", help="where the lists' time goes")
@@ -185,7 +204,9 @@ def main() -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     cmd = xfrmwatch_cmd(args.xfrmwatch)
     fig = Figures()
-    print(f"{' '.join(cmd)}: {args.n:,} policies + {args.n:,} SAs, {args.runs} runs")
+    tunnel = args.shape == "tunnel"
+    table = f"{args.n // 3 * 3:,} tunnel-mode policies" if tunnel else f"{args.n:,} policies + {args.n:,} SAs"
+    print(f"{' '.join(cmd)}: {table}, {args.runs} runs")
     with netns("xws") as empty, _populated(args) as ns, tempfile.TemporaryDirectory(prefix="xw-scale-") as d:
         tmp = Path(d)
         builds = [("", cmd)] + ([("before: ", xfrmwatch_cmd(args.compare))] if args.compare else [])
@@ -209,7 +230,7 @@ def main() -> int:
                 breakdown(cmd, ns, fig)
             if args.skip_lists:
                 continue
-            for what, ip_what in (("policy", "policy"), ("state", "state")):
+            for what, ip_what in (("policy", "policy"), ("state", "state"))[: 1 if tunnel else 2]:
                 t_ip, m_ip = timed(["ip", "-n", ns, "xfrm", ip_what, "list"])
                 fig.add(f"ip xfrm {ip_what} list s", t_ip)
                 t_ipt, _ = timed(["ip", "-n", ns, "xfrm", ip_what, "list"], tty=True)
