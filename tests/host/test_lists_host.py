@@ -117,6 +117,45 @@ async def test_dump_prints_what_the_general_way_prints(netns: str, tmp_path: Pat
         assert (netns, 210, 380) == (obj["netns"], len(obj["sa"]), len(obj["policy"]))
 
 
+def _tunnels(netns: str, tmp: Path) -> int:
+    """A gateway's tunnel-mode policies (out, in and fwd of each tunnel, a template to its
+    own peer and reqid): IPv4 and IPv6 peers, optional templates, chains of two; how many."""
+    lines = []
+    for i in range(150):
+        net_l, net_r, peer = f"10.16.{i >> 8}.{i & 255}/32", f"10.32.{i >> 8}.{i & 255}/32", f"10.64.{i >> 8}.{i & 255}"
+        if i >= 100:  # IPv6 subnets and peers
+            net_l, net_r, peer = f"2001:db8:16::{i:x}/128", f"2001:db8:32::{i:x}/128", f"2001:db8:64::{i:x}"
+        local = "2001:db8::1" if i >= 100 else "10.0.0.1"
+        level = " level use" if i % 7 == 3 else ""  # (in and fwd only: the kernel refuses it out)
+        second = f" tmpl src {local} dst {peer} proto ah reqid {i + 5000} mode tunnel" if 50 <= i < 70 else ""
+        for d, (s, t) in (("out", (net_l, net_r)), ("in", (net_r, net_l)), ("fwd", (net_r, net_l))):
+            src, dst = (local, peer) if d == "out" else (peer, local)
+            lines.append(
+                f"xfrm policy add src {s} dst {t} dir {d} "
+                f"tmpl src {src} dst {dst} proto esp reqid {i + 1} mode tunnel{level if d != 'out' else ''}{second}\n"
+            )
+    batch = tmp / "tunnels"
+    batch.write_text("".join(lines))
+    sh(f"ip -n {netns} -batch {batch}")
+    return len(lines)
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+async def test_tunnel_mode_policies_print_what_the_general_way_prints(netns: str, tmp_path: Path, fmt: str) -> None:
+    """A gateway's tunnel-mode policies (each tunnel's peer and reqid its own; the kernel's
+    dump interleaves the directions): the real command prints what the general way prints."""
+    n = _tunnels(netns, tmp_path)
+    got = _cli("policy", "list", "--netns", netns, "--format", fmt)
+    assert got.returncode == 0, got.stderr
+    assert await _general(netns, "policy", fmt) == got.stdout
+    if fmt == "json":
+        pols = [json.loads(line) for line in got.stdout.splitlines()]
+        assert n == len(pols) == 450
+        assert {f"10.64.0.{i}" for i in range(100)} <= {t["dst"] for p in pols for t in p["tmpl"]}
+        assert sum(len(p["tmpl"]) == 2 for p in pols) == 60
+        assert sum(t["optional"] for p in pols for t in p["tmpl"]) == 2 * 21
+
+
 def test_lists_hold_what_ip_lists(netns: str, tmp_path: Path) -> None:
     """Every policy and SA `ip xfrm` lists is in the JSON lines (SPIs, selectors)."""
     _populate(netns, tmp_path)
