@@ -188,6 +188,7 @@ _HOLE = re.compile(rb"%%|%-?[0-9]*[sdx]|\x00A")
 _RUNS_MAX = 128  # structs and masks of batches (per shape and run length) kept at most
 _FORMATS_MAX = 16  # formats of batches (per run length and texts written in) per shape (each some 100 KiB)
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
+_BACKOFF_MAX = 16  # entries at most not checked for a run after runs of one (doubled at each)
 
 #: what a batch's own field is read as, and how many values that gives
 _PICK_VALUES = {"4B": 4, "16s": 1, "32s": 1, "I": 1}
@@ -450,6 +451,8 @@ class Lines:
         self.size = 0  # bytes waiting in chunks
         self.batched = 0  # entries written in runs (see _batch)
         self.window = 1 << 30  # entries checked at once for a run (see _batch)
+        self.skip = 0  # entries not checked for a run (after runs of one: see _batch)
+        self.backoff = 0  # and how many after the next run of one
 
     # --- the walk -----------------------------------------------------------------
 
@@ -525,7 +528,14 @@ class Lines:
         """The run of entries of one shape at ``off`` (the message's start) written at once
         (:class:`Batch`): how many (0: none, the entry goes the per-entry way).  The entries
         checked at once are the rest of the datagram, or after a broken run a few, doubled
-        at each run that holds (a table of mixed shapes costs little more than it did)."""
+        at each run that holds (a table of mixed shapes costs little more than it did).  A
+        run of one goes the per-entry way (a batch of one costs more: the policies of a
+        tunnel's three directions interleave in the kernel's dump), and the next 1, 2, 4 ...
+        16 entries after runs of one in a row are not checked (nor written) as runs: a run of
+        2 found resets that."""
+        if self.skip:
+            self.skip -= 1
+            return 0
         st = self.shapes.get(mlen - 16)
         if st is None:
             return 0
@@ -535,15 +545,21 @@ class Lines:
         b: Batch = t[-1]
         n = min((total - off) // mlen, self.window)
         k = b.matching(data, off, n) if n else 0
-        if k:
-            text = b.write(data, off, k)
-            self._settle()
-            self.chunks.append(text)
-            self.size += len(text)
-            self.batched += k
-            if self.table is not None:
-                self.table.count += k
+        if k < 2:  # a run of one (directions interleaved): the entry costs less on its own
+            if k < n:
+                self.window = 2  # (the next check: 2 entries)
+                self.backoff = min(2 * self.backoff or 1, _BACKOFF_MAX)
+                self.skip = self.backoff  # (entries not checked: runs of one cost checks)
+            return 0
+        self.backoff = 0
         self.window = self.window * 2 if k == n else _WINDOW
+        text = b.write(data, off, k)
+        self._settle()
+        self.chunks.append(text)
+        self.size += len(text)
+        self.batched += k
+        if self.table is not None:
+            self.table.count += k
         return k
 
     def _interrupted(self) -> None:
