@@ -25,8 +25,10 @@ The output is exactly the general way's, by construction and by check: a templat
 on a shape's second sighting (a table of all-different entries costs what the general way
 costs, nothing more), and only kept if it reproduces that entry's general rendering; any
 other message (malformed, short, another type, a policy with long attributes) goes the
-general way.  SAs with key-carrying attributes (algorithms) always go the general way: no
-key byte is ever part of a cache key.  Every cache is bounded, and output leaves a
+general way.  An SA's keys (in its algorithm attributes) are left out of its shape, as its
+own fields are, but never read: no key byte is ever part of a cache key, a template or a
+batch (the algorithm's name, key length and ICV or truncation length are part of the
+shape).  Every cache is bounded, and output leaves a
 datagram's lines at a time (some 100 KiB): memory stays flat for any size of table.
 """
 
@@ -62,7 +64,15 @@ _FLUSH = 1 << 12
 _FLUSH_CHARS = 1 << 16
 _SHAPES_MAX = 4096  # templates (and shapes seen once) kept at most
 _CACHE_MAX = 16384  # rendered current lifetimes, and IPv4 addresses, kept at most
-_KEY_ATTRS = frozenset({x.XFRMA_ALG_AEAD, x.XFRMA_ALG_CRYPT, x.XFRMA_ALG_AUTH, x.XFRMA_ALG_AUTH_TRUNC})
+#: where the key starts in each key-carrying attribute (its header and fixed part before it:
+#: name, key length in bits, and the ICV or truncation length): the key is never part of a
+#: shape (nor read: a batch's mask skips it)
+_KEY_AT = {
+    x.XFRMA_ALG_AEAD: 4 + x.layout_size(x.ALGO_AEAD),
+    x.XFRMA_ALG_CRYPT: 4 + x.layout_size(x.ALGO),
+    x.XFRMA_ALG_AUTH: 4 + x.layout_size(x.ALGO),
+    x.XFRMA_ALG_AUTH_TRUNC: 4 + x.layout_size(x.ALGO_AUTH),
+}
 _NLM_F_MULTI = 2
 _NLM_F_DUMP_INTR = 16
 _ERR = struct.Struct("=i")
@@ -224,7 +234,7 @@ class Batch:
             own += (f"{o - at}x" if o > at else "") + f
             mask[o : o + size] = bytes(size)
             at = o + size
-            per += _PICK_VALUES[f]
+            per += _PICK_VALUES.get(f, 0)  # (a key: skipped, no value)
         self.own = own + (f"{self.stride - at}x" if self.stride > at else "")
         self.per = per  # values read per entry
         self.mask = bytes(mask)
@@ -384,7 +394,7 @@ def _indices(picks: dict[str, tuple[int, str]]) -> dict[str, int]:
     at, out = 0, {}
     for name, (_, f) in sorted(picks.items(), key=lambda kv: kv[1][0]):
         out[name] = at
-        at += _PICK_VALUES[f]
+        at += _PICK_VALUES.get(f, 0)
     return out
 
 
@@ -1022,7 +1032,7 @@ class PolicyLines(Lines):
 class SaLines(Lines):
     """SAs: an entry's own fields are its addresses, SPI, reqid, sequence number, its
     selector's addresses and its current lifetime; the rest, attributes included, is its
-    shape.  SAs with a key-carrying attribute go the general way."""
+    shape, but the keys of its algorithms (left out, never read)."""
 
     kind = ev.SaEvent
     field = "sa"
@@ -1036,8 +1046,8 @@ class SaLines(Lines):
     own = _SA_OWN_FIELDS
 
     def _entry(self, data: bytes, off: int, end: int) -> None:
-        # the hot path, spelled out (each call saved is some 5 % of the time); an SA whose
-        # attributes carry a key has no template (see _missed): its lookup misses
+        # the hot path, spelled out (each call saved is some 5 % of the time); an SA's shape
+        # leaves its keys out (see _keyless_shape)
         st = self.shapes.get(end - off)
         t = self.templates.get(st.unpack_from(data, off)) if st is not None else None
         if t is None:
@@ -1070,15 +1080,26 @@ class SaLines(Lines):
         )  # fmt: skip
 
     def _missed(self, data: bytes, off: int, end: int) -> None:
-        a = off + _SA_SIZE
-        while a < end:  # no template for an SA whose attributes carry a key (or are broken)
+        self._shape_missed(data, off, end, self._keyless_shape(data, off, end))
+
+    def _keyless_shape(self, data: bytes, off: int, end: int) -> tuple[bytes, ...] | None:
+        """An SA's shape, its keys left out (None if its attributes are broken: no template)."""
+        a = attrs = off + _SA_SIZE
+        skips = []
+        while a < end:
             if end - a < 4:
-                break
+                return None
             alen, atype = NLA_HDR.unpack_from(data, a)
-            if alen < 4 or a + alen > end or atype & NLA_TYPE_MASK in _KEY_ATTRS:
-                break
+            if alen < 4 or a + alen > end:
+                return None
+            key_at = _KEY_AT.get(atype & NLA_TYPE_MASK)
+            if key_at is not None:
+                if alen < key_at:  # (malformed: the general way says so)
+                    return None
+                if alen > key_at:
+                    skips.append((a + key_at - attrs, alen - key_at))
             a += (alen + 3) & ~3
-        self._shape_missed(data, off, end, self._shape(data, off, end) if a == end else None)
+        return self._shape(data, off, end, tuple(skips)) if a == end else None
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         sa: ev.SA = record
@@ -1152,6 +1173,8 @@ class SaLines(Lines):
             "seq": (_S_AT["seq"], "I"),
             "reqid": (_S_AT["reqid"], "I"),
         }
+        for j, (o, size) in enumerate(self.skips[len(entry) - 16]):  # keys: masked out, never read
+            picks[f"key{j}"] = (16 + _SA_SIZE + o, f"{size}x")
         at = _indices(picks)
         src, src_cols = _addr_hole(v4, at["src"], fam)
         dst, dst_cols = _addr_hole(v4, at["dst"], fam)

@@ -274,7 +274,7 @@ def test_runs_of_one_shape_print_the_same(kind: str, fmt: str, per: int) -> None
     _compare(kind, fmt, dgs)
     lines = _fast_lines(kind, fmt, dgs)
     shapes = sum(t is not None and t[-1] is not None for t in lines.templates.values())
-    assert shapes >= 1  # (most recorded SAs carry keys: the general way)
+    assert shapes >= 1
     assert lines.batched >= shapes
 
 
@@ -425,3 +425,100 @@ def test_tunnel_templates_differing_in_their_shape(fmt: str) -> None:
         _compare("policy", fmt, dgs)
     lines = _fast_lines("policy", fmt, _datagrams(entries, 50))
     assert sum(t is not None for t in lines.templates.values()) >= len(variants)
+
+
+# --- keyed SAs: their keys are left out of the shape, and never kept --------------------
+
+
+def _rekeyed(m: bytes, rng: random.Random) -> tuple[bytes, list[bytes]]:
+    """An SA message with fresh random keys in its algorithm attributes, and those keys."""
+    b = bytearray(m)
+    keys = []
+    a = 16 + x.MSG_MIN_SIZE[x.XFRM_MSG_NEWSA]
+    while a + 4 <= len(b):
+        alen, atype = struct.unpack_from("=HH", b, a)
+        if alen < 4 or a + alen > len(b):
+            break
+        key_at = snapshot._KEY_AT.get(atype & 0x3FFF)
+        if key_at is not None and alen > key_at:
+            key = rng.randbytes(alen - key_at)
+            b[a + key_at : a + alen] = key
+            keys.append(key)
+        a += (alen + 3) & ~3
+    return bytes(b), keys
+
+
+def _kept_bytes(obj: Any, seen: set[int]) -> list[bytes]:
+    """Every byte string an object keeps, reached through its attributes and containers
+    (texts as UTF-8, integers as their bytes, a struct's format, a buffer's contents)."""
+    if id(obj) in seen or obj is None or isinstance(obj, (bool, float)):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, (bytes, bytearray)):
+        return [bytes(obj)]
+    if isinstance(obj, str):
+        return [obj.encode("utf-8", "surrogatepass")]
+    if isinstance(obj, int):
+        return [obj.to_bytes(obj.bit_length() // 8 + 1, "little", signed=True)]
+    if isinstance(obj, io.BytesIO):
+        return [obj.getvalue()]
+    if isinstance(obj, struct.Struct):
+        return [obj.format.encode()]
+    out: list[bytes] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _kept_bytes(k, seen) + _kept_bytes(v, seen)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for v in obj:
+            out += _kept_bytes(v, seen)
+    elif callable(obj):
+        out += _kept_bytes(getattr(obj, "__self__", None), seen)
+        for cell in getattr(obj, "__closure__", None) or ():
+            out += _kept_bytes(cell.cell_contents, seen)
+    else:
+        for name in [*getattr(obj, "__dict__", {}), *getattr(type(obj), "__slots__", ())]:
+            out += _kept_bytes(getattr(obj, name, None), seen)
+    return out
+
+
+def _keyed(rng: random.Random, rounds: int) -> tuple[list[bytes], list[bytes]]:
+    """Each recorded keyed SA, ``rounds`` times with its own fields and keys changed."""
+    entries, keys = [], []
+    msgs = _messages("sa")
+    for i in range(rounds):
+        for m in msgs:
+            e, k = _rekeyed(_own_fields_changed("sa", m, i), rng)
+            if k:
+                entries.append(e)
+                keys += k
+    return entries, keys
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("per", [1, 6, 100])
+def test_keyed_sas_print_the_same_and_keep_no_key(fmt: str, per: int) -> None:
+    """SAs carrying keys (encryption, authentication, AEAD; each entry its own random
+    keys) print what the general way prints, from templates and batches, and no 12 bytes
+    of any key are kept anywhere in the listing's objects (caches, templates, batches'
+    masks and shapes, the decoder) nor in its output."""
+    rng = random.Random(f"keys-{fmt}-{per}")
+    entries, keys = _keyed(rng, 4)
+    runs, run_keys = [], []
+    for m in _messages("sa")[::3]:  # and runs of one keyed shape
+        for i in range(12):
+            e, k = _rekeyed(_own_fields_changed("sa", m, i, addresses=i % 2 == 0), rng)
+            if k:
+                runs.append(e)
+                run_keys += k
+    assert len(keys) >= 40 and run_keys
+    dgs = _datagrams(entries + runs, per)
+    _compare("sa", fmt, dgs)
+    lines = _fast_lines("sa", fmt, dgs)
+    keyed = {k for k, t in lines.templates.items() if t is not None}
+    assert len(keyed) >= 5
+    if per > 6:
+        assert lines.batched >= 20
+    kept = b"\n".join(_kept_bytes(lines, set()))
+    assert len(kept) > 10_000 and lines.decoder
+    windows = {key[i : i + 8] for key in keys + run_keys for i in range(0, len(key) - 7, 4)}  # (any 12 bytes)
+    assert not [w for w in windows if w in kept]
