@@ -780,11 +780,10 @@ _TMPL_SIZE = x.layout_size(x.USER_TMPL)
 assert _T_REQID == _T_SADDR + 16
 
 
-def _tmpls(data: bytes, a: int, end: int) -> tuple[int, ...] | None:
-    """Where a policy's templates are (offsets from its attributes' start, ``a``): each
-    xfrm_user_tmpl of its XFRMA_TMPL attributes.  None if the chain of attributes is broken
-    (the general way says how)."""
-    out: list[int] = []
+def _attr_chain(data: bytes, a: int, end: int) -> list[tuple[int, int, int]] | None:
+    """The attributes from ``a`` to ``end``: (offset from ``a``, length, type) of each;
+    None if the chain is broken (the general way says how)."""
+    out = []
     start = a
     while a < end:
         if end - a < 4:
@@ -792,10 +791,23 @@ def _tmpls(data: bytes, a: int, end: int) -> tuple[int, ...] | None:
         alen, atype = NLA_HDR.unpack_from(data, a)
         if alen < 4 or a + alen > end:
             return None
-        if atype & NLA_TYPE_MASK == x.XFRMA_TMPL and (alen - 4) % _TMPL_SIZE == 0:
-            out += range(a + 4 - start, a + alen - start, _TMPL_SIZE)
+        out.append((a - start, alen, atype & NLA_TYPE_MASK))
         a += (alen + 3) & ~3
-    return tuple(out)
+    return out if a == end else None
+
+
+def _tmpls(data: bytes, a: int, end: int) -> tuple[int, ...] | None:
+    """Where a policy's templates are (offsets from its attributes' start, ``a``): each
+    xfrm_user_tmpl of its XFRMA_TMPL attributes.  None if the chain is broken."""
+    chain = _attr_chain(data, a, end)
+    if chain is None:
+        return None
+    return tuple(
+        t
+        for o, alen, atype in chain
+        if atype == x.XFRMA_TMPL and (alen - 4) % _TMPL_SIZE == 0
+        for t in range(o + 4, o + alen, _TMPL_SIZE)
+    )
 
 
 def _tmpl_struct(at: list[int]) -> struct.Struct:
@@ -1084,22 +1096,18 @@ class SaLines(Lines):
 
     def _keyless_shape(self, data: bytes, off: int, end: int) -> tuple[bytes, ...] | None:
         """An SA's shape, its keys left out (None if its attributes are broken: no template)."""
-        a = attrs = off + _SA_SIZE
+        chain = _attr_chain(data, off + _SA_SIZE, end)
+        if chain is None:
+            return None
         skips = []
-        while a < end:
-            if end - a < 4:
-                return None
-            alen, atype = NLA_HDR.unpack_from(data, a)
-            if alen < 4 or a + alen > end:
-                return None
-            key_at = _KEY_AT.get(atype & NLA_TYPE_MASK)
+        for o, alen, atype in chain:
+            key_at = _KEY_AT.get(atype)
             if key_at is not None:
                 if alen < key_at:  # (malformed: the general way says so)
                     return None
                 if alen > key_at:
-                    skips.append((a + key_at - attrs, alen - key_at))
-            a += (alen + 3) & ~3
-        return self._shape(data, off, end, tuple(skips)) if a == end else None
+                    skips.append((o + key_at, alen - key_at))
+        return self._shape(data, off, end, tuple(skips))
 
     def template(self, record: Any, data: bytes, off: int, line: str) -> Any:
         sa: ev.SA = record
