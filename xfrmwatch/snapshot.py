@@ -77,6 +77,7 @@ _NLM_F_MULTI = 2
 _NLM_F_DUMP_INTR = 16
 _ERR = struct.Struct("=i")
 _U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
 _ZERO12 = bytes(12)
 _ntop = socket.inet_ntop
 _ntohl = socket.ntohl
@@ -198,6 +199,7 @@ _HOLE = re.compile(rb"%%|%-?[0-9]*[sdx]|\x00A")
 _RUNS_MAX = 128  # structs and masks of batches (per shape and run length) kept at most
 _FORMATS_MAX = 16  # formats of batches (per run length and texts written in) per shape (each some 100 KiB)
 _WINDOW = 8  # entries checked at once after a run broke (doubled at each run that holds)
+_PERIOD_MAX = 4  # shapes at most in a period written at once (see Lines._periods)
 _BACKOFF_MAX = 16  # entries at most not checked for a run after runs of one (doubled at each)
 
 #: what a batch's own field is read as, and how many values that gives
@@ -222,7 +224,7 @@ class Batch:
     ``picks``: (offset in the message, struct format) of each own field, in layout order;
     ``columns``: what fills each hole of ``fmt``, in its order (see :data:`Column`)."""
 
-    __slots__ = ("holes", "mask", "own", "per", "runs", "shape", "stride")
+    __slots__ = ("columns", "fmt", "holes", "mask", "own", "per", "runs", "shape", "stride")
 
     def __init__(self, entry: bytes, picks: list[tuple[int, str]], fmt: str, columns: list[Column]) -> None:
         self.stride = len(entry)
@@ -239,8 +241,28 @@ class Batch:
         self.per = per  # values read per entry
         self.mask = bytes(mask)
         self.shape = bytes(a & b for a, b in zip(entry, mask, strict=True))
+        self.fmt, self.columns = fmt, columns
         self.holes = _Holes(fmt, columns)
         self.runs: dict[int, tuple[int, int, struct.Struct]] = {}
+
+    @classmethod
+    def joined(cls, parts: list[Batch]) -> Batch:
+        """The batch of a period of shapes (entries of ``parts``' shapes one after the
+        other, as a tunnel's out, in and fwd policies come): its entry is theirs together."""
+        b = cls.__new__(cls)
+        b.stride = sum(p.stride for p in parts)
+        b.own = "".join(p.own for p in parts)  # (each reads its whole stride)
+        b.per = sum(p.per for p in parts)
+        b.mask = b"".join(p.mask for p in parts)
+        b.shape = b"".join(p.shape for p in parts)
+        b.fmt = "".join(p.fmt for p in parts)
+        b.columns, base = [], 0
+        for p in parts:
+            b.columns += (_shifted(c, base) for c in p.columns)
+            base += p.per
+        b.holes = _Holes(b.fmt, b.columns)
+        b.runs = {}
+        return b
 
     def run(self, n: int) -> tuple[int, int, struct.Struct]:
         """For a run of ``n``: (mask, shape, as integers; struct)."""
@@ -369,6 +391,13 @@ class _Holes:
         return fmt % tuple(args)
 
 
+def _shifted(col: Column, base: int) -> Column:
+    """A column of an entry's values, reading the values ``base`` further on."""
+    if col[0] == "s":
+        return ("s", col[1], [_shifted(c, base) for c in col[2]])
+    return (col[0], col[1] + base, *col[2:])
+
+
 def _depends(col: Column) -> list[int]:
     """The values a column is made of (their indices among an entry's values)."""
     kind = col[0]
@@ -463,6 +492,7 @@ class Lines:
         self.window = 1 << 30  # entries checked at once for a run (see _batch)
         self.skip = 0  # entries not checked for a run (after runs of one: see _batch)
         self.backoff = 0  # and how many after the next run of one
+        self.periods: dict[tuple[int, ...], tuple[list[Batch], Batch | None]] = {}  # see _periods
 
     # --- the walk -----------------------------------------------------------------
 
@@ -540,9 +570,9 @@ class Lines:
         checked at once are the rest of the datagram, or after a broken run a few, doubled
         at each run that holds (a table of mixed shapes costs little more than it did).  A
         run of one goes the per-entry way (a batch of one costs more: the policies of a
-        tunnel's three directions interleave in the kernel's dump), and the next 1, 2, 4 ...
-        16 entries after runs of one in a row are not checked (nor written) as runs: a run of
-        2 found resets that."""
+        tunnel's three directions interleave in the kernel's dump) unless it starts a run of
+        periods of shapes (:meth:`_periods`), and the next 1, 2, 4 ... 16 entries after runs
+        of one in a row are not checked (nor written) as runs: a run of 2 found resets that."""
         if self.skip:
             self.skip -= 1
             return 0
@@ -557,6 +587,10 @@ class Lines:
         k = b.matching(data, off, n) if n else 0
         if k < 2:  # a run of one (directions interleaved): the entry costs less on its own
             if k < n:
+                k = self._periods(data, off, mlen, total, b, st)
+                if k:
+                    self.backoff = 0
+                    return k
                 self.window = 2  # (the next check: 2 entries)
                 self.backoff = min(2 * self.backoff or 1, _BACKOFF_MAX)
                 self.skip = self.backoff  # (entries not checked: runs of one cost checks)
@@ -567,6 +601,53 @@ class Lines:
         self._settle()
         self.chunks.append(text)
         self.size += len(text)
+        self.batched += k
+        if self.table is not None:
+            self.table.count += k
+        return k
+
+    def _periods(self, data: bytes, off: int, mlen: int, total: int, b: Batch, st: struct.Struct) -> int:
+        """Where a run of ``b``'s shape is one entry long: the entries at ``off`` written
+        at once if they come in a period of 2 to _PERIOD_MAX shapes of one stride, 2 or more
+        periods of them (a gateway's policies: each tunnel's out, in, fwd); how many."""
+        parts = [b]
+        o = off + mlen
+        while True:
+            if o + mlen > total or len(parts) > _PERIOD_MAX:
+                return 0
+            if b.matching(data, o, 1):
+                break
+            if _U32.unpack_from(data, o)[0] != mlen:
+                return 0
+            t = self.templates.get(st.unpack_from(data, o + 16))
+            if t is None or t[-1] is None:
+                return 0
+            parts.append(t[-1])
+            o += mlen
+        key = tuple(id(p) for p in parts)
+        got = self.periods.get(key)
+        if got is None or any(p is not q for p, q in zip(got[0], parts, strict=True)):
+            joined = Batch.joined(parts)
+            one = b"".join(p.write(data, off + j * mlen, 1, inline=False) for j, p in enumerate(parts))
+            try:  # (checked as each part was: written as its parts write it)
+                ok = joined.matching(data, off, 1) == 1 and joined.write(data, off, 1, inline=False) == one
+            except (TypeError, ValueError):
+                ok = False
+            if len(self.periods) >= _RUNS_MAX:
+                self.periods.clear()
+            got = self.periods[key] = (parts, joined if ok else None)
+        pb = got[1]
+        if pb is None:
+            return 0
+        n = (total - off) // pb.stride
+        k = pb.matching(data, off, n) if n >= 2 else 0
+        if k < 2:
+            return 0
+        text = pb.write(data, off, k)
+        self._settle()
+        self.chunks.append(text)
+        self.size += len(text)
+        k *= len(parts)
         self.batched += k
         if self.table is not None:
             self.table.count += k

@@ -402,6 +402,32 @@ def test_tunnel_mode_policies_print_the_same(fmt: str, per: int) -> None:
         assert all(t[-1] is not None for t in templated)  # each with its batch
     if per >= 64:
         assert lines.batched >= 100
+        assert any(b is not None for _, b in lines.periods.values())  # out, in, fwd written at once
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tunnel_periods_broken(fmt: str) -> None:
+    """Interleaved directions (periods of 3 shapes) broken by an entry of another shape,
+    a changed byte, a missing or an extra entry: each prints as the general way prints it."""
+    rng = random.Random(f"periods-{fmt}")
+    for round_ in range(ROUNDS):
+        entries = _tunnels(rng.randint(2, 60), peer6=rng.random() < 0.3, templates=rng.choice([1, 1, 2]))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(entries))
+            how = rng.randrange(4)
+            if how == 0:
+                entries[at] = _tunnel_policy(at, rng.randrange(3), mode=0)
+            elif how == 1:
+                b = bytearray(entries[at])
+                b[rng.randrange(4, len(b))] ^= 1 << rng.randrange(8)
+                entries[at] = bytes(b)
+            elif how == 2:
+                del entries[at]
+            else:
+                entries.insert(at, _tunnel_policy(at, rng.randrange(3)))
+        dgs = _datagrams(entries, rng.choice([2, 7, 30, 64, 200]))
+        got = general("policy", fmt, dgs), fast("policy", fmt, dgs)
+        assert got[0] == got[1], f"round {round_}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
