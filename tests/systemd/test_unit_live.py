@@ -288,6 +288,61 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
         machine.run("ip", "xfrm", "policy", "flush")
 
 
+def test_ecs_output_rendered_by_its_worker_inside_the_unit(machine: Machine, config: Path) -> None:
+    """An ECS file output with `render = "process"` under the unit's sandbox: the daemon starts
+    its render worker inside the unit (its cgroup, the same dynamic user, no new privileges,
+    the seccomp filter), the ECS document of a new policy reaches the file (ECS `source.ip`,
+    `destination.ip`, `related.ip` of a /32 selector), and the reload that removes the output
+    ends the worker."""
+    pid = main_pid(machine)
+    installed = config.read_text()
+    path = "/var/log/xfrmwatch/ecs.jsonl"
+    render = "process"
+    config.write_text(
+        installed
+        + f'\n[[output]]\nname = "ecs"\ntype = "file"\npath = "{path}"\nformat = "ecs"\nrender = "{render}"\n'
+    )
+    c = machine.cursor()
+    machine.run("systemctl", "reload", UNIT)
+    wait_record(machine, "configuration reloaded", c)
+    try:
+        machine.run(
+            "ip", "xfrm", "policy", "add", "src", "198.18.4.1/32", "dst", "198.18.4.2/32", "dir", "out"
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            docs = [json.loads(line) for line in machine.run("cat", path, check=False).stdout.splitlines()]
+            doc = next((d for d in docs if d.get("source", {}).get("ip") == "198.18.4.1"), None)
+            if doc is not None:
+                break
+            assert time.monotonic() < deadline, f"no ECS document of 198.18.4.1 in {path}: {docs[-3:]}"
+            time.sleep(0.1)
+        assert "198.18.4.2" == doc["destination"]["ip"]
+        assert {"198.18.4.1", "198.18.4.2"} <= set(doc["related"]["ip"])
+
+        workers = [
+            int(w)
+            for w in machine.run("pgrep", "-P", str(pid), "-f", "render_worker", check=False).stdout.split()
+        ]
+        assert 1 == len(workers), workers
+        main_st, worker_st = proc_status(machine, pid), proc_status(machine, workers[0])
+        assert main_st["Uid"] == worker_st["Uid"]
+        assert ("1", "2") == (worker_st["NoNewPrivs"], worker_st["Seccomp"])
+        cgroup = machine.run("cat", f"/proc/{pid}/cgroup").stdout
+        assert cgroup == machine.run("cat", f"/proc/{workers[0]}/cgroup").stdout
+    finally:
+        machine.run("ip", "xfrm", "policy", "flush")
+        config.write_text(installed)
+        c = machine.cursor()
+        machine.run("systemctl", "reload", UNIT)
+        wait_record(machine, "configuration reloaded", c)
+    deadline = time.monotonic() + 10
+    while machine.run("pgrep", "-f", "render_worker", check=False).stdout.strip():
+        assert time.monotonic() < deadline, "the render worker outlived its output"
+        time.sleep(0.1)
+    assert pid == main_pid(machine)
+
+
 def wait_file_event(m: Machine, path: str, src: str, timeout: float = 15) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
