@@ -152,6 +152,22 @@ def check_capabilities(cfg: Config) -> None:
         )
 
 
+_PR_CAP_AMBIENT = 47  # linux/prctl.h
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def clear_ambient_capabilities() -> None:
+    """The programs the daemon starts (ECS/OCSF render workers, exec hooks) get none of its
+    capabilities: a process that is not root passes its ambient set (the unit's
+    AmbientCapabilities=) across execve, so it is emptied; the daemon keeps its own effective
+    and permitted sets."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:  # (Linux < 4.3: none to clear)
+        log.debug("ambient capabilities not cleared", error=os.strerror(ctypes.get_errno()))
+
+
 # --- fan-out to outputs ----------------------------------------------------------------------
 
 
@@ -472,6 +488,7 @@ class Daemon:
 
     async def run(self) -> int:
         check_capabilities(self.cfg)
+        clear_ambient_capabilities()
         self._use_rules(self._load_rules(self.cfg))  # bad rules: fail now, with file:line
         async with trio.open_nursery() as outputs_n:
             self.fan = FanOut(outputs_n, self.metrics)

@@ -129,15 +129,18 @@ def test_ready_only_after_the_first_dump(machine: Machine) -> None:
 
 def test_dynamic_user_with_only_cap_net_admin(machine: Machine) -> None:
     """The running process: a dynamic user named xfrmwatch, CAP_NET_ADMIN and nothing else in
-    every set, no new privileges, a seccomp filter, and a read-only file system but its logs."""
+    its effective, permitted and bounding sets (none in its ambient set), no new privileges, a seccomp filter, and a read-only file system but its logs."""
     pid = main_pid(machine)
     st = proc_status(machine, pid)
     uids = {int(u) for u in st["Uid"].split()}
     assert 1 == len(uids) and uids <= set(DYNAMIC_UIDS), st["Uid"]
     (uid,) = uids
     assert machine.run("getent", "passwd", str(uid)).stdout.startswith("xfrmwatch:")
-    for cap_set in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+    for cap_set in ("CapEff", "CapPrm", "CapBnd"):
         assert 1 << CAP_NET_ADMIN == int(st[cap_set], 16), f"{cap_set}: {st[cap_set]}"
+    # the unit's AmbientCapabilities= gave it CAP_NET_ADMIN; it empties its ambient set so that
+    # the programs it starts (render workers, exec hooks) do not inherit it
+    assert 0 == int(st["CapAmb"], 16), f"CapAmb: {st['CapAmb']}"
     assert ("1", "2") == (st["NoNewPrivs"], st["Seccomp"])
 
     mounts = {}
@@ -291,7 +294,7 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
 def test_ecs_output_rendered_by_its_worker_inside_the_unit(machine: Machine, config: Path) -> None:
     """An ECS file output with `render = "process"` under the unit's sandbox: the daemon starts
     its render worker inside the unit (its cgroup, the same dynamic user, no new privileges,
-    the seccomp filter), the ECS document of a new policy reaches the file (ECS `source.ip`,
+    the seccomp filter, no capability), the ECS document of a new policy reaches the file (ECS `source.ip`,
     `destination.ip`, `related.ip` of a /32 selector), and the reload that removes the output
     ends the worker."""
     pid = main_pid(machine)
@@ -328,6 +331,10 @@ def test_ecs_output_rendered_by_its_worker_inside_the_unit(machine: Machine, con
         main_st, worker_st = proc_status(machine, pid), proc_status(machine, workers[0])
         assert main_st["Uid"] == worker_st["Uid"]
         assert ("1", "2") == (worker_st["NoNewPrivs"], worker_st["Seccomp"])
+        # it renders and writes to a descriptor it was given: none of the daemon's capabilities
+        for cap_set in ("CapEff", "CapPrm", "CapAmb"):
+            assert 0 == int(worker_st[cap_set], 16), f"{cap_set}: {worker_st[cap_set]}"
+        assert 1 << CAP_NET_ADMIN == int(main_st["CapEff"], 16)
         cgroup = machine.run("cat", f"/proc/{pid}/cgroup").stdout
         assert cgroup == machine.run("cat", f"/proc/{workers[0]}/cgroup").stdout
     finally:

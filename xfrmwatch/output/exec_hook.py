@@ -22,6 +22,8 @@ environment variables:
 * ``PATH`` (and ``LANG``) from the daemon, plus ``env`` from the configuration;
   the rest of the daemon's environment only with ``inherit_env = true``.
 
+It gets none of the daemon's capabilities (see ``daemon.clear_ambient_capabilities``).
+
 Its standard output is discarded; the end of its standard error (at most 2 KiB)
 and its exit status are logged.  By default only alerts run it (``select = "alerts"``).
 """
