@@ -103,19 +103,7 @@ class FileOutput(Output):
         task_status.started()
         try:
             async with recv:
-                while True:
-                    try:
-                        batch = [await recv.receive()]
-                    except trio.EndOfChannel:
-                        return
-                    # everything queued (at most the queue's length): the pipeline adds a batch
-                    # per scheduler pass, and a write takes a few, so a cap here would let the
-                    # queue fill in a burst and drop events
-                    while True:
-                        try:
-                            batch.append(recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                while batch := await _next_batch(recv):
                     data = self._lines(batch)
                     if self._reopen and self.path is not None:
                         self._reopen = False
@@ -188,23 +176,32 @@ class FileOutput(Output):
     async def _feed(self, recv: trio.MemoryReceiveChannel[ev.Event], w: RenderWorker) -> bool:
         """Send batches to ``w`` until the queue ends (False) or a reopen is due (True)."""
         while True:
-            if self._pending:
-                batch, self._pending = self._pending, []
-            else:
-                try:
-                    batch = [await recv.receive()]
-                except trio.EndOfChannel:
-                    return False
-            while True:  # everything queued, as in run
-                try:
-                    batch.append(recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            batch, self._pending = self._pending, []
+            batch += await _next_batch(recv, wait=not batch)
+            if not batch:
+                return False
             if self._reopen and self.path is not None:
                 self._reopen = False
                 self._pending = batch
                 return True
             await w.send(batch)
+
+
+async def _next_batch(recv: trio.MemoryReceiveChannel[ev.Event], *, wait: bool = True) -> list[ev.Event]:
+    """Everything queued (waiting for a first event if ``wait``); empty once the queue ended.
+    No cap: the pipeline adds a batch per scheduler pass, and a write takes a few, so a cap
+    would let the queue fill in a burst and drop events."""
+    batch: list[ev.Event] = []
+    if wait:
+        try:
+            batch.append(await recv.receive())
+        except trio.EndOfChannel:
+            return batch
+    while True:
+        try:
+            batch.append(recv.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return batch
 
 
 def _write(f: IO[bytes], data: bytes) -> None:
