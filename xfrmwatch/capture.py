@@ -31,12 +31,19 @@ from typing import BinaryIO
 from .errors import CaptureError
 from .netlink import addresses
 from .netlink import xfrm as x
-from .netlink.framing import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, NLMSG_NOOP, NLMSG_OVERRUN, iter_messages
+from .netlink.framing import (
+    NLM_F_DUMP,
+    NLM_F_MULTI,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    NLMSG_NOOP,
+    NLMSG_OVERRUN,
+    iter_messages,
+)
 from .netlink.pcap import NETLINK_ROUTE, read_packets
 
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_DUMP = 0x300
 #: nlmon copies of one broadcast (one per listener) arrive within microseconds
 DUPLICATE_WINDOW = 0.001
 #: a request not answered within this long is forgotten

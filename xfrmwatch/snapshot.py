@@ -46,7 +46,15 @@ from . import events as ev
 from .errors import KernelError
 from .netlink import xfrm as x
 from .netlink.decode import Decoder, addr, current_from, sel_addrs
-from .netlink.framing import NLA_HDR, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR
+from .netlink.framing import (
+    NLA_HDR,
+    NLA_TYPE_MASK,
+    NLM_F_DUMP_INTR,
+    NLM_F_MULTI,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+)
 from .netlink.request import DUMP_SEQ, DUMPS, kernel_error, scan_reply
 from .output.tables import SEP, StreamTable, policy_row, policy_table, sa_row, sa_table
 
@@ -73,8 +81,6 @@ _KEY_AT = {
     x.XFRMA_ALG_AUTH: 4 + x.layout_size(x.ALGO),
     x.XFRMA_ALG_AUTH_TRUNC: 4 + x.layout_size(x.ALGO_AUTH),
 }
-_NLM_F_MULTI = 2
-_NLM_F_DUMP_INTR = 16
 _ERR = struct.Struct("=i")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
@@ -438,7 +444,7 @@ def _batch_entry(data: bytes, off: int) -> bytes | None:
     """The bytes of the entry whose body is at ``off``, header included, if a batch can be
     made of its shape: its length a multiple of 4 (the stride), its header a dump reply's."""
     mlen, _, flags, seq, _ = NLMSG_HDR.unpack_from(data, off - 16)
-    if mlen % 4 or flags != _NLM_F_MULTI or seq != DUMP_SEQ or off - 16 + mlen > len(data):
+    if mlen % 4 or flags != NLM_F_MULTI or seq != DUMP_SEQ or off - 16 + mlen > len(data):
         return None
     return data[off - 16 : off - 16 + mlen]
 
@@ -542,7 +548,7 @@ class Lines:
             end = off + mlen
             if mlen < 16 or end > total:
                 return self._general_rest(data, interrupted) or done
-            if flags & _NLM_F_DUMP_INTR and seq == DUMP_SEQ:
+            if flags & NLM_F_DUMP_INTR and seq == DUMP_SEQ:
                 interrupted = True
             if mtype == mtype_fast and mlen - 16 >= size:
                 k = batch(data, off, mlen, total)
@@ -554,7 +560,7 @@ class Lines:
                 general(data, off + 16, end, mtype, seq, pid)
             elif seq == DUMP_SEQ:
                 done = self._control(data, off + 16, end, mtype) or done
-            if seq == DUMP_SEQ and not flags & _NLM_F_MULTI:
+            if seq == DUMP_SEQ and not flags & NLM_F_MULTI:
                 done = True
             nxt = off + ((mlen + 3) & ~3)
             if nxt > total and end < total:

@@ -15,16 +15,13 @@ from collections.abc import Iterable
 import trio
 
 from .framing import NLA_HDR as _NLA
-from .framing import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, iter_messages
+from .framing import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, iter_messages
 from .netns import entered
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR = 20
 RTM_GETADDR = 22
 IFA_ADDRESS = 1
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_DUMP = 0x300
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _seq = itertools.count(1)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 __all__ = [
     "NLA_HDR", "NLA_TYPE_MASK", "NLMSG_DONE", "NLMSG_ERROR", "NLMSG_HDR", "NLMSG_NOOP", "NLMSG_OVERRUN",
-    "iter_messages",
+    "NLM_F_DUMP", "NLM_F_DUMP_INTR", "NLM_F_MULTI", "NLM_F_REQUEST", "iter_messages",
 ]  # fmt: skip
 
 #: struct nlmsghdr: length, type, flags, sequence, port id
@@ -18,6 +18,11 @@ NLA_HDR = struct.Struct("=HH")
 #: the attribute type without the NLA_F_NESTED / NLA_F_NET_BYTEORDER flags
 NLA_TYPE_MASK = 0x3FFF
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
+#: the header's flags (linux/netlink.h)
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
 
 
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, int, int, int] | str]:

@@ -18,17 +18,21 @@ from typing import TYPE_CHECKING
 
 from ..errors import NEED_CAP, CapabilityError, KernelError, NotFoundError, NoXfrmError, UserError
 from . import xfrm as x
-from .framing import NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, iter_messages
+from .framing import (
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_MULTI,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    iter_messages,
+)
 from .netns import entered
 
 if TYPE_CHECKING:
     from pyroute2.netlink import nlmsg
 
-# the netlink header's flags (linux/netlink.h)
-NLM_F_REQUEST = 1
-NLM_F_MULTI = 2
-NLM_F_DUMP_INTR = 16
-NLM_F_DUMP = 0x300
 
 __all__ = [
     "DEFAULT_RCVBUF", "DUMPS", "DUMP_SEQ", "READ_ONLY_REQUESTS", "DumpInterrupted", "blocking_dump", "dump_replies", "dump_socket", "encode_request", "kernel_error", "open_raw",
