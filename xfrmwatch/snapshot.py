@@ -45,10 +45,8 @@ import msgspec
 from . import events as ev
 from .errors import KernelError
 from .netlink import xfrm as x
-from .netlink.decode import Decoder, addr, current_from, sel_addrs
+from .netlink.decode import Decoder, MalformedError, addr, current_from, iter_attrs, sel_addrs
 from .netlink.framing import (
-    NLA_HDR,
-    NLA_TYPE_MASK,
     NLM_F_DUMP_INTR,
     NLM_F_MULTI,
     NLMSG_DONE,
@@ -498,7 +496,7 @@ class Lines:
         self.window = 1 << 30  # entries checked at once for a run (see _batch)
         self.skip = 0  # entries not checked for a run (after runs of one: see _batch)
         self.backoff = 0  # and how many after the next run of one
-        self.periods: dict[tuple[int, ...], tuple[list[Batch], Batch | None]] = {}  # see _periods
+        self.periods: dict[tuple[Batch, ...], Batch | None] = {}  # see _periods
 
     # --- the walk -----------------------------------------------------------------
 
@@ -630,9 +628,8 @@ class Lines:
                 return 0
             parts.append(t[-1])
             o += mlen
-        key = tuple(id(p) for p in parts)
-        got = self.periods.get(key)
-        if got is None or any(p is not q for p, q in zip(got[0], parts, strict=True)):
+        key = tuple(parts)
+        if key not in self.periods:
             joined = Batch.joined(parts)
             one = b"".join(p.write(data, off + j * mlen, 1, inline=False) for j, p in enumerate(parts))
             try:  # (checked as each part was: written as its parts write it)
@@ -641,8 +638,8 @@ class Lines:
                 ok = False
             if len(self.periods) >= _RUNS_MAX:
                 self.periods.clear()
-            got = self.periods[key] = (parts, joined if ok else None)
-        pb = got[1]
+            self.periods[key] = joined if ok else None
+        pb = self.periods[key]
         if pb is None:
             return 0
         n = (total - off) // pb.stride
@@ -780,6 +777,7 @@ class Lines:
             self.seen.discard(key)
             if len(self.templates) >= _SHAPES_MAX:
                 self.templates.clear()
+                self.periods.clear()  # (their batches were the templates')
             self.templates[key] = self.template(record, data, off, line)
         else:
             if len(self.seen) >= _SHAPES_MAX:
@@ -870,17 +868,13 @@ assert _T_REQID == _T_SADDR + 16
 def _attr_chain(data: bytes, a: int, end: int) -> list[tuple[int, int, int]] | None:
     """The attributes from ``a`` to ``end``: (offset from ``a``, length, type) of each;
     None if the chain is broken (the general way says how)."""
-    out = []
-    start = a
-    while a < end:
-        if end - a < 4:
-            return None
-        alen, atype = NLA_HDR.unpack_from(data, a)
-        if alen < 4 or a + alen > end:
-            return None
-        out.append((a - start, alen, atype & NLA_TYPE_MASK))
-        a += (alen + 3) & ~3
-    return out if a == end else None
+    try:
+        chain = [(o - 4 - a, n + 4, atype) for atype, o, n in iter_attrs(data, a, end)]
+    except MalformedError:
+        return None
+    # (iter_attrs lets the last attribute's padding run past the end; an entry's shape does not)
+    last = chain[-1][0] + ((chain[-1][1] + 3) & ~3) if chain else 0
+    return chain if a + last == end else None
 
 
 def _tmpls(data: bytes, a: int, end: int) -> tuple[int, ...] | None:

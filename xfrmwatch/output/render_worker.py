@@ -223,8 +223,7 @@ class RenderWorker:
     async def send(self, events: list[ev.Event]) -> None:
         """Hand ``events`` to the worker (waits while two batches wait to be written)."""
         self.sent += len(events)
-        if self._pipe is None:
-            await trio.sleep_forever()  # the worker is gone: serve raises WorkerDied
+        assert self._pipe is not None, "send before serve started"
         await self._pipe.put(encode_frames(self._enc, events))
 
     def finish(self) -> None:
